@@ -1,0 +1,27 @@
+"""``cltx models``: list the embedded models and materialise them in the cache."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cltx.cli._ui import out, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("models")
+    @user_errors
+    def models(
+        prepare: Annotated[bool, typer.Option("--prepare", help="Convert/cache the embedded models now.")] = False,
+    ) -> None:
+        """List the embedded offline models (usable by short name wherever a model is asked for)."""
+        from rich.table import Table
+
+        from cltx.models import EMBEDDED, resolve_model
+
+        table = Table("name", "what", "path")
+        for name, what in EMBEDDED.items():
+            path = resolve_model(name) if prepare else "(run with --prepare)"
+            table.add_row(name, what, str(path))
+        out.print(table)

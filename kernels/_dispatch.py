@@ -1,0 +1,54 @@
+"""Which implementation a kernel call runs: Triton on CUDA, Triton's interpreter, or the reference.
+
+* CUDA tensors → the Triton kernel.
+* CPU tensors with ``TRITON_INTERPRET=1`` set (before triton is imported) → the Triton kernel
+  through the interpreter; this is how the interpreter test tier exercises the kernels.
+* Otherwise → the pure-PyTorch reference (the CPU path).
+* ``CLTX_FORCE_REFERENCE=1`` forces the reference everywhere.
+
+The choice is logged once per kernel and path.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import torch
+
+logger = logging.getLogger("cltx.kernels")
+_logged: set[tuple[str, str]] = set()
+
+
+def interpreting() -> bool:
+    """True when Triton runs through its CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=1)
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+        import triton.language  # noqa: F401
+    except Exception:  # ImportError, or a broken install without a driver
+        return False
+    return True
+
+
+def choose(kernel: str, *tensors: torch.Tensor | None) -> str:
+    """Return ``"triton"`` or ``"reference"`` for a call on ``tensors`` and log it once."""
+    ts = [t for t in tensors if t is not None]
+    if os.environ.get("CLTX_FORCE_REFERENCE", "0") == "1" or not triton_available():
+        path = "reference"
+    elif ts and all(t.is_cuda for t in ts):
+        path = "triton"
+    elif interpreting() and ts and all(t.device.type == "cpu" for t in ts):
+        path = "triton"
+    else:
+        path = "reference"
+    key = (kernel, path)
+    if key not in _logged:
+        _logged.add(key)
+        logger.info("%s: using the %s path%s", kernel, path, " (Triton interpreter)" if interpreting() else "")
+    return path
