@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The one GPU check: install cltx on the lent GPU machine, run the GPU test tier and the kernel
+# benchmarks, print a short table. Usage (on the GPU machine, repo root): bash bench/gpu_check.sh
+# Peers (liger-kernel, cut-cross-entropy) travel as wheels in .whl/ (see bench/README or docs).
+set -uo pipefail
+OUT=${OUT:-/tmp/cltx-gpu-out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+python3 -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+rm -f bench/results/*.jsonl.gpu
+status=0
+SALT_T=${SALT_T:-200}; CLO_T=${CLO_T:-300}
+if [ -z "${SKIP_SALT:-}" ]; then
+  echo "=== salt_fit (limit ${SALT_T}s)"
+  timeout "$SALT_T" bash bench/gpu_salt.sh 2>&1 | tee "$OUT/salt.log" || status=1
+fi
+if [ -z "${SKIP_CLO:-}" ]; then
+  echo "=== clo_loss (limit ${CLO_T}s)"
+  timeout "$CLO_T" bash bench/gpu_clo.sh 2>&1 | tee "$OUT/clo.log" || status=1
+fi
+cp bench/results/*.jsonl "$OUT/" 2>/dev/null || true
+exit $status
