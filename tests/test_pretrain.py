@@ -1,0 +1,156 @@
+"""cltx pretrain: packing, bits per byte, and a tiny Llama whose loss falls and whose output reloads."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from cltx.errors import CltxError
+
+TEXT = [
+    "o gato dorme no sofá da sala durante a tarde",
+    "a menina lê um livro sobre o mar e os peixes",
+    "o menino corre no parque com o seu cão",
+    "nós comemos pão com queijo ao pequeno almoço",
+    "a chuva cai devagar sobre a cidade antiga",
+    "os pássaros cantam nas árvores do jardim",
+] * 6
+
+
+def _tiny_llama(path):
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE(unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.train_from_iterator(TEXT, trainers.BpeTrainer(vocab_size=200, special_tokens=["<unk>", "<s>", "</s>"]))
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
+    tok.pad_token = tok.eos_token
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def test_pack_blocks_covers_stream(tiny):
+    from transformers import AutoTokenizer
+
+    from cltx.pretrain import pack_blocks
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    blocks = pack_blocks(TEXT[:6], tok, 16)
+    stream = []
+    for ids in tok(TEXT[:6], add_special_tokens=False)["input_ids"]:
+        stream += ids + [tok.eos_token_id]
+    assert all(len(b) == 16 for b in blocks)
+    assert sum(blocks, []) == stream[: 16 * len(blocks)]
+    assert len(stream) - 16 * len(blocks) < 16
+    short = pack_blocks(TEXT[:1], tok, 1000)
+    assert len(short) == 1 and short[0][-1] == tok.eos_token_id
+
+
+def test_bits_per_byte_matches_manual(tiny):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cltx.pretrain import bits_per_byte
+
+    tok = AutoTokenizer.from_pretrained(tiny)
+    lm = AutoModelForCausalLM.from_pretrained(tiny)
+    docs = TEXT[:3]
+    got = bits_per_byte(lm, tok, docs, max_length=64, batch_size=2)
+    nll = 0.0
+    for d in docs:
+        ids = torch.tensor([[tok.bos_token_id] + tok(d, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            logp = torch.log_softmax(lm(ids).logits[0, :-1].double(), -1)
+        nll -= float(logp.gather(1, ids[0, 1:, None]).sum())
+    n_bytes = sum(len(d.encode()) for d in docs)
+    assert got["bytes"] == n_bytes
+    assert got["bits_per_byte"] == pytest.approx(nll / math.log(2) / n_bytes, rel=1e-4)
+
+
+def test_pretrain_loss_falls_and_output_reloads(tiny, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cltx.pretrain import REPORT_NAME, pretrain
+
+    text = tmp_path / "train.txt"
+    text.write_text("\n".join(TEXT), encoding="utf-8")
+    held = tmp_path / "held.jsonl"
+    held.write_text("\n".join(json.dumps({"text": t, "_meta": "x"}) for t in TEXT[:6]), encoding="utf-8")
+    out = tmp_path / "out"
+    rep = pretrain(
+        str(tiny), text, out, eval_text=held, max_steps=30, block_size=32, batch_size=4, lr=3e-3, seed=1, device="cpu"
+    )
+    curve = rep["loss_curve"]
+    assert len(curve) == 30 and [c["step"] for c in curve] == list(range(1, 31))
+    assert curve[1]["tokens"] == 2 * 4 * 32
+    first, last = sum(c["loss"] for c in curve[:3]) / 3, sum(c["loss"] for c in curve[-3:]) / 3
+    assert last < first - 0.5, (first, last)
+    assert rep["eval_after"]["bits_per_byte"] < rep["eval_before"]["bits_per_byte"]
+    assert json.loads((out / REPORT_NAME).read_text())["steps"] == 30
+    assert (out / "model.safetensors").exists()
+    lm = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    ids = tok(TEXT[0], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        loss = float(lm(ids, labels=ids).loss)
+    assert math.isfinite(loss)
+    # The reloaded weights are the trained ones: they differ from the start model's.
+    start = AutoModelForCausalLM.from_pretrained(tiny)
+    assert not torch.equal(start.model.embed_tokens.weight, lm.model.embed_tokens.weight)
+
+
+def test_pretrain_resume_continues_from_checkpoint(tiny, tmp_path):
+    from cltx.pretrain import pretrain
+
+    text = tmp_path / "train.txt"
+    text.write_text("\n".join(TEXT), encoding="utf-8")
+    out = tmp_path / "out"
+    pretrain(str(tiny), text, out, max_steps=4, block_size=16, batch_size=2, save_steps=4, device="cpu")
+    assert (out / "checkpoint-4").is_dir()
+    rep = pretrain(str(tiny), text, out, resume=True, max_steps=6, block_size=16, batch_size=2, device="cpu")
+    assert rep["resumed_from"].endswith("checkpoint-4")
+    assert rep["steps"] == 6
+    assert [c["step"] for c in rep["loss_curve"]][-2:] == [5, 6]
+
+
+def test_pretrain_bad_input(tiny, tmp_path):
+    from cltx.pretrain import pretrain, read_documents
+
+    with pytest.raises(CltxError, match="text="):
+        pretrain(str(tiny), tmp_path / "missing.txt", tmp_path / "o", max_steps=1)
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    with pytest.raises(CltxError, match="no text"):
+        read_documents(empty)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\n{broken\n')
+    with pytest.raises(CltxError, match="line 2"):
+        read_documents(bad)
+    with pytest.raises(CltxError, match="max_steps"):
+        pretrain(str(tiny), bad, tmp_path / "o", max_steps=0)
+    with pytest.raises(CltxError, match="block_size"):
+        pretrain(str(tiny), bad, tmp_path / "o", block_size=1)
