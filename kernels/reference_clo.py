@@ -1,0 +1,591 @@
+"""Pure-PyTorch reference of the fused linear paired log-prob loss (CLO: NLL + DPO-style CL).
+
+This is the CPU path, the benchmark baseline and the skeleton the Triton path shares: the chunk
+plan, the per-sequence coefficients and the loss assembly live here; :mod:`cltx.kernels.clo_loss`
+swaps the two row operations (log-sum-exp + label gather, in-place d-logits) for Triton kernels.
+
+Math (rows of ``hidden`` flattened to N = 2P·T tokens, z = h·Wᵀ + b):
+
+* logp_t = z_t[y_t] − logsumexp(z_t) for scored tokens (y_t ≠ −100), 0 otherwise.
+* s(row) = Σ_t logp_t, or Σ_t logp_t / count(row) with ``average_logps`` (0 for a row without tokens).
+* NLL = −Σ_{chosen rows with nll_mask} Σ_t logp_t / (their token count) (0 when there are none).
+* m_i = (s(c_i) − ref_c_i) − (s(r_i) − ref_r_i); CL = mean_i softplus(−β·m_i).
+* loss = λ·NLL + (1 − λ)·CL.
+
+Gradient: d loss / d z_t(v) = coef_t · (onehot(y_t)(v) − softmax(z_t)(v)), with coef_t = d loss / d logp_t:
+
+* chosen row i:   coef = −(1 − λ)·β·σ(−β m_i)/P · scale_c + (−λ/N_nll if nll_mask_i)
+* rejected row i: coef = +(1 − λ)·β·σ(−β m_i)/P · scale_r
+* scale = 1/count(row) with ``average_logps`` (0 for an empty row), else 1; coef_t = 0 for ignored tokens.
+
+grad_hidden = dz · W, grad_W = dzᵀ · h, grad_b = Σ_t dz_t. Since the loss is a scalar, loss and gradients
+are computed together in the forward; backward scales them by the upstream gradient.
+
+The coefficient of a token needs its whole pair's log-probs, so the chunk plan has two modes:
+
+* ``pair``: chunks of whole pairs whose logits fit the budget are held; one matmul forward, two backward
+  (6·N·H·V flops).
+* ``recompute``: a pair does not fit; pass 1 over token chunks keeps each token's log-sum-exp and label
+  logit, pass 2 recomputes the logits for the gradients (8·N·H·V flops).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+
+import torch
+
+from cltx.errors import bad_arg
+
+logger = logging.getLogger("cltx.kernels")
+
+IGNORE_INDEX = -100
+DEFAULT_BUDGET_GIB = 2.0
+MIN_CHUNK_TOKENS = 16
+
+__all__ = [
+    "ChunkPlan",
+    "clo_loss_reference",
+    "last_plan",
+    "plan_chunks",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkPlan:
+    """How one call walks the tokens.
+
+    Attributes:
+        mode: ``"pair"`` (whole pairs' logits held) or ``"recompute"`` (two passes over token chunks).
+        chunks: per chunk, the (start, end) ranges of flattened token indices it covers.
+        max_tokens: tokens in the largest chunk (rows of the logits buffer).
+        budget_bytes: the memory budget the plan was made for.
+        path: ``"reference"`` or ``"triton"`` (set by the caller).
+    """
+
+    mode: str
+    chunks: tuple[tuple[tuple[int, int], ...], ...]
+    max_tokens: int
+    budget_bytes: int
+    path: str = "reference"
+
+
+_LAST_PLAN: ChunkPlan | None = None
+
+
+def last_plan() -> ChunkPlan | None:
+    """The chunk plan of the most recent call in this process (for tests and benchmarks)."""
+    return _LAST_PLAN
+
+
+def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
+    out: list[tuple[int, int]] = []
+    for a, b in ranges:
+        if b <= a:
+            continue
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return tuple(out)
+
+
+def plan_chunks(
+    n_pairs: int,
+    seq_len: int,
+    vocab: int,
+    *,
+    bytes_per_logit: int,
+    budget_bytes: int,
+    fixed_bytes: int = 0,
+    mode: str | None = None,
+) -> ChunkPlan:
+    """Choose pair-held or recompute chunks so that the logits buffer fits ``budget_bytes − fixed_bytes``.
+
+    Args:
+        n_pairs: P. seq_len: T. vocab: V.
+        bytes_per_logit: bytes one logit costs in the working buffer (storage plus any working copy).
+        budget_bytes: the caller's memory budget.
+        fixed_bytes: budget already spent elsewhere (a cast weight copy, accumulators).
+        mode: force ``"pair"`` or ``"recompute"`` (tests); ``None`` chooses.
+    """
+    P, T = n_pairs, seq_len
+    N = 2 * P * T
+    per_token = vocab * bytes_per_logit
+    # A small margin for library workspaces (cuBLAS) and per-token statistics.
+    margin = min(64 << 20, budget_bytes // 16)
+    avail = max(budget_bytes - fixed_bytes - margin, 0)
+    fit = avail // per_token
+    pair_fits = fit >= 2 * T
+    if mode is None:
+        mode = "pair" if pair_fits else "recompute"
+    if mode == "pair":
+        k = max(1, min(P, fit // (2 * T)))
+        chunks = []
+        for i0 in range(0, P, k):
+            i1 = min(P, i0 + k)
+            chunks.append(_merge([(i0 * T, i1 * T), ((P + i0) * T, (P + i1) * T)]))
+        return ChunkPlan("pair", tuple(chunks), 2 * k * T, budget_bytes)
+    if mode != "recompute":
+        raise bad_arg("mode", mode, "use 'pair', 'recompute' or None")
+    n = max(int(fit), MIN_CHUNK_TOKENS)
+    if n < MIN_CHUNK_TOKENS or fit < MIN_CHUNK_TOKENS:
+        logger.warning(
+            "clo_loss: memory budget %.3f GiB leaves room for %d tokens of logits; using %d",
+            budget_bytes / 2**30,
+            fit,
+            n,
+        )
+    n_chunks = math.ceil(N / n)
+    n = math.ceil(N / n_chunks)  # balance the chunks
+    chunks = tuple(((a, min(N, a + n)),) for a in range(0, N, n))
+    return ChunkPlan("recompute", chunks, n, budget_bytes)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Validation shared by both paths
+# ---------------------------------------------------------------------------------------------------
+
+
+def validate(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    nll_mask: torch.Tensor,
+    bias: torch.Tensor | None,
+    beta: float,
+    lam: float,
+    memory_budget_gib: float | None,
+) -> None:
+    """Raise :class:`cltx.errors.CltxError` naming the first bad argument."""
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[0] < 2 or hidden.shape[0] % 2:
+        shape = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else hidden
+        raise bad_arg("hidden.shape", shape, "pass (2P, T, H): P chosen rows then their P rejected rows")
+    if not hidden.is_floating_point():
+        raise bad_arg("hidden.dtype", hidden.dtype, "pass floating-point hidden states")
+    P2, T, H = hidden.shape
+    P = P2 // 2
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != H:
+        raise bad_arg("weight.shape", tuple(weight.shape), f"pass the LM head weight (V, H) with H = {H}")
+    if not weight.is_floating_point():
+        raise bad_arg("weight.dtype", weight.dtype, "pass a floating-point weight")
+    V = weight.shape[0]
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != V or not bias.is_floating_point()):
+        raise bad_arg("bias.shape", tuple(bias.shape), f"pass a floating-point bias of shape ({V},) or None")
+    if tuple(labels.shape) != (P2, T):
+        raise bad_arg("labels.shape", tuple(labels.shape), f"pass labels aligned with hidden: ({P2}, {T})")
+    if labels.dtype not in (torch.int64, torch.int32):
+        raise bad_arg("labels.dtype", labels.dtype, "pass integer token ids (int64), -100 for unscored positions")
+    for name, t in (("ref_chosen_logps", ref_chosen_logps), ("ref_rejected_logps", ref_rejected_logps)):
+        if tuple(t.shape) != (P,) or not t.is_floating_point():
+            raise bad_arg(f"{name}.shape", tuple(t.shape), f"pass one float log-prob per pair: ({P},)")
+    if tuple(nll_mask.shape) != (P,):
+        raise bad_arg("nll_mask.shape", tuple(nll_mask.shape), f"pass one bool per pair: ({P},)")
+    dev = hidden.device
+    for name, t in (
+        ("weight", weight),
+        ("labels", labels),
+        ("ref_chosen_logps", ref_chosen_logps),
+        ("ref_rejected_logps", ref_rejected_logps),
+        ("nll_mask", nll_mask),
+        ("bias", bias),
+    ):
+        if t is not None and t.device != dev:
+            raise bad_arg(f"{name}.device", str(t.device), f"put every tensor on {dev} (where hidden is)")
+    if not math.isfinite(beta):
+        raise bad_arg("beta", beta, "pass a finite float (e.g. 0.1)")
+    if not (0.0 <= lam <= 1.0):
+        raise bad_arg("lam", lam, "pass a weight between 0 and 1 (0.5 in the paper)")
+    if memory_budget_gib is not None and not (memory_budget_gib > 0):
+        raise bad_arg("memory_budget_gib", memory_budget_gib, "pass a positive number of GiB, or None for 2")
+
+
+def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The matmul dtype: the activations' (bf16 activations with an fp32 master weight → bf16)."""
+    return hidden.dtype
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fused forward (loss and gradients), parameterised by the two row operations
+# ---------------------------------------------------------------------------------------------------
+
+# stats(logits (n, V), labels (n,)) -> (lse (n,), label_logit (n,)) in the accumulation dtype
+RowStats = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# grad_(logits (n, V), labels (n,), lse (n,), coef (n,)) -> None; overwrites logits with d loss / d logits
+RowGrad = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+def ref_row_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    acc = torch.promote_types(logits.dtype, torch.float32)
+    z = logits.to(acc)
+    lse = torch.logsumexp(z, dim=-1)
+    valid = labels != IGNORE_INDEX
+    zl = z.gather(1, torch.where(valid, labels, 0).unsqueeze(1)).squeeze(1)
+    return lse, torch.where(valid, zl, torch.zeros_like(zl))
+
+
+def ref_row_grad_(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, coef: torch.Tensor) -> None:
+    acc = lse.dtype
+    g = torch.exp(logits.to(acc) - lse.unsqueeze(1)).mul_(-coef.to(acc).unsqueeze(1))
+    valid = labels != IGNORE_INDEX
+    idx = torch.where(valid, labels, 0).unsqueeze(1)
+    g.scatter_add_(1, idx, torch.where(valid, coef.to(acc), 0).unsqueeze(1))
+    logits.copy_(g)
+
+
+def _mm_f32_supported(device: torch.device) -> bool:
+    key = device.type
+    if key not in _MM_F32:
+        ok = False
+        if device.type == "cuda":
+            try:
+                a = torch.ones(2, 2, device=device, dtype=torch.bfloat16)
+                ok = torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+            except Exception:  # older torch, or no fp32-output kernel for this device
+                ok = False
+        _MM_F32[key] = ok
+    return _MM_F32[key]
+
+
+_MM_F32: dict[str, bool] = {}
+_WGRAD_SLAB = 8192  # vocab rows per fp32-output weight-gradient product (mixed dtypes only)
+
+
+def _accumulate_weight_grad(gw: torch.Tensor, dz: torch.Tensor, h: torch.Tensor) -> None:
+    """gw (V, H) += dzᵀ (V, n) · h (n, H), accumulating in fp32 where gw is fp32 and dz, h are not."""
+    if gw.dtype == dz.dtype:
+        gw.addmm_(dz.t(), h)
+        return
+    fast = _mm_f32_supported(dz.device) and gw.dtype == torch.float32
+    for v0 in range(0, gw.shape[0], _WGRAD_SLAB):
+        v1 = min(gw.shape[0], v0 + _WGRAD_SLAB)
+        if fast:
+            gw[v0:v1].add_(torch.mm(dz[:, v0:v1].t(), h, out_dtype=torch.float32))
+        else:
+            gw[v0:v1].addmm_(dz[:, v0:v1].t().to(gw.dtype), h.to(gw.dtype))
+
+
+def fused_loss_and_grads(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    nll_mask: torch.Tensor,
+    *,
+    beta: float,
+    lam: float,
+    average_logps: bool,
+    memory_budget_gib: float | None,
+    need: tuple[bool, bool, bool],
+    row_stats: RowStats,
+    row_grad_: RowGrad,
+    extra_bytes_per_logit: int = 0,
+    path: str = "reference",
+    mode: str | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor | None, ...]]:
+    """Loss, raw metrics and the gradients (for upstream gradient 1) of hidden, weight, bias.
+
+    ``need`` says which of (hidden, weight, bias) want a gradient; a gradient not needed costs nothing.
+    """
+    global _LAST_PLAN
+    P2, T, H = hidden.shape
+    P = P2 // 2
+    V = weight.shape[0]
+    N = P2 * T
+    dev = hidden.device
+    cdt = compute_dtype(hidden, weight)
+    acc = torch.promote_types(cdt, torch.float32)
+    need_h, need_w, need_b = need
+    any_grad = need_h or need_w or need_b
+
+    h2 = hidden.reshape(N, H)
+    if not h2.is_contiguous():
+        h2 = h2.contiguous()
+    lab = labels.reshape(N).to(torch.int64)
+    valid = lab != IGNORE_INDEX
+    if bool((((lab < 0) & valid) | (lab >= V)).any()):
+        raise bad_arg("labels", "out of range", f"use token ids in [0, {V}) or -100 for unscored positions")
+
+    # 1. Budget: the logits buffer plus whatever else this call allocates beyond the gradients.
+    elt = torch.empty((), dtype=cdt).element_size()
+    fixed = 0
+    wc = weight
+    if weight.dtype != cdt:
+        wc = weight.to(cdt)
+        fixed += wc.numel() * elt
+    bc = None if bias is None else bias.to(cdt)
+    if need_w and weight.dtype != cdt:
+        fixed += _WGRAD_SLAB * (H + N) * 4  # fp32-output slab products
+    fixed += N * 4 * 8  # per-token statistics and coefficients
+    budget = int((DEFAULT_BUDGET_GIB if memory_budget_gib is None else memory_budget_gib) * 2**30)
+    plan = plan_chunks(
+        P, T, V, bytes_per_logit=elt + extra_bytes_per_logit, budget_bytes=budget, fixed_bytes=fixed, mode=mode
+    )
+    plan = dataclasses.replace(plan, path=path)
+    _LAST_PLAN = plan
+
+    # 2. Per-row token counts and the NLL normaliser: known from the labels alone.
+    counts = valid.view(P2, T).sum(1).to(acc)
+    mask = nll_mask.to(dev).bool()
+    n_nll = (counts[:P] * mask).sum()
+    ref_c = ref_chosen_logps.to(acc)
+    ref_r = ref_rejected_logps.to(acc)
+
+    def scale_of(rows_counts: torch.Tensor) -> torch.Tensor:
+        if average_logps:
+            return torch.where(rows_counts > 0, 1.0 / rows_counts.clamp(min=1), torch.zeros_like(rows_counts))
+        return torch.ones_like(rows_counts)
+
+    def coefficients(pairs: slice, s_sum_c: torch.Tensor, s_sum_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row d loss / d logp_t for the chosen and rejected rows of ``pairs``."""
+        sc, sr = scale_of(counts[:P][pairs]), scale_of(counts[P:][pairs])
+        m = (s_sum_c * sc - ref_c[pairs]) - (s_sum_r * sr - ref_r[pairs])
+        d = (1.0 - lam) * beta * torch.sigmoid(-beta * m) / P
+        cc = -d * sc - lam * mask[pairs].to(acc) / n_nll.clamp(min=1)
+        cr = d * sr
+        return cc, cr
+
+    buf = torch.empty((plan.max_tokens, V), dtype=cdt, device=dev)
+    gh = torch.empty_like(h2) if need_h else None
+    gw = torch.zeros(weight.shape, dtype=weight.dtype, device=dev) if need_w else None
+    gb = torch.zeros(V, dtype=acc, device=dev) if need_b else None
+    tok_logp = torch.zeros(N, dtype=acc, device=dev)
+
+    def logits_into(ranges: tuple[tuple[int, int], ...]) -> torch.Tensor:
+        o = 0
+        for a, b in ranges:
+            out = buf[o : o + b - a]
+            if bc is None:
+                torch.mm(h2[a:b], wc.t(), out=out)
+            else:
+                torch.addmm(bc, h2[a:b], wc.t(), out=out)
+            o += b - a
+        return buf[:o]
+
+    def backprop(ranges: tuple[tuple[int, int], ...], dz: torch.Tensor) -> None:
+        o = 0
+        for a, b in ranges:
+            d = dz[o : o + b - a]
+            if need_h:
+                torch.mm(d, wc, out=gh[a:b])
+            if need_w:
+                _accumulate_weight_grad(gw, d, h2[a:b])
+            o += b - a
+        if need_b:
+            gb.add_(dz.sum(0, dtype=acc))
+
+    def take(x: torch.Tensor, ranges: tuple[tuple[int, int], ...]) -> torch.Tensor:
+        return x[ranges[0][0] : ranges[0][1]] if len(ranges) == 1 else torch.cat([x[a:b] for a, b in ranges])
+
+    coef_tok = torch.zeros(N, dtype=acc, device=dev)
+    if plan.mode == "pair":
+        k = plan.max_tokens // (2 * T)
+        for ci, ranges in enumerate(plan.chunks):
+            i0, i1 = ci * k, min(P, ci * k + k)
+            z = logits_into(ranges)
+            lab_c = take(lab, ranges)
+            lse, zl = row_stats(z, lab_c)
+            lp = torch.where(lab_c != IGNORE_INDEX, zl - lse, torch.zeros_like(lse))
+            for (a, b), piece in zip(ranges, _split(lp, ranges), strict=True):
+                tok_logp[a:b] = piece
+            if any_grad:
+                rows_c = tok_logp[i0 * T : i1 * T].view(-1, T).sum(1)
+                rows_r = tok_logp[(P + i0) * T : (P + i1) * T].view(-1, T).sum(1)
+                cc, cr = coefficients(slice(i0, i1), rows_c, rows_r)
+                coef = torch.cat([cc.repeat_interleave(T), cr.repeat_interleave(T)])
+                coef = torch.where(lab_c != IGNORE_INDEX, coef, torch.zeros_like(coef))
+                row_grad_(z, lab_c, lse, coef)
+                backprop(ranges, z)
+    else:
+        lse_all = torch.empty(N, dtype=acc, device=dev)
+        for ranges in plan.chunks:
+            (a, b) = ranges[0]
+            z = logits_into(ranges)
+            lse, zl = row_stats(z, lab[a:b])
+            lse_all[a:b] = lse
+            tok_logp[a:b] = torch.where(valid[a:b], zl - lse, torch.zeros_like(lse))
+        if any_grad:
+            rows = tok_logp.view(P2, T).sum(1)
+            cc, cr = coefficients(slice(0, P), rows[:P], rows[P:])
+            coef_tok = torch.cat([cc.repeat_interleave(T), cr.repeat_interleave(T)])
+            coef_tok = torch.where(valid, coef_tok, torch.zeros_like(coef_tok))
+            for ranges in plan.chunks:
+                (a, b) = ranges[0]
+                z = logits_into(ranges)
+                row_grad_(z, lab[a:b], lse_all[a:b], coef_tok[a:b])
+                backprop(ranges, z)
+
+    # 3. The loss and metrics from the per-token log-probs.
+    row_sum = tok_logp.view(P2, T).sum(1)
+    logps = row_sum * scale_of(counts)
+    chosen, rejected = logps[:P], logps[P:]
+    nll = -(row_sum[:P] * mask).sum() / n_nll.clamp(min=1)
+    m = (chosen - ref_c) - (rejected - ref_r)
+    cl = torch.nn.functional.softplus(-beta * m).mean()
+    loss = lam * nll + (1.0 - lam) * cl
+    raw = {"chosen_logps": chosen, "rejected_logps": rejected, "nll": nll, "cl": cl}
+    grads = (
+        None if gh is None else gh.view(P2, T, H),
+        gw,
+        None if gb is None else gb.to(bias.dtype),
+    )
+    return loss, raw, grads
+
+
+def _split(x: torch.Tensor, ranges: tuple[tuple[int, int], ...]) -> list[torch.Tensor]:
+    out, o = [], 0
+    for a, b in ranges:
+        out.append(x[o : o + b - a])
+        o += b - a
+    return out
+
+
+def metrics_from(raw: dict[str, torch.Tensor], ref_c: torch.Tensor, ref_r: torch.Tensor, beta: float) -> dict:
+    """The public metrics dict (detached tensors) from the raw per-pair log-probs."""
+    chosen = raw["chosen_logps"].detach()
+    rejected = raw["rejected_logps"].detach()
+    rc = beta * (chosen - ref_c.detach().to(chosen.dtype))
+    rr = beta * (rejected - ref_r.detach().to(rejected.dtype))
+    margins = rc - rr
+    return {
+        "chosen_logps": chosen,
+        "rejected_logps": rejected,
+        "rewards_chosen": rc,
+        "rewards_rejected": rr,
+        "margins": margins,
+        "accuracy": (margins > 0).to(chosen.dtype).mean(),
+        "nll": raw["nll"].detach(),
+        "cl": raw["cl"].detach(),
+    }
+
+
+class FusedCloFunction(torch.autograd.Function):
+    """Loss and gradients in the forward (the loss is a scalar); backward scales the stored gradients."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, labels, ref_c, ref_r, nll_mask, opts, row_ops):
+        need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
+        loss, raw, grads = fused_loss_and_grads(
+            hidden,
+            weight,
+            bias,
+            labels,
+            ref_c,
+            ref_r,
+            nll_mask,
+            need=need,
+            row_stats=row_ops["stats"],
+            row_grad_=row_ops["grad"],
+            extra_bytes_per_logit=row_ops.get("extra_bytes", 0),
+            path=row_ops.get("path", "reference"),
+            **opts,
+        )
+        ctx.grads = grads
+        outs = (raw["chosen_logps"], raw["rejected_logps"], raw["nll"], raw["cl"])
+        ctx.mark_non_differentiable(*outs)
+        return (loss, *outs)
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_unused):
+        grads = ctx.grads
+        if grads is None:
+            raise RuntimeError("clo_loss: backward ran twice on one graph (retain_graph is not supported)")
+        ctx.grads = None
+        out = []
+        for g in grads:
+            if g is None:
+                out.append(None)
+            else:
+                out.append(g.mul_(grad_loss.to(g.dtype)))
+        gh, gw, gb = out
+        return gh, gw, gb, None, None, None, None, None, None
+
+
+REFERENCE_ROW_OPS = {"stats": ref_row_stats, "grad": ref_row_grad_, "extra_bytes": 12, "path": "reference"}
+
+
+def run_clo_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    nll_mask: torch.Tensor,
+    *,
+    bias: torch.Tensor | None,
+    beta: float,
+    lam: float,
+    average_logps: bool,
+    memory_budget_gib: float | None,
+    row_ops: dict,
+    mode: str | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Validate, run the fused Function with ``row_ops`` and build the metrics (shared by both paths)."""
+    validate(hidden, weight, labels, ref_chosen_logps, ref_rejected_logps, nll_mask, bias, beta, lam, memory_budget_gib)
+    opts = {
+        "beta": float(beta),
+        "lam": float(lam),
+        "average_logps": bool(average_logps),
+        "memory_budget_gib": memory_budget_gib,
+        "mode": mode,
+    }
+    args = (hidden, weight, bias, labels, ref_chosen_logps, ref_rejected_logps, nll_mask)
+    wants = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if wants:
+        loss, chosen, rejected, nll, cl = FusedCloFunction.apply(*args, opts, row_ops)
+    else:
+        loss, raw, _ = fused_loss_and_grads(
+            *args,
+            need=(False, False, False),
+            row_stats=row_ops["stats"],
+            row_grad_=row_ops["grad"],
+            extra_bytes_per_logit=row_ops.get("extra_bytes", 0),
+            path=row_ops.get("path", "reference"),
+            **opts,
+        )
+        chosen, rejected, nll, cl = raw["chosen_logps"], raw["rejected_logps"], raw["nll"], raw["cl"]
+    raw = {"chosen_logps": chosen, "rejected_logps": rejected, "nll": nll, "cl": cl}
+    return loss, metrics_from(raw, ref_chosen_logps, ref_rejected_logps, beta)
+
+
+def clo_loss_reference(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    labels: torch.Tensor,
+    ref_chosen_logps: torch.Tensor,
+    ref_rejected_logps: torch.Tensor,
+    nll_mask: torch.Tensor,
+    *,
+    bias: torch.Tensor | None = None,
+    beta: float = 0.1,
+    lam: float = 0.5,
+    average_logps: bool = False,
+    memory_budget_gib: float | None = None,
+    mode: str | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The pure-PyTorch CLO loss, chunked over tokens under ``memory_budget_gib`` (see the module docstring).
+
+    Args and returns as :func:`cltx.kernels.clo_loss`; ``mode`` forces ``"pair"`` or ``"recompute"``.
+    """
+    return run_clo_loss(
+        hidden,
+        weight,
+        labels,
+        ref_chosen_logps,
+        ref_rejected_logps,
+        nll_mask,
+        bias=bias,
+        beta=beta,
+        lam=lam,
+        average_logps=average_logps,
+        memory_budget_gib=memory_budget_gib,
+        row_ops=REFERENCE_ROW_OPS,
+        mode=mode,
+    )
