@@ -1,0 +1,147 @@
+"""``cltx mt``: translate multi-field JSONL with a Catalyst Statement + Indicator Tokens."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cltx.cli._ui import RichProgress, out, setup_logging, user_errors
+
+
+class Mode(str, Enum):
+    joint = "joint"
+    separate = "separate"
+
+
+def render_report(report: dict) -> None:
+    """The end-of-run report as rich tables."""
+    from rich.table import Table
+
+    s = report["session"]
+    t = Table("metric", "value", title=f"cltx mt — {report['mode']} — {report['engine']}", title_justify="left")
+    rate = report["joint_success_rate"]
+    rows = [
+        ("records (output)", report["records"]),
+        ("rejected (input)", report["rejected"]),
+        ("joint success rate", "n/a (separate mode)" if rate is None else f"{rate:.1%}"),
+        ("fallbacks", report["fallbacks"]),
+        ("failures", report["failures"]),
+        ("records split for length", report["split_records"]),
+        ("translated this session", s["records"]),
+        ("records/s", s["records_per_s"]),
+        ("source chars/s", s["source_chars_per_s"]),
+    ]
+    for k, v in rows:
+        t.add_row(k, "" if v is None else str(v))
+    out.print(t)
+    if report.get("fallback_reasons"):
+        r = Table("fallback reason", "records", title_justify="left")
+        for k, v in report["fallback_reasons"].items():
+            r.add_row(k, str(v))
+        out.print(r)
+    if report.get("scores"):
+        sc = Table("field", "n", "BLEU", "chrF", title="against references", title_justify="left")
+        for f, v in report["scores"].items():
+            sc.add_row(f, str(v["n"]), f"{v['bleu']:.2f}", f"{v['chrf']:.2f}")
+        out.print(sc)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("mt")
+    @user_errors
+    def mt(
+        input: Annotated[Path, typer.Argument(help="English records: JSONL (one object per line) or a JSON array.")],
+        output: Annotated[Path, typer.Argument(help="Where to write the translated JSONL.")],
+        fields: Annotated[
+            str,
+            typer.Option(
+                "--fields",
+                help="Comma-separated fields to translate (in joint order); other fields pass through.",
+            ),
+        ],
+        src: Annotated[str, typer.Option("--src", help="Source language code.")] = "en",
+        tgt: Annotated[str, typer.Option("--tgt", help="Target language code.")] = "pt",
+        engine: Annotated[
+            str, typer.Option("--engine", help="bergamot (embedded en<->pt) | hf:MODEL | python:MODULE:FUNCTION.")
+        ] = "bergamot",
+        mode: Annotated[
+            Mode, typer.Option("--mode", help="joint: CS + ITs, one pass per record; separate: field by field.")
+        ] = Mode.joint,
+        catalyst: Annotated[
+            str,
+            typer.Option(
+                "--catalyst",
+                help="auto (template by field names) | none | kind:instruction|qa|nli|search | your own sentence.",
+            ),
+        ] = "auto",
+        it_styles: Annotated[
+            str, typer.Option("--it-styles", help="Indicator-Token styles to try, in order: bracket,paren,...")
+        ] = "bracket,paren,double_bracket,pipe",
+        require_all: Annotated[
+            bool, typer.Option("--require-all", help="Every record must have every named field (else: invalid).")
+        ] = False,
+        skip_invalid: Annotated[
+            bool, typer.Option("--skip-invalid", help="Write invalid input lines to the rejects file, don't stop.")
+        ] = False,
+        rejects: Annotated[
+            Path | None, typer.Option("--rejects", help="Rejects file (default: OUTPUT-stem.rejects.jsonl).")
+        ] = None,
+        resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run into OUTPUT.")] = False,
+        overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing OUTPUT.")] = False,
+        references: Annotated[
+            Path | None, typer.Option("--references", help="Reference translations (JSONL) for BLEU/chrF per field.")
+        ] = None,
+        max_errors: Annotated[
+            int, typer.Option("--max-errors", help="Records the engine may fail on before the run stops.")
+        ] = 10,
+        batch_records: Annotated[
+            int, typer.Option("--batch-records", help="Records per engine round (and per incremental write).")
+        ] = 32,
+        engine_option: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--engine-option",
+                help="KEY=VALUE passed to the engine (hf: device, dtype, batch_tokens, max_length, num_beams, "
+                "src_code, tgt_code; bergamot: threads, max_input_len). Repeatable.",
+            ),
+        ] = None,
+        keep_newlines: Annotated[
+            bool, typer.Option(help="Translate line by line so line breaks survive (sentence-level engines).")
+        ] = True,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no table.")] = False,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log fallbacks and engine retries.")] = False,
+    ) -> None:
+        """Translate the named fields of every record, jointly (CS + Indicator Tokens) or field by field.
+
+        Output: JSONL in input order with the translated fields replaced, `_source` (the English) and
+        `_mt` (status joint/fallback/separate/failed/empty, IT style, splits). A report is printed and
+        written to OUTPUT-stem.report.json. Under torchrun/accelerate (WORLD_SIZE > 1) each rank
+        translates its share and rank 0 merges in order.
+        """
+        setup_logging(verbose)
+        from cltx.mt.engines import make_engine, parse_options
+        from cltx.mt.markers import parse_styles
+        from cltx.mt.pipeline import MTConfig
+        from cltx.mt.runner import dist_env, run_file
+
+        if not input.exists():
+            raise FileNotFoundError(2, "no such file", str(input))
+        if references is not None and not references.exists():
+            raise FileNotFoundError(2, "no such file", str(references))
+        config = MTConfig(
+            fields=fields, src=src, tgt=tgt, mode=mode.value, styles=parse_styles(it_styles), catalyst=catalyst,
+            require_all=require_all, max_errors=max_errors, batch_records=batch_records,
+        )  # fmt: skip
+        eng = make_engine(engine, src, tgt, options=parse_options(engine_option), keep_newlines=keep_newlines)
+        rank, _ = dist_env()
+        with RichProgress(disable=quiet or rank != 0) as progress:
+            report = run_file(
+                input, output, eng, config, resume=resume, overwrite=overwrite, skip_invalid=skip_invalid,
+                rejects_path=rejects, progress=progress, references=references,
+            )  # fmt: skip
+        if report is not None and not quiet:
+            render_report(report)
+            out.print(f"wrote {report['output']} and its report {output.with_name(output.stem + '.report.json')}")

@@ -1,0 +1,318 @@
+"""The translation pipeline: records in, translated records (with ``_source`` and ``_mt``) out.
+
+Per record, in ``joint`` mode (the paper's method):
+
+1. the non-empty named fields are stripped of outer whitespace (kept aside and put back later);
+2. an IT style none of them (nor the CS) contains is chosen; the joint sequence is
+   ``CS [1] field₁ [2] field₂ …``;
+3. a sequence longer than the engine's input limit is cut at sentence boundaries (or right before
+   a marker) into pieces, which are translated and glued back (``_mt.split``);
+4. the translation is split at the markers and validated (cltx.mt.markers.split); the text before
+   the first marker — the translated CS — is dropped;
+5. a record that fails (or has no free IT style, or whose joint call raised) is translated field by
+   field instead: status ``fallback`` with ``_mt.reason``.
+
+``separate`` mode translates every field on its own (the paper's baseline). Engine calls are
+batched across records. An engine exception is isolated to the texts that raise it; a record
+whose translation still fails is kept with its English fields and status ``failed`` (``_mt.error``),
+up to ``max_errors`` such records, beyond which the run stops (its output so far stays valid for
+``--resume``).
+
+Hooks: each :class:`RecordResult` passes through ``hooks`` (callables) before it is written — the
+place for per-record metadata such as quality flags (``result.meta`` becomes ``_mt``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from cltx.errors import CltxError, bad_arg
+from cltx.mt import markers as its
+from cltx.mt.catalyst import catalyst_for
+from cltx.mt.engines import Engine, checked_translate, engine_name, input_limit
+from cltx.mt.segment import cores, pack, strip_parts, translate_pieces
+
+logger = logging.getLogger(__name__)
+
+MODES = ("joint", "separate")
+
+
+@dataclass
+class MTConfig:
+    """What to translate and how.
+
+    Attributes:
+        fields: names of the fields to translate, in joint-sequence order.
+        src / tgt: language codes (``en``, ``pt`` …).
+        mode: ``joint`` (CS + ITs, one call per record) or ``separate`` (one call per field).
+        styles: IT style candidates, best first.
+        catalyst: ``auto`` | ``none`` | ``kind:NAME`` | a sentence (cltx.mt.catalyst.catalyst_for).
+        require_all: a record lacking any named field is invalid (default: translate what it has).
+        max_errors: records allowed to fail in the engine before the run stops.
+        batch_records: records per engine round (also the unit of incremental writing).
+    """
+
+    fields: list[str]
+    src: str = "en"
+    tgt: str = "pt"
+    mode: str = "joint"
+    styles: tuple[its.ITStyle, ...] = its.DEFAULT_STYLES
+    catalyst: str = "auto"
+    require_all: bool = False
+    max_errors: int = 10
+    batch_records: int = 32
+
+    def __post_init__(self) -> None:
+        if isinstance(self.fields, str):
+            self.fields = [f.strip() for f in self.fields.split(",")]
+        self.fields = [f for f in self.fields if f]
+        if not self.fields:
+            raise bad_arg("--fields", self.fields, "name at least one field, e.g. --fields instruction,input,output")
+        dup = sorted({f for f in self.fields if self.fields.count(f) > 1})
+        if dup:
+            raise bad_arg("--fields", ",".join(self.fields), f"{', '.join(dup)} named twice")
+        reserved = [f for f in self.fields if f in ("_source", "_mt")]
+        if reserved:
+            raise bad_arg("--fields", ",".join(self.fields), "_source and _mt are written by cltx mt")
+        if self.mode not in MODES:
+            raise bad_arg("--mode", self.mode, f"choose one of {', '.join(MODES)}")
+        if not self.styles:
+            raise bad_arg("--it-styles", self.styles, "give at least one style")
+        if self.max_errors < 0:
+            raise bad_arg("--max-errors", self.max_errors, "use 0 or more")
+        if self.batch_records < 1:
+            raise bad_arg("--batch-records", self.batch_records, "use 1 or more")
+        for s in (self.src, self.tgt):
+            if not s or not s.strip():
+                raise bad_arg("--src/--tgt", s, "give a language code such as en or pt")
+
+    def fingerprint(self) -> dict:
+        """What must match between a run and its ``--resume``."""
+        return {
+            "fields": self.fields,
+            "src": self.src,
+            "tgt": self.tgt,
+            "mode": self.mode,
+            "styles": [s.name for s in self.styles],
+            "catalyst": self.catalyst,
+            "require_all": self.require_all,
+        }
+
+
+@dataclass
+class RecordResult:
+    """One translated record before it is written.
+
+    Attributes:
+        line: input position (line number / array item).
+        record: the input record (not modified).
+        source: ``{field: English text}`` for every translated field.
+        translated: ``{field: translation}``.
+        meta: becomes ``_mt`` (``status``, ``it_style``, ``split``, ``reason``, ``error`` …).
+    """
+
+    line: int
+    record: dict
+    source: dict[str, str]
+    translated: dict[str, str]
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def status(self) -> str:
+        return self.meta["status"]
+
+    def output(self) -> dict:
+        """The output record: all fields, the translated ones replaced, then ``_source`` and ``_mt``."""
+        out = {k: v for k, v in self.record.items() if k not in ("_source", "_mt")}
+        out.update(self.translated)
+        out["_source"] = dict(self.source)
+        out["_mt"] = dict(self.meta)
+        return out
+
+
+RecordHook = Callable[[RecordResult], None]
+
+
+class _Job:
+    """Texts of one unit of work (a joint sequence or one field) cut into pieces."""
+
+    __slots__ = ("pieces", "texts", "outs", "error")
+
+    def __init__(self, text: str, limit: int | None, length, before=None) -> None:
+        self.pieces = pack(text, limit, length, before=before)
+        self.texts = cores(self.pieces)
+        self.outs: list[str] | None = None
+        self.error: str | None = None
+
+    def result(self) -> str:
+        return translate_pieces(self.pieces, self.outs or [])
+
+
+class _Work:
+    """Per-record working state."""
+
+    def __init__(self, line: int, record: dict, fields: list[str]) -> None:
+        self.line = line
+        self.record = record
+        self.present = [f for f in fields if isinstance(record.get(f), str)]
+        self.parts = {f: strip_parts(record[f]) for f in self.present}
+        self.nonempty = [f for f in self.present if self.parts[f][1]]
+        self.meta: dict = {"line": line}
+        self.translated: dict[str, str] = {}
+        self.joint: _Job | None = None
+        self.style: its.ITStyle | None = None
+        self.separate: dict[str, _Job] = {}
+
+
+class Pipeline:
+    """Translate records with an engine under an :class:`MTConfig`.
+
+    Args:
+        engine: anything with ``translate(list[str]) -> list[str]`` (cltx.mt.engines).
+        config: the settings.
+        hooks: callables run on every :class:`RecordResult` before it is returned.
+    """
+
+    def __init__(self, engine: Engine, config: MTConfig, hooks: Sequence[RecordHook] = ()) -> None:
+        self.engine = engine
+        self.config = config
+        self.hooks = list(hooks)
+        self.limit, self.length = input_limit(engine)
+        self.errors = 0
+        self.last_error: str | None = None
+
+    # ---------------------------------------------------------------- engine calls
+    def _run_jobs(self, jobs: list[_Job]) -> None:
+        """Translate every job's texts in one engine round; isolate exceptions to their texts."""
+        flat = [t for j in jobs for t in j.texts]
+        if not flat:
+            for j in jobs:
+                j.outs = []
+            return
+        try:
+            outs: list[str | BaseException] = list(checked_translate(self.engine, flat))
+        except Exception as e:  # noqa: BLE001 - any engine failure is recorded, not fatal
+            if len(flat) == 1:
+                outs = [e]
+            else:
+                logger.warning("engine raised on a batch of %d texts (%s); retrying them one by one", len(flat), e)
+                outs = []
+                for t in flat:
+                    try:
+                        outs.extend(checked_translate(self.engine, [t]))
+                    except Exception as e1:  # noqa: BLE001
+                        outs.append(e1)
+        k = 0
+        for j in jobs:
+            mine = outs[k : k + len(j.texts)]
+            k += len(j.texts)
+            bad = [o for o in mine if isinstance(o, BaseException)]
+            if bad:
+                j.error = f"{type(bad[0]).__name__}: {bad[0]}"[:300]
+                j.outs = None
+            else:
+                j.outs = mine  # type: ignore[assignment]
+
+    # ---------------------------------------------------------------- one batch
+    def translate_batch(self, items: Iterable[tuple[int, dict]]) -> list[RecordResult]:
+        """Translate ``(line, record)`` pairs (records already checked) in one engine round or two.
+
+        Raises:
+            CltxError: more than ``config.max_errors`` records have failed in this pipeline's life.
+        """
+        cfg = self.config
+        works = [_Work(line, rec, cfg.fields) for line, rec in items]
+        joint_jobs: list[_Job] = []
+        for w in works:
+            if not w.nonempty:
+                w.meta["status"] = "empty"
+                continue
+            if cfg.mode == "joint":
+                cores_ = [w.parts[f][1] for f in w.nonempty]
+                cs = catalyst_for(w.nonempty, cfg.catalyst)
+                style = its.choose_style([*cores_, cs or ""], cfg.styles)
+                if style is None:
+                    w.meta["reason"] = "every IT style already occurs in the record"
+                    continue
+                w.style = style
+                w.joint = _Job(its.join(cores_, style, cs), self.limit, self.length, before=style.regex)
+                joint_jobs.append(w.joint)
+        self._run_jobs(joint_jobs)
+
+        sep_jobs: list[_Job] = []
+        for w in works:
+            if w.meta.get("status") == "empty":
+                continue
+            if w.joint is not None:
+                w.meta["it_style"] = w.style.name  # type: ignore[union-attr]
+                if len(w.joint.pieces) > 1:
+                    w.meta["split"] = {"joint": len(w.joint.pieces)}
+                if w.joint.error is not None:
+                    w.meta["reason"] = f"engine error: {w.joint.error}"
+                else:
+                    try:
+                        parts = its.split(w.joint.result(), len(w.nonempty), w.style)  # type: ignore[arg-type]
+                        w.translated = dict(zip(w.nonempty, parts, strict=True))
+                        w.meta["status"] = "joint"
+                        continue
+                    except its.DecompositionError as e:
+                        w.meta["reason"] = str(e)
+            for f in w.nonempty:
+                w.separate[f] = _Job(w.parts[f][1], self.limit, self.length)
+                sep_jobs.append(w.separate[f])
+        self._run_jobs(sep_jobs)
+
+        results = []
+        for w in works:
+            if w.separate:
+                w.meta["status"] = "separate" if cfg.mode == "separate" else "fallback"
+                splits = {f: len(j.pieces) for f, j in w.separate.items() if len(j.pieces) > 1}
+                if splits:
+                    w.meta.setdefault("split", {}).update(splits)
+                failed = {f: j.error for f, j in w.separate.items() if j.error is not None}
+                if failed:
+                    w.meta["status"] = "failed"
+                    w.meta["error"] = "; ".join(f"{f}: {e}" for f, e in failed.items())[:500]
+                    w.translated = {}
+                else:
+                    w.translated = {f: j.result() for f, j in w.separate.items()}
+            # put the outer whitespace back; empty fields stay as they were
+            translated = {}
+            for f in w.present:
+                lead, core, trail = w.parts[f]
+                if w.meta["status"] == "failed" or not core:
+                    translated[f] = w.record[f]
+                else:
+                    translated[f] = lead + w.translated[f] + trail
+            source = {f: w.record[f] for f in w.present}
+            meta = {"line": w.line, "status": w.meta["status"]}
+            meta.update({k: v for k, v in w.meta.items() if k not in meta})
+            res = RecordResult(w.line, w.record, source, translated, meta)
+            for hook in self.hooks:
+                hook(res)
+            results.append(res)
+        n_failed = sum(r.status == "failed" for r in results)
+        if n_failed:
+            self.errors += n_failed
+            self.last_error = next(r.meta["error"] for r in results if r.status == "failed")
+            if self.errors > cfg.max_errors:
+                raise CltxError(
+                    f"engine {engine_name(self.engine)} failed on {self.errors} records, over the error budget "
+                    f"--max-errors={cfg.max_errors}; last error: {self.last_error}; "
+                    f"fix: repair the engine, then rerun with --resume"
+                )
+        return results
+
+
+def translate_records(
+    records: Sequence[dict], engine: Engine, config: MTConfig, hooks: Sequence[RecordHook] = ()
+) -> list[dict]:
+    """In-memory convenience: translate checked records, return the output records in order."""
+    pipe = Pipeline(engine, config, hooks)
+    out: list[dict] = []
+    items = list(enumerate(records, start=1))
+    for k in range(0, len(items), config.batch_records):
+        out.extend(r.output() for r in pipe.translate_batch(items[k : k + config.batch_records]))
+    return out

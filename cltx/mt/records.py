@@ -1,0 +1,115 @@
+"""Reading and checking input records (JSONL or a JSON array).
+
+Every input item has a position: its 1-based line number in a JSONL file, or its 1-based index in
+a JSON array. Errors name ``file:line`` (``file item N`` for arrays). Blank JSONL lines are not
+records and are skipped.
+
+Which fields a record must have: a record is translated on the named fields it *has* (a string
+value; ``null`` counts as absent); a named field it lacks is simply not translated. It is an error
+when a record has none of the named fields, or — with ``require_all`` — lacks any of them. A named
+field holding anything but a string or null (a number, a list …) is always an error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from cltx.errors import CltxError
+
+
+@dataclass
+class InputItem:
+    """One input item: position, raw text, the parsed record, or why it is invalid."""
+
+    line: int
+    raw: str
+    record: dict | None = None
+    error: str | None = None
+
+
+def _where(path: Path, line: int, array: bool) -> str:
+    return f"{path} item {line}" if array else f"{path}:{line}"
+
+
+def _is_array(path: Path) -> bool:
+    with open(path, encoding="utf-8") as fh:
+        while True:
+            ch = fh.read(1)
+            if not ch:
+                return False
+            if not ch.isspace():
+                return ch == "["
+
+
+def read_items(path: str | Path, fields: list[str], *, require_all: bool = False) -> Iterator[InputItem]:
+    """Yield every input item of ``path``, parsed and checked against ``fields``.
+
+    Invalid items come with ``error`` set (a one-line message naming the file and line); the
+    caller decides whether to stop or to write them to a rejects file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise CltxError(f"INPUT={str(path)!r}: no such file; fix: check the path")
+    if _is_array(path):
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = json.load(fh)
+        except json.JSONDecodeError as e:
+            raise CltxError(f"{path}:{e.lineno}: invalid JSON ({e.msg}); fix: repair the file") from e
+        except UnicodeDecodeError as e:
+            raise CltxError(f"{path}: not UTF-8 text ({e.reason}); fix: re-encode the file as UTF-8") from e
+        for i, obj in enumerate(data, start=1):
+            item = InputItem(i, json.dumps(obj, ensure_ascii=False), obj)
+            item.error = check_record(obj, fields, _where(path, i, True), require_all=require_all)
+            yield item
+        return
+    with open(path, "rb") as fh:
+        for i, bline in enumerate(fh, start=1):
+            try:
+                line = bline.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield InputItem(i, bline.decode("utf-8", "replace").rstrip("\r\n"), None,
+                                f"{path}:{i}: not UTF-8 text ({e.reason})")  # fmt: skip
+                continue
+            text = line.strip()
+            if not text:
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as e:
+                msg = f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})"
+                yield InputItem(i, line.rstrip("\r\n"), None, msg)
+                continue
+            item = InputItem(i, line.rstrip("\r\n"), obj)
+            item.error = check_record(obj, fields, _where(path, i, False), require_all=require_all)
+            yield item
+
+
+def check_record(obj: object, fields: list[str], where: str, *, require_all: bool = False) -> str | None:
+    """``None`` if ``obj`` can be translated on ``fields``; else a one-line error message."""
+    if not isinstance(obj, dict):
+        return f"{where}: expected a JSON object, got {type(obj).__name__}"
+    for f in fields:
+        v = obj.get(f)
+        if v is not None and not isinstance(v, str):
+            shown = json.dumps(v, ensure_ascii=False)
+            if len(shown) > 60:
+                shown = shown[:57] + "..."
+            return (
+                f"{where}: field {f!r} is a {type(v).__name__} ({shown}), not a string; "
+                f"fix: make it a string or leave it out of --fields"
+            )
+    has = [f for f in fields if isinstance(obj.get(f), str)]
+    listed = ", ".join(repr(k) for k in obj) or "no fields"
+    if require_all and len(has) < len(fields):
+        missing = ", ".join(repr(f) for f in fields if f not in has)
+        return f"{where}: record lacks field(s) {missing}; it has {listed}; fix: check --fields or drop --require-all"
+    if not has:
+        return (
+            f"{where}: record has none of the fields {', '.join(fields)}; it has {listed}; "
+            f"fix: check --fields (names are case-sensitive)"
+        )
+    return None

@@ -1,0 +1,121 @@
+"""The end-of-run report: counts from the finished output file, speed from this session, and
+(with reference translations) BLEU and chrF per field through sacrebleu.
+
+Counts are read back from the output file, so a resumed run reports on the whole file; speed
+(records/s, source characters/s) covers the records translated in this session only.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+from cltx.errors import CltxError
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for i, line in enumerate(fh, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise CltxError(f"{path}:{i}: malformed JSON ({e.msg}); fix: repair the file") from e
+    return rows
+
+
+def reference_scores(outputs: list[dict], references: str | Path, fields: list[str]) -> dict:
+    """BLEU and chrF per field of ``outputs`` against ``references`` (JSONL).
+
+    Alignment: by the ``id`` field when every reference has one (references may then cover a
+    subset), otherwise the n-th reference goes with the n-th output record. Failed records and
+    records without the field on either side are left out; ``n`` says how many pairs were scored.
+    """
+    import sacrebleu
+
+    refs = _read_jsonl(Path(references))
+    if refs and all("id" in r for r in refs):
+        by_id = {str(r["id"]): r for r in refs}
+        pairs = [(o, by_id.get(str(o.get("id")))) for o in outputs]
+    else:
+        if len(refs) != len(outputs):
+            raise CltxError(
+                f"--references={str(references)!r}: {len(refs)} records for {len(outputs)} outputs and no 'id' "
+                f"field to align them; fix: give one reference per record in order, or an 'id' on both"
+            )
+        pairs = list(zip(outputs, refs, strict=True))
+    scores = {}
+    for f in fields:
+        hyp, ref = [], []
+        for o, r in pairs:
+            if r is None or o.get("_mt", {}).get("status") == "failed":
+                continue
+            if isinstance(o.get(f), str) and isinstance(r.get(f), str) and r[f].strip():
+                hyp.append(o[f])
+                ref.append(r[f])
+        if hyp:
+            scores[f] = {
+                "n": len(hyp),
+                "bleu": round(sacrebleu.corpus_bleu(hyp, [ref]).score, 2),
+                "chrf": round(sacrebleu.corpus_chrf(hyp, [ref]).score, 2),
+            }
+    return scores
+
+
+def build_report(
+    output: Path,
+    rejects: Path,
+    *,
+    config,
+    engine: str,
+    session: dict,
+    elapsed: float,
+    references: str | Path | None = None,
+    world_size: int = 1,
+) -> dict:
+    """The report dict (also written as JSON beside the output)."""
+    rows = _read_jsonl(output) if output.exists() else []
+    status = Counter(r.get("_mt", {}).get("status", "?") for r in rows)
+    reasons = Counter(
+        r["_mt"]["reason"].split(":")[0] if r["_mt"]["reason"].startswith("engine error") else r["_mt"]["reason"]
+        for r in rows
+        if r.get("_mt", {}).get("reason")
+    )
+    n_rejects = len(_read_jsonl(rejects)) if rejects.exists() else 0
+    attempted = status["joint"] + status["fallback"] + (status["failed"] if config.mode == "joint" else 0)
+    report = {
+        "input_records": len(rows) + n_rejects,
+        "records": len(rows),
+        "rejected": n_rejects,
+        "mode": config.mode,
+        "engine": engine,
+        "src": config.src,
+        "tgt": config.tgt,
+        "fields": config.fields,
+        "status": dict(status),
+        "joint_success_rate": round(status["joint"] / attempted, 4) if attempted else None,
+        "fallbacks": status["fallback"],
+        "failures": status["failed"],
+        "fallback_reasons": dict(reasons.most_common(10)),
+        "split_records": sum(1 for r in rows if r.get("_mt", {}).get("split")),
+        "it_styles": dict(Counter(r["_mt"]["it_style"] for r in rows if r.get("_mt", {}).get("it_style"))),
+        "session": {
+            "records": session.get("records", 0),
+            "seconds": round(elapsed, 3),
+            "records_per_s": round(session.get("records", 0) / elapsed, 3) if elapsed > 0 else None,
+            "source_chars_per_s": round(session.get("source_chars", 0) / elapsed, 1) if elapsed > 0 else None,
+            "world_size": world_size,
+        },
+        "output": str(output),
+        "rejects": str(rejects) if n_rejects else None,
+    }
+    if references is not None:
+        report["references"] = str(references)
+        report["scores"] = reference_scores(rows, references, config.fields)
+    return report
+
+
+def write_report(report: dict, path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")

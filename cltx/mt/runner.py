@@ -1,0 +1,302 @@
+"""File-level driver: input file → output JSONL, incremental, resumable, shardable.
+
+Crash safety. Output records are appended batch by batch and flushed; every output record carries
+its input position in ``_mt.line``, and every reject its ``line``. ``--resume`` reads both files
+(dropping a torn last line), skips the positions already there and appends the rest. Because
+records are written in input order and rejects are written before the batch they belong to, the
+finished file is byte-for-byte the file an uninterrupted run writes. A small sidecar
+(``OUTPUT.run.json``) holds the settings so a resume with different settings is refused; it is
+removed when the run completes.
+
+Sharding (several GPUs or processes). With ``WORLD_SIZE`` > 1 (set by ``torchrun`` and
+``accelerate launch``, or by hand with ``RANK``), rank r translates the records at positions
+r, r + W, r + 2W … of the valid input into ``OUTPUT.shard-r-of-W`` (and its own rejects), then
+drops a ``.done`` marker. Rank 0 waits for every marker and merges the shards in input order into
+OUTPUT (same bytes as a one-process run), writes the report and removes the shards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from cltx.errors import CltxError, bad_arg
+from cltx.mt.engines import Engine, engine_name
+from cltx.mt.pipeline import MTConfig, Pipeline, RecordHook
+from cltx.mt.records import InputItem, read_items
+from cltx.progress import Progress, ensure_progress
+
+logger = logging.getLogger(__name__)
+
+
+def dumps(obj: dict) -> str:
+    return json.dumps(obj, ensure_ascii=False)
+
+
+def default_rejects(output: Path) -> Path:
+    return output.with_name(output.stem + ".rejects.jsonl")
+
+
+def report_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".report.json")
+
+
+def dist_env() -> tuple[int, int]:
+    """``(rank, world_size)`` from ``RANK``/``WORLD_SIZE`` (torchrun, accelerate), default ``(0, 1)``."""
+    try:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        rank = int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+    except ValueError as e:
+        raise CltxError(f"RANK/WORLD_SIZE must be integers ({e}); fix: check the launcher's environment") from e
+    if world < 1 or not 0 <= rank < world:
+        raise CltxError(f"RANK={rank} WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
+    return rank, world
+
+
+def _read_done(path: Path, key) -> set[int]:
+    """Positions already written to ``path``; a torn (unterminated) last line is cut off."""
+    done: set[int] = set()
+    if not path.exists():
+        return done
+    with open(path, "rb+") as fh:
+        data = fh.read()
+        end = data.rfind(b"\n") + 1
+        if end < len(data):
+            logger.warning("%s: dropping a torn last line (%d bytes) before resuming", path, len(data) - end)
+            fh.truncate(end)
+    for i, line in enumerate(data[:end].decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            done.add(int(key(json.loads(line))))
+        except (ValueError, KeyError, TypeError) as e:
+            raise CltxError(
+                f"{path}:{i}: not a cltx mt output line ({e}); fix: resume only files cltx mt wrote, "
+                f"or start again without --resume"
+            ) from e
+    return done
+
+
+class _Writer:
+    """Appends output records and rejects; knows what is already done (for ``--resume``)."""
+
+    def __init__(self, out: Path, rejects: Path, *, resume: bool, overwrite: bool, fingerprint: dict) -> None:
+        self.out, self.rejects = out, rejects
+        self.state = out.with_name(out.name + ".run.json")
+        exists = out.exists() and out.stat().st_size > 0
+        if exists and not resume and not overwrite:
+            raise bad_arg("OUTPUT", str(out), "exists; pass --resume to continue it or --overwrite to replace it")
+        if resume and self.state.exists():
+            saved = json.loads(self.state.read_text())
+            if saved != fingerprint:
+                diff = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
+                raise CltxError(
+                    f"--resume: {out} was started with other settings {diff} (saved, now); "
+                    f"fix: rerun with the same settings or without --resume"
+                )
+        if not resume:
+            for p in (out, rejects):
+                if p.exists():
+                    p.unlink()
+        self.done = _read_done(out, lambda r: r["_mt"]["line"]) if resume else set()
+        self.done |= _read_done(rejects, lambda r: r["line"]) if resume else set()
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.state.write_text(json.dumps(fingerprint))
+        self._out = open(out, "a", encoding="utf-8")
+        self._rej = None
+
+    def reject(self, item: InputItem) -> None:
+        if self._rej is None:
+            self._rej = open(self.rejects, "a", encoding="utf-8")
+        self._rej.write(dumps({"line": item.line, "error": item.error, "raw": item.raw}) + "\n")
+        self._rej.flush()
+
+    def write(self, records: list[dict]) -> None:
+        if records:
+            self._out.write("".join(dumps(r) + "\n" for r in records))
+            self._out.flush()
+            os.fsync(self._out.fileno())
+
+    def close(self, complete: bool) -> None:
+        self._out.close()
+        if self._rej is not None:
+            self._rej.close()
+        if complete and self.state.exists():
+            self.state.unlink()
+
+
+def _merge(parts: list[Path], dest: Path, key) -> None:
+    """Merge shard files (each sorted by ``key``) into ``dest`` in ``key`` order."""
+    import heapq
+
+    def rows(p: Path):
+        if not p.exists():
+            return
+        with open(p, encoding="utf-8") as fh:
+            for line in fh:
+                if line.strip():
+                    yield key(json.loads(line)), line if line.endswith("\n") else line + "\n"
+
+    tmp = dest.with_name(dest.name + ".merging")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        for _, line in heapq.merge(*(rows(p) for p in parts), key=lambda kv: kv[0]):
+            fh.write(line)
+    if tmp.stat().st_size or any(p.exists() for p in parts):
+        tmp.replace(dest)
+    else:
+        tmp.unlink()
+
+
+def run_file(
+    input_path: str | Path,
+    output_path: str | Path,
+    engine: Engine,
+    config: MTConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    skip_invalid: bool = False,
+    rejects_path: str | Path | None = None,
+    hooks: Sequence[RecordHook] = (),
+    progress: Progress | None = None,
+    references: str | Path | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    merge_timeout: float | None = None,
+) -> dict | None:
+    """Translate ``input_path`` into ``output_path``; return the report (rank 0) or ``None``.
+
+    Args:
+        resume: continue an interrupted run (see the module docstring).
+        overwrite: replace an existing output.
+        skip_invalid: write invalid input items to the rejects file instead of stopping.
+        rejects_path: defaults to ``OUTPUT-stem.rejects.jsonl`` beside the output.
+        hooks: per-record callables (cltx.mt.pipeline.RecordHook).
+        references: reference translations (JSONL) for BLEU/chrF in the report.
+        rank / world_size: sharding; default from the environment (:func:`dist_env`).
+        merge_timeout: seconds rank 0 waits for the other shards (``None``: no limit).
+    """
+    from cltx.mt.report import build_report, write_report
+
+    progress = ensure_progress(progress)
+    inp, out = Path(input_path), Path(output_path)
+    if inp.resolve() == out.resolve():
+        raise bad_arg("OUTPUT", str(out), "is the input file; write to another path")
+    if rank is None or world_size is None:
+        rank, world_size = dist_env()
+    final_rejects = Path(rejects_path) if rejects_path else default_rejects(out)
+    if world_size > 1:
+        shard_out = out.with_name(f"{out.name}.shard-{rank}-of-{world_size}")
+        shard_rej = final_rejects.with_name(f"{final_rejects.name}.shard-{rank}-of-{world_size}")
+        done_marker = shard_out.with_name(shard_out.name + ".done")
+        if done_marker.exists():
+            done_marker.unlink()
+        if rank == 0 and out.exists() and not (resume or overwrite):
+            raise bad_arg("OUTPUT", str(out), "exists; pass --resume to continue it or --overwrite to replace it")
+    else:
+        shard_out, shard_rej = out, final_rejects
+
+    # Pass 1: parse and check everything before any engine time is spent.
+    n_valid = n_invalid = 0
+    first_error = None
+    for item in read_items(inp, config.fields, require_all=config.require_all):
+        if item.error is None:
+            n_valid += 1
+        else:
+            n_invalid += 1
+            first_error = first_error or item.error
+    if n_invalid and not skip_invalid:
+        more = f" (and {n_invalid - 1} more invalid items)" if n_invalid > 1 else ""
+        raise CltxError(f"{first_error}{more}; fix: repair the input or pass --skip-invalid")
+
+    writer = _Writer(
+        shard_out, shard_rej, resume=resume, overwrite=overwrite or world_size > 1 and resume is False,
+        fingerprint={**config.fingerprint(), "world_size": world_size},
+    )  # fmt: skip
+    pipe = Pipeline(engine, config, hooks)
+    mine = sum(1 for k in range(n_valid) if k % world_size == rank)
+    progress.start("mt", total=mine + (n_invalid if rank == 0 else 0), description=f"mt {config.mode}")
+    t0 = time.perf_counter()
+    stats = {"records": 0, "source_chars": 0, "joint": 0, "fallback": 0, "separate": 0, "failed": 0, "empty": 0}
+    complete = False
+    try:
+        batch: list[tuple[int, dict]] = []
+        valid_k = -1
+
+        def flush() -> None:
+            if not batch:
+                return
+            results = pipe.translate_batch(batch)
+            writer.write([r.output() for r in results])
+            for r in results:
+                stats["records"] += 1
+                stats[r.status] = stats.get(r.status, 0) + 1
+                stats["source_chars"] += sum(len(v) for v in r.source.values())
+            progress.advance("mt", len(batch), joint=stats["joint"], fallback=stats["fallback"], failed=stats["failed"])
+            batch.clear()
+
+        done = writer.done
+        if world_size > 1 and resume:  # a finished earlier merge counts as done too
+            done |= _read_done(out, lambda r: r["_mt"]["line"]) | _read_done(final_rejects, lambda r: r["line"])
+        for item in read_items(inp, config.fields, require_all=config.require_all):
+            if item.error is not None:
+                if rank == 0 and item.line not in done:
+                    writer.reject(item)
+                if rank == 0:
+                    progress.advance("mt", 1)
+                continue
+            valid_k += 1
+            if valid_k % world_size != rank:
+                continue
+            if item.line in done:
+                progress.advance("mt", 1)
+                continue
+            batch.append((item.line, item.record))  # type: ignore[arg-type]
+            if len(batch) >= config.batch_records:
+                flush()
+        flush()
+        complete = True
+    finally:
+        writer.close(complete)
+    elapsed = time.perf_counter() - t0
+    progress.finish("mt")
+
+    if world_size > 1:
+        done_marker.write_text(json.dumps(stats))
+        if rank != 0:
+            return None
+        markers = [out.with_name(f"{out.name}.shard-{r}-of-{world_size}.done") for r in range(world_size)]
+        waited = time.perf_counter()
+        while not all(m.exists() for m in markers):
+            if merge_timeout is not None and time.perf_counter() - waited > merge_timeout:
+                missing = [str(m) for m in markers if not m.exists()]
+                raise CltxError(f"rank 0 waited {merge_timeout:.0f}s for shards {missing}; fix: rerun the ranks")
+            time.sleep(0.2)
+        shards = [out.with_name(f"{out.name}.shard-{r}-of-{world_size}") for r in range(world_size)]
+        rej_shards = [
+            final_rejects.with_name(f"{final_rejects.name}.shard-{r}-of-{world_size}") for r in range(world_size)
+        ]
+        earlier = [out] if resume and out.exists() else []
+        earlier_rej = [final_rejects] if resume and final_rejects.exists() else []
+        _merge([*earlier, *shards], out, lambda r: r["_mt"]["line"])
+        _merge([*earlier_rej, *rej_shards], final_rejects, lambda r: r["line"])
+        for m in markers:
+            shard_stats = json.loads(m.read_text())
+            if m != markers[0]:
+                for k, v in shard_stats.items():
+                    stats[k] = stats.get(k, 0) + v
+        for p in [*shards, *rej_shards, *markers]:
+            if p.exists():
+                p.unlink()
+        elapsed = time.perf_counter() - t0
+
+    report = build_report(
+        out, final_rejects, config=config, engine=engine_name(engine), session=stats, elapsed=elapsed,
+        references=references, world_size=world_size,
+    )  # fmt: skip
+    write_report(report, report_path(out))
+    return report
