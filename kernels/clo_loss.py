@@ -40,6 +40,9 @@ fp32-output products when activations are bf16).
 
 from __future__ import annotations
 
+import sys
+import types
+
 import torch
 import triton
 import triton.language as tl
@@ -259,3 +262,15 @@ def clo_loss(
         row_ops=TRITON_ROW_OPS if use_triton else REFERENCE_ROW_OPS,
         mode=mode,
     )
+
+
+class _CallableModule(types.ModuleType):
+    """Importing ``cltx.kernels.clo_loss`` (this module) rebinds the package attribute ``clo_loss`` from the
+    lazily exported function to the module; calling the module forwards to the function, so
+    ``cltx.kernels.clo_loss(...)`` works in either order of imports."""
+
+    def __call__(self, *args, **kwargs):
+        return clo_loss(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,477 @@
+"""clo_loss vs a float64 autograd oracle of the formula (full logits), on the CPU reference path,
+through the Triton interpreter, and on a GPU at full size against the chunked fp32 reference.
+
+Tolerances (error measured relative to the largest magnitude of the compared tensor):
+
+| inputs | loss, metrics | gradients |
+| --- | --- | --- |
+| float64 | 1e-10 | 1e-10 |
+| float32 | 1e-5 | 5e-5 |
+| bfloat16 (logits, d-logits stored in bf16) | 1e-2 | 3e-2 |
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cltx.errors import CltxError
+from cltx.kernels import reference_clo
+from cltx.kernels.reference_clo import clo_loss_reference, last_plan, plan_chunks
+
+TOL = {
+    torch.float64: (1e-10, 1e-10),
+    torch.float32: (1e-5, 5e-5),
+    torch.bfloat16: (1e-2, 3e-2),
+}
+METRICS = ("chosen_logps", "rejected_logps", "rewards_chosen", "rewards_rejected", "margins", "nll", "cl")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The oracle: the formula of issue 4 with autograd on full logits, in float64
+# ---------------------------------------------------------------------------------------------------
+
+
+def oracle(hidden, weight, labels, ref_c, ref_r, nll_mask, *, bias=None, beta=0.1, lam=0.5, average_logps=False):
+    P2, T, H = hidden.shape
+    P = P2 // 2
+    z = hidden.reshape(-1, H) @ weight.t()
+    if bias is not None:
+        z = z + bias
+    logp = torch.log_softmax(z, dim=-1)
+    lab = labels.reshape(-1)
+    valid = lab != -100
+    tok = logp.gather(1, torch.where(valid, lab, 0)[:, None]).squeeze(1) * valid
+    tok = tok.view(P2, T)
+    count = valid.view(P2, T).sum(1).to(tok.dtype)
+    s = tok.sum(1)
+    if average_logps:
+        s = torch.where(count > 0, s / count.clamp(min=1), torch.zeros_like(s))
+    chosen, rejected = s[:P], s[P:]
+    n_nll = (count[:P] * nll_mask).sum()
+    nll = -(tok.sum(1)[:P] * nll_mask).sum() / n_nll.clamp(min=1)
+    rc, rr = beta * (chosen - ref_c), beta * (rejected - ref_r)
+    margins = rc - rr
+    cl = torch.nn.functional.softplus(-margins).mean()
+    loss = lam * nll + (1 - lam) * cl
+    metrics = {
+        "chosen_logps": chosen,
+        "rejected_logps": rejected,
+        "rewards_chosen": rc,
+        "rewards_rejected": rr,
+        "margins": margins,
+        "accuracy": (margins > 0).to(tok.dtype).mean(),
+        "nll": nll,
+        "cl": cl,
+    }
+    return loss, metrics
+
+
+def make_inputs(P, T, H, V, *, dtype=torch.float32, wdtype=None, bias=False, device="cpu", seed=0, masked=True):
+    g = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(2 * P, T, H, generator=g, dtype=torch.float64)
+    weight = torch.randn(V, H, generator=g, dtype=torch.float64) * (2.0 / math.sqrt(H))
+    b = torch.randn(V, generator=g, dtype=torch.float64) * 0.5 if bias else None
+    labels = torch.randint(0, V, (2 * P, T), generator=g)
+    if masked:
+        labels[:, : max(1, T // 3)] = -100  # the prompt positions
+        labels[0, -1] = -100  # ragged padding
+        if P > 1:
+            labels[P + 1, :] = -100  # an all-masked rejected row
+    ref_c = torch.randn(P, generator=g, dtype=torch.float64) - T
+    ref_r = torch.randn(P, generator=g, dtype=torch.float64) - T
+    nll_mask = torch.rand(P, generator=g) < 0.6
+    nll_mask[0] = True
+    out = {
+        "hidden": hidden.to(dtype),
+        "weight": weight.to(wdtype or dtype),
+        "bias": None if b is None else b.to(wdtype or dtype),
+        "labels": labels,
+        "ref_c": ref_c.float(),
+        "ref_r": ref_r.float(),
+        "nll_mask": nll_mask,
+    }
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
+
+
+def run(fn, inp, *, upstream=1.0, need=("hidden", "weight", "bias"), **opts):
+    """Loss, metrics and gradients (of upstream·loss) for the leaves named in ``need``."""
+    leaves = {}
+    for name in ("hidden", "weight", "bias"):
+        t = inp[name]
+        if t is None:
+            continue
+        t = t.detach().clone().requires_grad_(name in need)
+        leaves[name] = t
+    loss, metrics = fn(
+        leaves["hidden"],
+        leaves["weight"],
+        inp["labels"],
+        inp["ref_c"],
+        inp["ref_r"],
+        inp["nll_mask"],
+        bias=leaves.get("bias"),
+        **opts,
+    )
+    (loss * upstream).backward()
+    grads = {k: v.grad for k, v in leaves.items()}
+    return loss.detach(), metrics, grads
+
+
+def run_oracle(inp, *, upstream=1.0, **opts):
+    f64 = {k: (v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v) for k, v in inp.items()}
+    f64 = {k: (v.cpu() if isinstance(v, torch.Tensor) else v) for k, v in f64.items()}
+    return run(oracle, f64, upstream=upstream, **opts)
+
+
+def assert_close(got, want, tol, what):
+    got, want = got.detach().double().cpu(), want.detach().double().cpu()
+    assert got.shape == want.shape, what
+    assert torch.isfinite(got).all(), f"{what}: non-finite values"
+    scale = want.abs().max().item()
+    err = (got - want).abs().max().item()
+    assert err <= tol * max(scale, 1e-6), f"{what}: max error {err:.3g} vs scale {scale:.3g} (tol {tol})"
+
+
+def compare(got, want, dtype, *, check_accuracy=True):
+    (loss, metrics, grads), (loss0, metrics0, grads0) = got, want
+    tol_v, tol_g = TOL[dtype]
+    assert_close(loss, loss0, tol_v, "loss")
+    for k in METRICS:
+        assert_close(metrics[k], metrics0[k], tol_v, k)
+        assert not metrics[k].requires_grad, k
+    if check_accuracy:
+        assert metrics["accuracy"].item() == pytest.approx(metrics0["accuracy"].item())
+    assert set(grads) == set(grads0)
+    for k, g in grads.items():
+        if grads0[k] is None:
+            assert g is None, f"{k} has a gradient it should not"
+            continue
+        assert g is not None, f"missing gradient for {k}"
+        assert_close(g, grads0[k], tol_g, f"grad {k}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# CPU tier: the reference path against the oracle
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode", [None, "pair", "recompute"])
+@pytest.mark.parametrize("bias", [False, True])
+def test_reference_matches_formula(dtype, mode, bias):
+    inp = make_inputs(3, 7, 13, 37, dtype=dtype, bias=bias, seed=1)
+    opts = {"beta": 0.3, "lam": 0.4, "mode": mode}
+    if mode == "pair":
+        opts["memory_budget_gib"] = 2 * 7 * 37 * 20 / 2**30 + 1e-9  # ~one pair per chunk with the margin
+    got = run(clo_loss_reference, inp, upstream=2.5, **opts)
+    assert last_plan().mode == (mode or "pair")
+    want = run_oracle(inp, upstream=2.5, beta=0.3, lam=0.4)
+    compare(got, want, dtype)
+
+
+@pytest.mark.parametrize("average_logps", [False, True])
+def test_reference_average_logps_and_all_masked_rows(average_logps):
+    inp = make_inputs(4, 9, 11, 53, dtype=torch.float64, seed=2)
+    inp["labels"][2, :] = -100  # an all-masked chosen row too
+    got = run(clo_loss_reference, inp, upstream=-0.7, average_logps=average_logps, beta=0.5)
+    want = run_oracle(inp, upstream=-0.7, average_logps=average_logps, beta=0.5)
+    compare(got, want, torch.float64)
+    _, metrics, grads = got
+    assert metrics["chosen_logps"][2].item() == 0.0
+    assert torch.isfinite(grads["hidden"]).all()
+    assert grads["hidden"][2].abs().max().item() == 0.0  # no scored token, no gradient
+
+
+def test_reference_recompute_chunks_cross_rows_and_pairs_split():
+    inp = make_inputs(3, 10, 8, 29, dtype=torch.float64, seed=3)
+    # 1 MiB-per-... tiny budgets: recompute with chunks that straddle rows (16 tokens, T = 10)
+    got = run(clo_loss_reference, inp, memory_budget_gib=1e-7, mode="recompute")
+    plan = last_plan()
+    assert plan.mode == "recompute" and len(plan.chunks) > 1
+    assert any(r[0][0] % 10 for r in plan.chunks)  # some chunk starts mid-row
+    compare(got, run_oracle(inp), torch.float64)
+
+
+def test_nll_mask_all_false_gives_zero_nll():
+    inp = make_inputs(3, 6, 8, 31, dtype=torch.float64, seed=4)
+    inp["nll_mask"] = torch.zeros(3, dtype=torch.bool)
+    got = run(clo_loss_reference, inp, lam=0.5)
+    assert got[1]["nll"].item() == 0.0
+    compare(got, run_oracle(inp, lam=0.5), torch.float64)
+
+
+def test_bf16_against_float64():
+    inp = make_inputs(2, 12, 24, 97, dtype=torch.bfloat16, bias=True, seed=5)
+    got = run(clo_loss_reference, inp, upstream=3.0)
+    assert got[2]["hidden"].dtype == torch.bfloat16 and got[2]["weight"].dtype == torch.bfloat16
+    compare(got, run_oracle(inp, upstream=3.0), torch.bfloat16, check_accuracy=False)
+
+
+def test_mixed_dtypes_bf16_hidden_fp32_weight():
+    inp = make_inputs(2, 8, 16, 41, dtype=torch.bfloat16, wdtype=torch.float32, bias=True, seed=6)
+    got = run(clo_loss_reference, inp, upstream=1.5, memory_budget_gib=1e-7)  # several chunks
+    grads = got[2]
+    assert grads["hidden"].dtype == torch.bfloat16
+    assert grads["weight"].dtype == torch.float32 and grads["bias"].dtype == torch.float32
+    # the matmuls run in bf16: compare with the oracle on the bf16-rounded weight
+    inp_w = dict(inp, weight=inp["weight"].bfloat16().float(), bias=inp["bias"].bfloat16().float())
+    compare(got, run_oracle(inp_w, upstream=1.5), torch.bfloat16, check_accuracy=False)
+
+
+def test_frozen_weight_does_no_weight_gradient_work(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("weight-gradient product ran for a frozen weight")
+
+    monkeypatch.setattr(reference_clo, "_accumulate_weight_grad", boom)
+    inp = make_inputs(2, 6, 10, 23, dtype=torch.float64, seed=7)
+    got = run(clo_loss_reference, inp, need=("hidden",), upstream=2.0)
+    assert got[2]["weight"] is None
+    want = run_oracle(inp, need=("hidden",), upstream=2.0)
+    compare(got, want, torch.float64)
+
+
+def test_no_grad_runs_no_gradient_kernel(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("d-logits computed without any gradient wanted")
+
+    monkeypatch.setitem(reference_clo.REFERENCE_ROW_OPS, "grad", boom)
+    inp = make_inputs(2, 5, 8, 19, dtype=torch.float64, seed=8)
+    with torch.no_grad():
+        loss, metrics = clo_loss_reference(
+            inp["hidden"], inp["weight"], inp["labels"], inp["ref_c"], inp["ref_r"], inp["nll_mask"]
+        )
+    loss0, metrics0 = oracle(inp["hidden"], inp["weight"], inp["labels"], inp["ref_c"], inp["ref_r"], inp["nll_mask"])
+    assert_close(loss, loss0, 1e-10, "loss")
+
+
+def test_public_function_on_cpu_uses_reference():
+    import cltx.kernels
+    import cltx.kernels.clo_loss  # noqa: F401  (rebinds the package attribute to the module)
+
+    clo_loss = cltx.kernels.clo_loss  # module or function: callable either way
+
+    inp = make_inputs(2, 5, 8, 19, dtype=torch.float32, bias=True, seed=9)
+    got = run(clo_loss, inp, upstream=0.3)
+    assert last_plan().path == "reference"
+    compare(got, run_oracle(inp, upstream=0.3), torch.float32)
+
+
+def test_plan_pair_mode_fits_budget_and_covers_every_token():
+    P, T, V = 5, 40, 1000
+    budget = 100 << 20
+    plan = plan_chunks(P, T, V, bytes_per_logit=2, budget_bytes=budget)
+    assert plan.mode == "pair"
+    assert plan.max_tokens * V * 2 <= budget
+    covered = sorted(r for ch in plan.chunks for r in ch)
+    flat = [i for a, b in covered for i in range(a, b)]
+    assert flat == list(range(2 * P * T))
+    for ch in plan.chunks:  # each chunk holds whole pairs: i's chosen row with its rejected row
+        rows = {i // T for a, b in ch for i in range(a, b)}
+        assert all((r + P if r < P else r - P) in rows for r in rows)
+
+
+def test_plan_recompute_when_one_pair_does_not_fit():
+    P, T, V = 1, 16384, 128256
+    plan = plan_chunks(P, T, V, bytes_per_logit=2, budget_bytes=2 << 30)
+    assert plan.mode == "recompute"
+    assert plan.max_tokens * V * 2 <= 2 << 30
+    assert sum(b - a for ch in plan.chunks for a, b in ch) == 2 * P * T
+
+
+@pytest.mark.parametrize(
+    ("field", "fix"),
+    [("hidden", "hidden.shape"), ("labels", "labels.shape"), ("lam", "lam"), ("nll_mask", "nll_mask.shape")],
+)
+def test_bad_arguments_name_the_argument(field, fix):
+    inp = make_inputs(2, 5, 8, 19, dtype=torch.float32, seed=10)
+    args = dict(inp)
+    kw = {}
+    if field == "hidden":
+        args["hidden"] = inp["hidden"][:3]
+    elif field == "labels":
+        args["labels"] = inp["labels"][:, :-1]
+    elif field == "nll_mask":
+        args["nll_mask"] = inp["nll_mask"][:1]
+    else:
+        kw["lam"] = 1.5
+    with pytest.raises(CltxError, match=fix.replace(".", r"\.")):
+        clo_loss_reference(
+            args["hidden"], args["weight"], args["labels"], args["ref_c"], args["ref_r"], args["nll_mask"], **kw
+        )
+
+
+def test_label_out_of_range_is_an_error():
+    inp = make_inputs(2, 5, 8, 19, dtype=torch.float32, seed=11)
+    inp["labels"][1, 2] = 19
+    with pytest.raises(CltxError, match="labels"):
+        clo_loss_reference(inp["hidden"], inp["weight"], inp["labels"], inp["ref_c"], inp["ref_r"], inp["nll_mask"])
+
+
+# ---------------------------------------------------------------------------------------------------
+# Interpreter tier: the Triton row kernels through TRITON_INTERPRET=1, small sizes
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_interpreter_row_kernels(dtype):
+    from cltx.kernels.clo_loss import row_grad_, row_stats
+
+    g = torch.Generator().manual_seed(12)
+    z = (torch.randn(9, 300, generator=g) * 3).to(dtype)  # V = 300: two tiles of 256, the second masked
+    labels = torch.randint(0, 300, (9,), generator=g)
+    labels[3] = -100
+    lse, zl = row_stats(z, labels)
+    zf = z.double()
+    assert_close(lse, torch.logsumexp(zf, -1), 1e-6, "lse")
+    want_zl = zf.gather(1, labels.clamp(min=0)[:, None]).squeeze(1) * (labels != -100)
+    assert_close(zl, want_zl, 1e-6, "label logit")
+    coef = torch.randn(9, generator=g)
+    coef[3] = 0.0
+    want = coef.double()[:, None] * (
+        torch.nn.functional.one_hot(labels.clamp(min=0), 300).double() * (labels != -100)[:, None]
+        - torch.softmax(zf, -1)
+    )
+    row_grad_(z, labels, lse, coef)
+    assert_close(z, want, 1e-6 if dtype == torch.float32 else 1e-2, "d-logits")
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize(
+    ("dtype", "wdtype", "mode", "bias", "average_logps"),
+    [
+        (torch.float32, None, "pair", True, False),
+        (torch.float32, None, "recompute", False, True),
+        (torch.bfloat16, None, None, True, False),
+        (torch.bfloat16, torch.float32, "recompute", True, False),
+    ],
+)
+def test_interpreter_matches_formula(dtype, wdtype, mode, bias, average_logps):
+    from cltx.kernels.clo_loss import clo_loss
+
+    inp = make_inputs(2, 7, 12, 300, dtype=dtype, wdtype=wdtype, bias=bias, seed=13)
+    opts = {"mode": mode, "average_logps": average_logps, "beta": 0.2}
+    if mode == "recompute":
+        opts["memory_budget_gib"] = 1e-7
+    got = run(clo_loss, inp, upstream=1.7, **opts)
+    plan = last_plan()
+    assert plan.path == "triton"
+    assert plan.mode == (mode or "pair")
+    ref_inp = inp
+    if wdtype is not None:
+        ref_inp = dict(inp, weight=inp["weight"].to(dtype).float(), bias=inp["bias"].to(dtype).float())
+    want = run_oracle(ref_inp, upstream=1.7, average_logps=average_logps, beta=0.2)
+    compare(got, want, dtype if dtype != torch.float32 else torch.float32, check_accuracy=dtype == torch.float32)
+
+
+@pytest.mark.interpreter
+def test_interpreter_frozen_weight_and_all_masked():
+    from cltx.kernels.clo_loss import clo_loss
+
+    inp = make_inputs(2, 6, 10, 130, dtype=torch.float32, seed=14)
+    inp["labels"][0, :] = -100
+    inp["nll_mask"] = torch.tensor([True, False])  # the only NLL row is all masked: NLL = 0
+    got = run(clo_loss, inp, need=("hidden",), upstream=-2.0)
+    assert last_plan().path == "triton"
+    assert got[2]["weight"] is None
+    assert got[1]["nll"].item() == 0.0
+    compare(got, run_oracle(inp, need=("hidden",), upstream=-2.0), torch.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# GPU tier: the Triton path for real (no fallback), odd shapes vs the oracle, full size vs the chunked
+# fp32 reference on the same inputs
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("dtype", "wdtype", "mode"),
+    [
+        (torch.float32, None, None),
+        (torch.float32, None, "recompute"),
+        (torch.bfloat16, None, None),
+        (torch.bfloat16, torch.float32, "recompute"),
+    ],
+)
+def test_gpu_odd_shapes_match_formula(dtype, wdtype, mode):
+    from cltx.kernels.clo_loss import clo_loss
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    inp = make_inputs(3, 37, 200, 5003, dtype=dtype, wdtype=wdtype, bias=True, device="cuda", seed=15)
+    opts = {"mode": mode}
+    if mode == "recompute":
+        opts["memory_budget_gib"] = 64 * 5003 * 4 / 2**30  # ~64-token chunks, straddling rows
+    got = run(clo_loss, inp, upstream=2.0, **opts)
+    plan = last_plan()
+    assert plan.path == "triton", "the GPU tier must run the Triton path"
+    assert plan.mode == (mode or "pair")
+    ref_inp = inp
+    if wdtype is not None:
+        ref_inp = dict(inp, weight=inp["weight"].to(dtype).float(), bias=inp["bias"].to(dtype).float())
+    want = run_oracle(ref_inp, upstream=2.0)
+    compare(got, want, dtype, check_accuracy=dtype == torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", [None, "recompute"])
+def test_gpu_full_size_against_chunked_fp32_reference(mode):
+    """8,192 tokens (4 pairs × 2 × 1,024), H 4096, V 128256, bf16, vs the fp32 reference on the same values."""
+    from cltx.kernels.clo_loss import clo_loss
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    P, T, H, V = 4, 1024, 4096, 128256
+    g = torch.Generator(device="cuda").manual_seed(16)
+    hidden = torch.randn(2 * P, T, H, device="cuda", generator=g).bfloat16()
+    weight = (torch.randn(V, H, device="cuda", generator=g) * (2.0 / math.sqrt(H))).bfloat16()
+    labels = torch.randint(0, V, (2 * P, T), device="cuda", generator=g)
+    labels[:, :200] = -100
+    labels[P + 1, 700:] = -100
+    ref_c = -torch.rand(P, device="cuda", generator=g) * 100 - 8000
+    ref_r = -torch.rand(P, device="cuda", generator=g) * 100 - 8000
+    nll_mask = torch.tensor([True, False, True, True], device="cuda")
+    h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
+    budget = 0.25 if mode == "recompute" else None
+    loss, metrics = clo_loss(h, w, labels, ref_c, ref_r, nll_mask, memory_budget_gib=budget)
+    (loss * 2.0).backward()
+    plan = last_plan()
+    assert plan.path == "triton"
+    assert plan.mode == ("recompute" if mode else "pair")
+    h32, w32 = hidden.float().requires_grad_(), weight.float().requires_grad_()
+    loss0, metrics0 = clo_loss_reference(h32, w32, labels, ref_c, ref_r, nll_mask, memory_budget_gib=4.0)
+    (loss0 * 2.0).backward()
+    assert_close(loss, loss0, 1e-2, "loss")
+    for k in METRICS:
+        assert_close(metrics[k], metrics0[k], 1e-2, k)
+    assert h.grad.dtype == torch.bfloat16 and w.grad.dtype == torch.bfloat16
+    assert_close(h.grad, h32.grad, 3e-2, "grad hidden")
+    assert_close(w.grad, w32.grad, 3e-2, "grad weight")
+    # relative error over the whole tensor, too (not only against the largest entry)
+    rel = (w.grad.float() - w32.grad).norm() / w32.grad.norm()
+    assert rel.item() < 1e-2
+
+
+@pytest.mark.gpu
+def test_gpu_frozen_weight_peak_memory_within_budget():
+    from cltx.kernels.clo_loss import clo_loss
+
+    P, T, H, V = 2, 512, 1024, 32000
+    hidden = torch.randn(2 * P, T, H, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    weight = torch.randn(V, H, device="cuda", dtype=torch.bfloat16) * 0.05
+    labels = torch.randint(0, V, (2 * P, T), device="cuda")
+    ref = torch.zeros(P, device="cuda")
+    mask = torch.ones(P, dtype=torch.bool, device="cuda")
+    budget = 0.05
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    loss, _ = clo_loss(hidden, weight, labels, ref, ref, mask, memory_budget_gib=budget)
+    loss.backward()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base
+    assert weight.grad is None
+    grads = hidden.numel() * 2
+    assert peak <= grads * 2 + budget * 2**30, f"peak {peak / 2**20:.1f} MiB"
