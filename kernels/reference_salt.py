@@ -1,0 +1,236 @@
+"""Pure-PyTorch reference of the SALT per-token least-squares fit (the CPU path and the test oracle).
+
+Math (DESIGN.md §2, issue 3). For every new token t with neighbour rows N(t) of the basis:
+
+    X_t = x_basis[N(t)]   (k_t × d_in)      Y_t = y_basis[N(t)]   (k_t × d_out)
+    e_t = x_t · pinv(X_t) · Y_t = α_tᵀ Y_t,   α_t = pinv(X_t X_tᵀ) X_t x_t          (ridge = 0)
+    α_t = (X_t X_tᵀ + ridge·I)⁻¹ X_t x_t                                          (ridge > 0)
+
+``α_t = pinv(X_tᵀ) x_t`` is the minimum-norm least-squares solution of ``X_tᵀ α ≈ x_t``, so only a
+k × k system per token is ever solved (k ≤ 64 in practice, d_in = 768).
+
+How ridge = 0 reaches the minimum-norm answer stably (shared with the Triton kernel):
+solve with ``A = G + μ·I``, ``μ = max(ridge, ε·trace(G)/k_t)``, then refine towards the target
+system ``(G + ridge·I) α = r`` by iterated Tikhonov: ``δ₀ = A⁻¹ r``, ``δ_{j+1} = (μ − ridge)·A⁻¹ δ_j``,
+``α = Σ δ_j``. Along an eigen-direction of G with eigenvalue σ the bias after p refinements is
+``(μ/(σ+μ))^(p+1)``, while exact null directions (duplicated neighbours, k > d_in) carry no part of
+``r = X x`` and stay at zero: the minimum-norm answer, never NaN or inf. The one catch is rounding
+in G itself: fp32 G has errors ~1e-7·‖G‖ along the null directions, which a tiny μ amplifies. So
+this reference forms G and r in float64 when a set is rank-deficient by shape (k > d_in, where
+d_in is small and float64 is cheap), and in fp32 otherwise (exact duplicates give bit-identical
+rows of G and stay exact); the small solve is always float64.
+
+Speed (the CPU path must be fast, not a loop): tokens are processed in chunks; each chunk gathers
+its neighbour rows once (k × d_in per token, a few MB), forms G and r with one batched matmul,
+and solves with one batched Cholesky. Then ``E = A @ y_basis`` with A the (n × m) sparse matrix of
+the α's — one CSR × dense product that reads each basis row of Y once, instead of once per token
+that uses it (the gather floor): on CPU this is the largest win.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from cltx.errors import bad_arg
+
+__all__ = ["salt_fit_reference", "salt_alpha_reference", "regularisation", "check_salt_inputs"]
+
+# Bytes of gathered neighbour rows a reference chunk may hold.
+_CHUNK_BYTES = 32 * 2**20
+# d_out columns per sparse-product block when Y must be upcast (bf16/fp16 → fp32).
+_Y_COLUMN_BLOCK = 1024
+
+
+def regularisation(k: int, d_in: int, *, gram_fp64: bool) -> tuple[float, int]:
+    """The internal relative term ε and the number of refinement steps for ridge = 0.
+
+    Args:
+        k: neighbour slots per token.
+        d_in: width of the similarity embeddings.
+        gram_fp64: whether G is formed in float64 (reference, k > d_in) or fp32 (the kernel).
+
+    Returns:
+        ``(eps, refine)``: μ = ε·trace(G)/k_t, and ``refine`` iterated-Tikhonov steps.
+    """
+    if gram_fp64:
+        return 1e-9, 3
+    if k > d_in:
+        # fp32 G of a rank-deficient set: its null-direction noise (~1e-6 relative) must stay far
+        # below μ, and more refinement steps remove the larger bias on the true directions.
+        return 1e-2, 6
+    return 1e-3, 3
+
+
+def check_salt_inputs(
+    x_query: torch.Tensor, x_basis: torch.Tensor, y_basis: torch.Tensor, neighbors: torch.Tensor, ridge: float
+) -> torch.Tensor:
+    """Validate shapes, dtypes, devices and the index range; return ``neighbors`` as int64."""
+    floats = (torch.float32, torch.bfloat16, torch.float16)
+    for name, t in (("x_query", x_query), ("x_basis", x_basis), ("y_basis", y_basis)):
+        if not isinstance(t, torch.Tensor) or t.dim() != 2:
+            raise bad_arg(name, getattr(t, "shape", t), "pass a 2-D tensor (rows × features)")
+        if t.dtype not in floats:
+            raise bad_arg(f"{name}.dtype", t.dtype, "pass float32 or bfloat16 (float16 also works)")
+    if not isinstance(neighbors, torch.Tensor) or neighbors.dim() != 2:
+        raise bad_arg("neighbors", getattr(neighbors, "shape", neighbors), "pass an (n, k) int64 tensor")
+    if neighbors.dtype.is_floating_point or neighbors.dtype == torch.bool:
+        raise bad_arg("neighbors.dtype", neighbors.dtype, "pass int64 row indices into the basis (-1 = unused)")
+    n, d_in = x_query.shape
+    m = x_basis.shape[0]
+    if x_basis.shape[1] != d_in:
+        raise bad_arg("x_basis.shape", tuple(x_basis.shape), f"x_basis must have d_in={d_in} columns like x_query")
+    if y_basis.shape[0] != m:
+        raise bad_arg("y_basis.shape", tuple(y_basis.shape), f"y_basis must have one row per basis row (m={m})")
+    if neighbors.shape[0] != n:
+        raise bad_arg("neighbors.shape", tuple(neighbors.shape), f"neighbors must have one row per query (n={n})")
+    if neighbors.shape[1] < 1:
+        raise bad_arg("neighbors.shape", tuple(neighbors.shape), "pass at least one neighbour slot (k >= 1)")
+    devs = {t.device for t in (x_query, x_basis, y_basis, neighbors)}
+    if len(devs) != 1:
+        raise bad_arg("device", sorted(str(d) for d in devs), "put all four tensors on the same device")
+    if not (isinstance(ridge, (int, float)) and ridge >= 0 and ridge == ridge and ridge != float("inf")):
+        raise bad_arg("ridge", ridge, "pass a finite ridge >= 0 (0 = minimum-norm least squares)")
+    neighbors = neighbors.long()
+    if neighbors.numel():
+        lo, hi = int(neighbors.min()), int(neighbors.max())
+        if lo < -1 or hi >= m:
+            raise bad_arg("neighbors", f"values in [{lo}, {hi}]", f"use row indices in [0, {m}), -1 = unused")
+    return neighbors
+
+
+def _chunk_rows(k: int, d_in: int, chunk_size: int | None) -> int:
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise bad_arg("chunk_size", chunk_size, "pass a positive number of tokens per chunk, or None")
+        return int(chunk_size)
+    return max(16, _CHUNK_BYTES // (4 * k * max(d_in, k)))
+
+
+def _solve(G: torch.Tensor, r: torch.Tensor, k_valid: torch.Tensor, ridge: float, eps: float, refine: int):
+    """Batched (G + ridge·I) α = r in float64 (minimum-norm limit for ridge = 0). G (c,k,k), r (c,k)."""
+    k = G.shape[-1]
+    tr = G.diagonal(dim1=-2, dim2=-1).sum(-1)
+    mu = torch.clamp(eps * tr / k_valid.clamp(min=1), min=ridge)
+    # A token with no neighbour (or only zero vectors) has G = 0 and r = 0: any μ > 0 gives α = 0.
+    mu = torch.where(mu > 0, mu, torch.ones_like(mu))
+    A = G + mu[:, None, None] * torch.eye(k, dtype=G.dtype, device=G.device)
+    L, info = torch.linalg.cholesky_ex(A)
+    bad = info != 0
+    if bool(bad.any()):
+        # Rounding made A indefinite (never seen at these ε; kept for robustness): an eigen-solve there.
+        w, V = torch.linalg.eigh(A[bad])
+        w = torch.where(w > 0, w, torch.full_like(w, float("inf")))
+        L[bad] = torch.eye(k, dtype=G.dtype, device=G.device)
+    rhs = r[:, :, None]
+    alpha = torch.cholesky_solve(rhs, L)
+    step = alpha
+    shift = (mu - ridge)[:, None, None]
+    for _ in range(refine):
+        step = torch.cholesky_solve(shift * step, L)
+        alpha = alpha + step
+    if bool(bad.any()):
+        Vb = V
+        inv = lambda b: Vb @ ((Vb.transpose(-1, -2) @ b) / w[:, :, None])  # noqa: E731
+        a = inv(rhs[bad])
+        s = a
+        for _ in range(refine):
+            s = inv(shift[bad] * s)
+            a = a + s
+        alpha[bad] = a
+    return alpha[:, :, 0]
+
+
+def salt_alpha_reference(
+    x_query: torch.Tensor,
+    x_basis: torch.Tensor,
+    neighbors: torch.Tensor,
+    *,
+    ridge: float = 0.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """The per-token coefficients α_t (n, k) float32; 0 in unused slots and for tokens with no neighbour.
+
+    Args:
+        x_query: (n, d_in) float32/bfloat16.
+        x_basis: (m, d_in) float32/bfloat16.
+        neighbors: (n, k) int64 indices into the basis, -1 = unused slot (validated by the caller).
+        ridge: absolute ridge λ ≥ 0.
+        chunk_size: tokens per chunk (None: sized to keep ~32 MB of gathered rows).
+
+    Returns:
+        (n, k) float32 α with ``e_t = Σ_j α_tj · y_basis[neighbors[t, j]]``.
+    """
+    n, k = neighbors.shape
+    d_in = x_query.shape[1]
+    gram_fp64 = k > d_in
+    acc = torch.float64 if gram_fp64 else torch.float32
+    eps, refine = regularisation(k, d_in, gram_fp64=gram_fp64)
+    xb = x_basis.to(acc)
+    alpha = torch.zeros(n, k, dtype=torch.float32, device=x_query.device)
+    c = _chunk_rows(k, d_in, chunk_size)
+    for s in range(0, n, c):
+        idx = neighbors[s : s + c]
+        valid = idx >= 0
+        rows = idx.shape[0]
+        X = xb.index_select(0, idx.clamp(min=0).reshape(-1)).view(rows, k, d_in)
+        X = X * valid[:, :, None].to(acc)
+        G = torch.bmm(X, X.transpose(1, 2)).double()
+        r = torch.bmm(X, x_query[s : s + c].to(acc)[:, :, None])[:, :, 0].double()
+        a = _solve(G, r, valid.sum(-1).double(), float(ridge), eps, refine)
+        alpha[s : s + c] = (a * valid).float()
+    return alpha
+
+
+def apply_alpha(alpha: torch.Tensor, neighbors: torch.Tensor, y_basis: torch.Tensor) -> torch.Tensor:
+    """``E[t] = Σ_j α_tj · y_basis[neighbors[t, j]]`` as one sparse (n × m) @ (m × d_out) product.
+
+    Reads each basis row once (not once per token that uses it). Output in ``y_basis``'s dtype.
+    """
+    n, k = neighbors.shape
+    m, d_out = y_basis.shape
+    dev = y_basis.device
+    out = torch.empty(n, d_out, dtype=y_basis.dtype, device=dev)
+    if n == 0 or d_out == 0:
+        return out
+    if m == 0:
+        return out.zero_()
+    cols = neighbors.clamp(min=0).reshape(-1)
+    vals = (alpha * (neighbors >= 0)).reshape(-1).float()
+    crow = torch.arange(0, n * k + 1, k, device=dev, dtype=torch.int64)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+        A = torch.sparse_csr_tensor(crow, cols, vals, size=(n, m), device=dev, check_invariants=False)
+    if y_basis.dtype == torch.float32:
+        return A @ y_basis
+    for j in range(0, d_out, _Y_COLUMN_BLOCK):
+        out[:, j : j + _Y_COLUMN_BLOCK] = (A @ y_basis[:, j : j + _Y_COLUMN_BLOCK].float()).to(y_basis.dtype)
+    return out
+
+
+def salt_fit_reference(
+    x_query: torch.Tensor,
+    x_basis: torch.Tensor,
+    y_basis: torch.Tensor,
+    neighbors: torch.Tensor,
+    *,
+    ridge: float = 0.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:
+    """Pure-PyTorch SALT fit: row t = x_t · pinv(X_t) · Y_t (or the ridge solution), batched and chunked.
+
+    Args:
+        x_query: (n, d_in) float32/bfloat16 — PLM embeddings of the new tokens.
+        x_basis: (m, d_in) float32/bfloat16 — PLM embeddings of the overlapping tokens.
+        y_basis: (m, d_out) float32/bfloat16 — their LLM embeddings.
+        neighbors: (n, k) int64 indices into the basis; -1 marks an unused slot (any position).
+        ridge: absolute ridge λ ≥ 0; 0 = minimum-norm least squares.
+        chunk_size: tokens per chunk of the Gram/solve phase (None: automatic).
+
+    Returns:
+        (n, d_out) in ``y_basis``'s dtype; a token with no neighbour gets a zero row.
+    """
+    neighbors = check_salt_inputs(x_query, x_basis, y_basis, neighbors, ridge)
+    alpha = salt_alpha_reference(x_query, x_basis, neighbors, ridge=ridge, chunk_size=chunk_size)
+    return apply_alpha(alpha, neighbors, y_basis)
