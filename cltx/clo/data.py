@@ -1,0 +1,440 @@
+"""CLO training data: bilingual records → preference pairs → fixed micro-batches ("bins").
+
+A record holds one example in English and in the target language. The English view and the target
+view are each a dict of fields:
+
+* ``cltx mt`` output (the default): the target text in the record's own fields, the English text in
+  ``record["_source"]`` (fields that were not translated are the same in both views).
+* A bilingual JSONL: ``en_key``/``tgt_key`` name a nested dict per language (``{"en": {...},
+  "pt": {...}}``), or ``en_suffix``/``tgt_suffix`` name suffixed fields (``instruction_en``,
+  ``instruction_pt``).
+
+Each view gives a prompt (the prompt fields joined by a blank line) and a response. Without flags
+the layout is found per record: instruction + input → output, passage + question → answer,
+context + question → answer, prompt → response.
+
+Every usable record gives two preference pairs (DESIGN.md §3)::
+
+    prompt  chosen  rejected
+    x_en    y_en    y_tg
+    x_tg    y_tg    y_en
+
+and both sit in the same micro-batch: a micro-batch ("bin") is a fixed group of whole records,
+formed once by a seeded shuffle, so gradient accumulation and data parallelism only ever move
+whole records. Because a bin's tensors never change, the reference log-probs computed on a bin
+before training meet exactly the same tensors at step 0 (rewards exactly zero).
+
+Row layout of a CLO bin of B records (P = 2B pairs): chosen rows 0…P−1 =
+``[x_en+y_en, x_tg+y_tg]`` per record, rejected rows P…2P−1 = ``[x_en+y_tg, x_tg+y_en]`` in the
+same order; ``nll_mask`` marks the x_tg pairs (the SFT term is the target-language NLL only). An
+SFT bin holds only the P chosen rows with ``nll_mask`` all true.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from cltx.errors import CltxError, bad_arg
+
+logger = logging.getLogger(__name__)
+
+IGNORE = -100
+
+# (prompt fields, response field), tried in order when the user names none.
+DEFAULT_LAYOUTS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("instruction", "input"), "output"),
+    (("passage", "question"), "answer"),
+    (("context", "question"), "answer"),
+    (("prompt",), "response"),
+    (("query",), "response"),
+)
+
+SKIP_REASONS = {
+    "missing_english": "no English text for the prompt/response fields",
+    "missing_target": "no target-language text for the prompt/response fields",
+    "mt_failed": "cltx mt marked the translation failed",
+    "not_text": "a prompt/response field is not a string",
+    "no_layout": "no known prompt/response fields (pass --prompt-fields/--response-field)",
+    "empty_prompt": "empty prompt",
+    "empty_response": "empty response in one language",
+    "same_response": "English and target responses are identical (no preference signal)",
+    "prompt_too_long": "prompt alone fills max_length",
+}
+
+
+@dataclasses.dataclass
+class DataSpec:
+    """Where the two languages and the prompt/response live in a record.
+
+    Attributes:
+        prompt_fields: fields joined (blank line) into the prompt; None = auto layout per record.
+        response_field: the response field; None = auto layout.
+        en_key: dict key holding the English view (``_source`` for ``cltx mt`` output).
+        tgt_key: dict key holding the target view; None = the record's top level.
+        en_suffix / tgt_suffix: alternatively, per-language field suffixes (``_en``, ``_pt``).
+        joiner: separator between prompt fields.
+    """
+
+    prompt_fields: tuple[str, ...] | None = None
+    response_field: str | None = None
+    en_key: str | None = "_source"
+    tgt_key: str | None = None
+    en_suffix: str | None = None
+    tgt_suffix: str | None = None
+    joiner: str = "\n\n"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompt_fields, str):
+            self.prompt_fields = tuple(f.strip() for f in self.prompt_fields.split(",") if f.strip())
+        if (self.prompt_fields is None) != (self.response_field is None):
+            raise bad_arg(
+                "prompt_fields/response_field",
+                (self.prompt_fields, self.response_field),
+                "give both (e.g. --prompt-fields instruction,input --response-field output) or neither",
+            )
+        if self.prompt_fields is not None and not self.prompt_fields:
+            raise bad_arg("prompt_fields", self.prompt_fields, "name at least one field")
+        if (self.en_suffix is None) != (self.tgt_suffix is None):
+            raise bad_arg("en_suffix/tgt_suffix", (self.en_suffix, self.tgt_suffix), "give both suffixes or neither")
+        if self.en_suffix is not None and self.en_suffix == self.tgt_suffix:
+            raise bad_arg("tgt_suffix", self.tgt_suffix, "must differ from en_suffix")
+
+    def views(self, record: dict) -> tuple[dict | None, dict | None]:
+        """Return (English view, target view) of a record; None where that language is absent."""
+        if self.en_suffix is not None:
+            en = {k[: -len(self.en_suffix)]: v for k, v in record.items() if k.endswith(self.en_suffix)}
+            tg = {k[: -len(self.tgt_suffix)]: v for k, v in record.items() if k.endswith(self.tgt_suffix)}
+            return en or None, tg or None
+        tg = record if self.tgt_key is None else record.get(self.tgt_key)
+        if tg is not None and not isinstance(tg, dict):
+            tg = None
+        if self.tgt_key is None:
+            tg = {k: v for k, v in record.items() if not k.startswith("_")}
+        en_part = record.get(self.en_key) if self.en_key else None
+        if not isinstance(en_part, dict) or not en_part:
+            return None, tg
+        # Fields that cltx mt did not translate are the same text in both languages.
+        en = {**tg, **en_part} if (self.tgt_key is None and tg) else dict(en_part)
+        return en, tg
+
+
+@dataclasses.dataclass
+class Example:
+    """One usable record: the prompt and response in both languages."""
+
+    index: int
+    prompt_en: str
+    prompt_tg: str
+    response_en: str
+    response_tg: str
+
+
+@dataclasses.dataclass
+class DataReport:
+    """What happened to each input record (skips are counted per reason, never silent)."""
+
+    records: int = 0
+    used: int = 0
+    skipped: Counter = dataclasses.field(default_factory=Counter)
+    skipped_examples: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    truncated_responses: int = 0
+
+    def skip(self, reason: str, index: int) -> None:
+        self.skipped[reason] += 1
+        self.skipped_examples.setdefault(reason, [])
+        if len(self.skipped_examples[reason]) < 5:
+            self.skipped_examples[reason].append(index)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "records": self.records,
+            "used": self.used,
+            "skipped": dict(self.skipped),
+            "skipped_first_lines": {k: [i + 1 for i in v] for k, v in self.skipped_examples.items()},
+            "truncated_responses": self.truncated_responses,
+        }
+
+
+def read_records(path: str | Path, *, argument: str = "data") -> list[dict]:
+    """Read a JSONL file (or a JSON array). Malformed lines are errors naming file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise bad_arg(argument, str(path), "no such file; pass the JSONL written by `cltx mt` or a bilingual JSONL")
+    text = p.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            rows = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CltxError(f"{argument}={str(path)!r}: not valid JSON ({e}); fix: repair the file") from e
+    else:
+        rows = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise CltxError(
+                    f"{argument}={str(path)!r} line {n}: not valid JSON ({e.msg}); fix: repair that line"
+                ) from e
+    for n, row in enumerate(rows, 1):
+        if not isinstance(row, dict):
+            raise CltxError(f"{argument}={str(path)!r} record {n}: expected a JSON object, got {type(row).__name__}")
+    return rows
+
+
+def _layout(view: dict, spec: DataSpec) -> tuple[tuple[str, ...], str] | None:
+    if spec.prompt_fields is not None:
+        return spec.prompt_fields, spec.response_field
+    for prompt_fields, response in DEFAULT_LAYOUTS:
+        if response in view and any(f in view for f in prompt_fields):
+            return prompt_fields, response
+    return None
+
+
+def _prompt_response(view: dict, layout, spec: DataSpec) -> tuple[str, str] | str:
+    prompt_fields, response_field = layout
+    parts = []
+    for f in prompt_fields:
+        v = view.get(f)
+        if v is None:
+            continue
+        if not isinstance(v, str):
+            return "not_text"
+        if v.strip():
+            parts.append(v.strip())
+    resp = view.get(response_field)
+    if resp is None:
+        return "missing"
+    if not isinstance(resp, str):
+        return "not_text"
+    return spec.joiner.join(parts), resp.strip()
+
+
+def build_examples(records: list[dict], spec: DataSpec | None = None) -> tuple[list[Example], DataReport]:
+    """Turn records into bilingual examples, counting every skipped record by reason."""
+    spec = spec or DataSpec()
+    report = DataReport(records=len(records))
+    out: list[Example] = []
+    for i, rec in enumerate(records):
+        mt = rec.get("_mt")
+        if isinstance(mt, dict) and str(mt.get("status", "")).lower() == "failed":
+            report.skip("mt_failed", i)
+            continue
+        en, tg = spec.views(rec)
+        if en is None:
+            report.skip("missing_english", i)
+            continue
+        if tg is None:
+            report.skip("missing_target", i)
+            continue
+        layout = _layout(en, spec)
+        if layout is None:
+            report.skip("no_layout", i)
+            continue
+        pe = _prompt_response(en, layout, spec)
+        pt = _prompt_response(tg, layout, spec)
+        if pe == "not_text" or pt == "not_text":
+            report.skip("not_text", i)
+            continue
+        if pe == "missing":
+            report.skip("missing_english", i)
+            continue
+        if pt == "missing":
+            report.skip("missing_target", i)
+            continue
+        (x_en, y_en), (x_tg, y_tg) = pe, pt
+        if not x_en or not x_tg:
+            report.skip("empty_prompt", i)
+            continue
+        if not y_en or not y_tg:
+            report.skip("empty_response", i)
+            continue
+        if y_en == y_tg:
+            report.skip("same_response", i)
+            continue
+        out.append(Example(i, x_en, x_tg, y_en, y_tg))
+    report.used = len(out)
+    return out, report
+
+
+def target_language(records: list[dict]) -> str | None:
+    """The target-language code cltx mt recorded (``_mt.tgt``), if any."""
+    for rec in records:
+        mt = rec.get("_mt")
+        if isinstance(mt, dict):
+            for k in ("tgt", "target", "tgt_lang"):
+                if isinstance(mt.get(k), str):
+                    return mt[k]
+    return None
+
+
+class PromptFormatter:
+    """Token ids of prompts and responses: the model's chat template where it has one.
+
+    With a chat template, the prompt is the user turn plus the generation prompt, and the response
+    is what the template adds for the assistant turn (so it ends with the template's end-of-turn
+    tokens). Without one, the prompt is the text plus a newline (with BOS where the tokenizer adds
+    it) and the response ends with EOS.
+    """
+
+    def __init__(self, tokenizer, *, use_chat_template: bool | None = None, system_prompt: str | None = None):
+        self.tok = tokenizer
+        has_template = bool(getattr(tokenizer, "chat_template", None))
+        if use_chat_template and not has_template:
+            raise bad_arg("chat_template", True, "this tokenizer has no chat template; drop the option")
+        self.chat = has_template if use_chat_template is None else use_chat_template
+        self.system_prompt = system_prompt
+        if not self.chat and tokenizer.eos_token_id is None:
+            raise bad_arg("model", getattr(tokenizer, "name_or_path", "?"), "its tokenizer has no EOS token")
+
+    @property
+    def template_id(self) -> str:
+        """What the cache key needs to know about the formatting."""
+        t = self.tok.chat_template if self.chat else "plain"
+        return hashlib.sha256(f"{t}|{self.system_prompt}".encode()).hexdigest()[:16]
+
+    def _messages(self, prompt: str) -> list[dict]:
+        msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        return msgs + [{"role": "user", "content": prompt}]
+
+    def prompt_text(self, prompt: str) -> str:
+        if self.chat:
+            return self.tok.apply_chat_template(self._messages(prompt), tokenize=False, add_generation_prompt=True)
+        return prompt + "\n"
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        if self.chat:
+            return list(self.tok(self.prompt_text(prompt), add_special_tokens=False)["input_ids"])
+        return list(self.tok(self.prompt_text(prompt), add_special_tokens=True)["input_ids"])
+
+    def response_ids(self, prompt: str, response: str) -> list[int]:
+        if self.chat:
+            head = self.prompt_text(prompt)
+            full = self.tok.apply_chat_template(
+                self._messages(prompt) + [{"role": "assistant", "content": response}], tokenize=False
+            )
+            tail = full[len(head) :] if full.startswith(head) else response + (self.tok.eos_token or "")
+            return list(self.tok(tail, add_special_tokens=False)["input_ids"])
+        return list(self.tok(response, add_special_tokens=False)["input_ids"]) + [self.tok.eos_token_id]
+
+
+def _sequence(prompt: list[int], response: list[int]) -> tuple[list[int], list[int]]:
+    """input ids and aligned labels: label[t] = the token position t predicts, response only."""
+    ids = prompt + response
+    labels = [IGNORE] * len(ids)
+    for t in range(len(prompt) - 1, len(ids) - 1):
+        labels[t] = ids[t + 1]
+    return ids, labels
+
+
+@dataclasses.dataclass
+class TokenizedExample:
+    index: int
+    prompt_en: list[int]
+    prompt_tg: list[int]
+    response_en: list[int]
+    response_tg: list[int]
+
+
+def tokenize_examples(
+    examples: list[Example], fmt: PromptFormatter, max_length: int, report: DataReport
+) -> list[TokenizedExample]:
+    """Token ids per example; records whose prompt fills max_length are skipped (counted), responses
+    longer than the room left are truncated (counted)."""
+    out = []
+    for ex in examples:
+        pe, pt = fmt.prompt_ids(ex.prompt_en), fmt.prompt_ids(ex.prompt_tg)
+        if max(len(pe), len(pt)) >= max_length:
+            report.skip("prompt_too_long", ex.index)
+            continue
+        re_, rt = fmt.response_ids(ex.prompt_en, ex.response_en), fmt.response_ids(ex.prompt_tg, ex.response_tg)
+        room = max_length - max(len(pe), len(pt))
+        if len(re_) > room or len(rt) > room:
+            report.truncated_responses += 1
+            re_, rt = re_[:room], rt[:room]
+        out.append(TokenizedExample(ex.index, pe, pt, re_, rt))
+    report.used = len(out)
+    return out
+
+
+def _pad(rows: list[tuple[list[int], list[int]]], pad_id: int, multiple: int):
+    import torch
+
+    n = max(len(ids) for ids, _ in rows)
+    if multiple > 1:
+        n = -(-n // multiple) * multiple
+    input_ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), n), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    for r, (ids, lab) in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        labels[r, : len(lab)] = torch.tensor(lab)
+        mask[r, : len(ids)] = 1
+    return input_ids, labels, mask
+
+
+def make_bin(group: list[TokenizedExample], method: str, pad_id: int, pad_multiple: int = 8) -> dict:
+    """Collate whole records into one micro-batch (see the module docstring for the row layout)."""
+    import torch
+
+    chosen, rejected, nll = [], [], []
+    for ex in group:
+        chosen += [_sequence(ex.prompt_en, ex.response_en), _sequence(ex.prompt_tg, ex.response_tg)]
+        rejected += [_sequence(ex.prompt_en, ex.response_tg), _sequence(ex.prompt_tg, ex.response_en)]
+        nll += [False, True]
+    if method == "sft":
+        rows, nll_mask = chosen, [True] * len(chosen)
+    else:
+        rows, nll_mask = chosen + rejected, nll
+    input_ids, labels, mask = _pad(rows, pad_id, pad_multiple)
+    return {
+        "input_ids": input_ids,
+        "attention_mask": mask,
+        "labels": labels,
+        "nll_mask": torch.tensor(nll_mask, dtype=torch.bool),
+        "record_index": torch.tensor([ex.index for ex in group], dtype=torch.long),
+    }
+
+
+def make_bins(
+    tokenized: list[TokenizedExample],
+    records_per_bin: int,
+    method: str,
+    pad_id: int,
+    *,
+    seed: int = 0,
+    pad_multiple: int = 8,
+) -> list[dict]:
+    """Group whole records into fixed micro-batches after one seeded shuffle."""
+    if records_per_bin < 1:
+        raise bad_arg("batch_size", records_per_bin, "must be ≥ 1 (records per micro-batch)")
+    order = list(range(len(tokenized)))
+    random.Random(seed).shuffle(order)
+    groups = [order[i : i + records_per_bin] for i in range(0, len(order), records_per_bin)]
+    return [make_bin([tokenized[j] for j in g], method, pad_id, pad_multiple) for g in groups]
+
+
+def bins_hash(bins: list[dict]) -> str:
+    """A content hash of the exact tensors training will see (ids, masks, labels, order)."""
+    h = hashlib.sha256()
+    for b in bins:
+        for k in ("input_ids", "attention_mask", "labels", "nll_mask"):
+            t = b[k].contiguous()
+            h.update(k.encode())
+            h.update(str(tuple(t.shape)).encode())
+            h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def describe_skips(report: DataReport) -> str:
+    if not report.skipped:
+        return "no records skipped"
+    return ", ".join(f"{n} {SKIP_REASONS.get(r, r)} ({r})" for r, n in report.skipped.most_common())

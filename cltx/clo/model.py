@@ -1,0 +1,246 @@
+"""The policy wrapper whose forward returns the CLO loss, and the choice of trainable parameters.
+
+:class:`CLOModel` runs the causal LM's body (decoder stack + final norm) to get the final hidden
+states, never the full logits, and hands them with the LM-head weight (and bias) to
+:func:`cltx.kernels.clo_loss`. The loss is computed inside ``forward`` on purpose: under FSDP the
+LM-head weight is only whole (unsharded) inside the wrapped module's forward, and DDP/FSDP hooks
+then see one forward and one backward per micro-batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+
+import torch
+from torch import nn
+
+from cltx.errors import bad_arg
+
+logger = logging.getLogger(__name__)
+
+# q/k/v/o projections of Llama, Qwen, Mistral, Gemma (q_proj …), Phi-3 (qkv_proj), GPT-2 (c_attn,
+# attn.c_proj), GPT-NeoX/Falcon (query_key_value, attention.dense), OPT (out_proj).
+ATTENTION_MODULES = re.compile(
+    r"(^|\.)(q_proj|k_proj|v_proj|o_proj|qkv_proj|query_key_value|c_attn|"
+    r"(self_attn|attn|attention|self_attention)\.(c_proj|dense|out_proj))$"
+)
+
+TRAIN_MODES = ("attention", "full", "lora")
+METHODS = ("clo", "sft")
+
+# Test hook: replaces cltx.kernels.clo_loss when set (never set in production code).
+_LOSS_OVERRIDE = None
+
+
+def _loss_fn():
+    if _LOSS_OVERRIDE is not None:
+        return _LOSS_OVERRIDE
+    from cltx.kernels import clo_loss
+
+    return clo_loss
+
+
+def causal_lm(model: nn.Module) -> nn.Module:
+    """The underlying ``*ForCausalLM`` of a plain or peft-wrapped model."""
+    if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
+        return model.get_base_model()
+    return model
+
+
+def lm_head_of(model: nn.Module) -> nn.Linear:
+    """The LM head, validated: CLO needs hidden · Wᵀ (+ b) to be exactly the logits."""
+    lm = causal_lm(model)
+    name = getattr(getattr(lm, "config", None), "_name_or_path", type(lm).__name__)
+    head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
+    if not isinstance(head, nn.Linear):
+        raise bad_arg(
+            "model",
+            name,
+            f"{type(lm).__name__} has no linear LM head; fix: pass a causal LM (AutoModelForCausalLM), "
+            "not a bare encoder/decoder body",
+        )
+    cfg = lm.config
+    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
+        if getattr(cfg, attr, None) not in (None, 1, 1.0):
+            raise bad_arg(
+                "model", name, f"its logits are transformed after the LM head ({attr}); cltx clo needs plain logits"
+            )
+    return head
+
+
+def body_of(model: nn.Module) -> nn.Module:
+    lm = causal_lm(model)
+    prefix = getattr(lm, "base_model_prefix", "model")
+    body = getattr(lm, prefix, None)
+    if body is None or body is lm:
+        raise bad_arg("model", type(lm).__name__, "cannot find the decoder body (base_model_prefix)")
+    return body
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Dropout off everywhere: the reference pass and the policy pass must see the same function."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        for attr in ("attention_dropout", "dropout_p"):
+            if isinstance(getattr(m, attr, None), float):
+                setattr(m, attr, 0.0)
+    cfg = getattr(causal_lm(model), "config", None)
+    for attr in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop", "dropout"):
+        if isinstance(getattr(cfg, attr, None), float):
+            setattr(cfg, attr, 0.0)
+
+
+def attention_module_names(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and ATTENTION_MODULES.search(n)]
+
+
+def set_trainable(model: nn.Module, mode: str, *, lora_r: int = 16, lora_alpha: int = 32) -> nn.Module:
+    """Freeze/unfreeze by ``mode`` (attention | full | lora); returns the (possibly peft-wrapped) model."""
+    if mode not in TRAIN_MODES:
+        raise bad_arg("train", mode, f"choose one of {', '.join(TRAIN_MODES)}")
+    names = attention_module_names(model)
+    if mode in ("attention", "lora") and not names:
+        raise bad_arg("train", mode, f"no q/k/v/o projection found in {type(model).__name__}; fix: use --train full")
+    if mode == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if mode == "attention":
+        keep = set(names)
+        for n, p in model.named_parameters():
+            p.requires_grad_(n.rsplit(".", 1)[0] in keep)
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    targets = sorted({n.rsplit(".", 1)[-1] for n in names})
+    cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=targets, bias="none")
+    return get_peft_model(model, cfg)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A cheap identity of the starting weights: config + every tensor's name, shape, dtype and a
+    strided sample of its values (plus the full sum), for the reference-log-prob cache key."""
+    h = hashlib.sha256()
+    cfg = getattr(causal_lm(model), "config", None)
+    if cfg is not None:
+        h.update(cfg.to_json_string(use_diff=False).encode())
+    with torch.no_grad():
+        for name, p in causal_lm(model).state_dict().items():
+            h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+            flat = p.detach().reshape(-1)
+            if flat.numel() == 0:
+                continue
+            step = max(1, flat.numel() // 4096)
+            sample = flat[::step].to(torch.float64).cpu()
+            h.update(sample.numpy().tobytes())
+            h.update(repr(float(flat.to(torch.float64).sum())).encode())
+    return h.hexdigest()
+
+
+class CLOModel(nn.Module):
+    """Policy + fused loss in one forward.
+
+    Args:
+        policy: a ``*ForCausalLM`` (or a peft model around one).
+        method: ``clo`` (NLL + contrastive term) or ``sft`` (NLL of every row).
+        beta, lam, average_logps, memory_budget_gib: passed to :func:`cltx.kernels.clo_loss`.
+    """
+
+    def __init__(
+        self,
+        policy: nn.Module,
+        *,
+        method: str = "clo",
+        beta: float = 0.1,
+        lam: float = 0.5,
+        average_logps: bool = False,
+        memory_budget_gib: float | None = None,
+    ) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise bad_arg("method", method, f"choose one of {', '.join(METHODS)}")
+        self.policy = policy
+        self.method = method
+        self.beta = beta
+        self.lam = lam
+        self.average_logps = average_logps
+        self.memory_budget_gib = memory_budget_gib
+        lm_head_of(policy)  # validate early
+        self.config = causal_lm(policy).config
+
+    # The Trainer enables activation checkpointing through these names.
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        lm = causal_lm(self.policy)
+        kw = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
+        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+
+    def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs):
+        self.gradient_checkpointing_enable(activation_checkpointing_kwargs)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Final hidden states (rows, T, H) of the body: no logits are formed."""
+        out = body_of(self.policy)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        nll_mask: torch.Tensor,
+        ref_chosen_logps: torch.Tensor | None = None,
+        ref_rejected_logps: torch.Tensor | None = None,
+        nll_weight: float = 1.0,
+        cl_weight: float = 1.0,
+        **unused,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Loss of one micro-batch.
+
+        Args:
+            input_ids, attention_mask, labels: (R, T) int64; R = 2P rows for ``clo`` (chosen rows
+                then rejected rows), P rows for ``sft``; labels aligned, -100 not scored.
+            nll_mask: (P,) bool, which chosen rows count in the NLL term.
+            ref_chosen_logps, ref_rejected_logps: (P,) float; zeros when absent (reference pass, SFT).
+            nll_weight, cl_weight: multipliers of the NLL and CL terms (the trainer uses them to
+                normalise over the whole accumulated, all-rank batch).
+
+        Returns:
+            ``(loss, metrics)``: loss = lam·nll_weight·NLL + (1 − lam)·cl_weight·CL (``sft``:
+            nll_weight·NLL) and the kernel's metrics dict.
+        """
+        hidden = self.hidden_states(input_ids, attention_mask)
+        head = lm_head_of(self.policy)
+        if self.method == "sft":
+            # The kernel pairs rows; SFT rows go in as chosen rows against all-masked rejected rows.
+            hidden = torch.cat([hidden, hidden], dim=0)
+            labels = torch.cat([labels, torch.full_like(labels, -100)], dim=0)
+            lam, cl_weight = 1.0, 0.0
+        else:
+            lam = self.lam
+        P = hidden.shape[0] // 2
+        zeros = hidden.new_zeros(P, dtype=torch.float32)
+        ref_c = zeros if ref_chosen_logps is None else ref_chosen_logps
+        ref_r = zeros if ref_rejected_logps is None else ref_rejected_logps
+        # One kernel call for the weighted sum: lam'·NLL + (1 − lam')·CL, times c.
+        a, b = lam * float(nll_weight), (1.0 - lam) * float(cl_weight)
+        c = a + b
+        lam_eff = a / c if c > 0 else lam
+        loss, metrics = _loss_fn()(
+            hidden,
+            head.weight,
+            labels,
+            ref_c,
+            ref_r,
+            nll_mask,
+            bias=head.bias,
+            beta=self.beta,
+            lam=lam_eff,
+            average_logps=self.average_logps,
+            memory_budget_gib=self.memory_budget_gib,
+        )
+        if c != 1.0:
+            loss = loss * c
+        return loss, metrics

@@ -1,0 +1,417 @@
+"""``CLOTrainer``: Cross-Lingual Optimization on the Hugging Face ``Trainer``.
+
+What the Trainer brings unchanged: bf16 autocast, activation checkpointing, gradient accumulation,
+checkpoints and resume, DDP/FSDP through ``accelerate launch`` / ``torchrun``. What this file adds:
+
+* the data arrive as fixed micro-batches of whole records ("bins", :mod:`cltx.clo.data`), one bin
+  per device per micro-step, shuffled per epoch by a seeded sampler that is the same on every rank;
+* reference log-probs: computed once, before training, by the starting model through the very
+  forward the policy uses (same bins, same grad mode, same autocast), so every reward is exactly
+  zero at step 0; cached under the cltx cache dir keyed by (model fingerprint, bins hash — which
+  covers data, template, max length and batching — method options, precision, device); no
+  reference model stays in memory;
+* normalisation over the whole optimizer step: the NLL term is a token mean and the CL term a pair
+  mean over *all* micro-batches of the step on *all* ranks (the counts are summed across ranks
+  before the step's first forward), so a 2-rank DDP run equals a 1-rank run over the same global
+  batches;
+* TRL-named metrics (rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies,
+  logps/chosen, logps/rejected, nll, cl) and saving as safetensors with the tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from transformers import Trainer, TrainingArguments
+
+from cltx.clo.data import bins_hash
+from cltx.clo.model import METHODS, TRAIN_MODES, CLOModel, causal_lm, disable_dropout, model_fingerprint, set_trainable
+from cltx.errors import CltxError, bad_arg
+from cltx.paths import cache_dir
+
+logger = logging.getLogger(__name__)
+
+REF_CACHE_VERSION = 1
+
+# How many micro-batches the reference pass has run in this process (tests read it).
+REF_FORWARD_CALLS = 0
+
+_PAIR_METRICS = {
+    "rewards/chosen": "rewards_chosen",
+    "rewards/rejected": "rewards_rejected",
+    "rewards/margins": "margins",
+    "logps/chosen": "chosen_logps",
+    "logps/rejected": "rejected_logps",
+}
+
+
+@dataclasses.dataclass
+class CLOConfig(TrainingArguments):
+    """Training arguments for CLO / SFT. ``per_device_train_batch_size`` counts *records* per
+    micro-batch (a CLO record is two preference pairs, four sequences; an SFT record two sequences).
+
+    Attributes:
+        method: ``clo`` (λ·NLL + (1 − λ)·CL) or ``sft`` (NLL of both directions' chosen responses).
+        lam: λ, the weight of the target-language NLL term (paper: 0.5).
+        beta: β of the contrastive (DPO-style) term.
+        average_logps: mean instead of sum of response log-probs in the CL term.
+        memory_budget_gib: working memory of the fused loss (None = the kernel's default).
+        train_mode: ``attention`` (q/k/v/o only, the paper's), ``full`` or ``lora``.
+        max_length: prompt + response tokens; longer responses are cut, longer prompts skipped.
+        lora_r, lora_alpha: LoRA rank and scale for ``train_mode='lora'``.
+        pad_to_multiple_of: pad micro-batches to this length multiple.
+        ref_cache: reuse cached reference log-probs (and write them).
+    """
+
+    method: str = "clo"
+    lam: float = 0.5
+    beta: float = 0.1
+    average_logps: bool = False
+    memory_budget_gib: float | None = None
+    train_mode: str = "attention"
+    max_length: int = 1024
+    lora_r: int = 16
+    lora_alpha: int = 32
+    pad_to_multiple_of: int = 8
+    ref_cache: bool = True
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise bad_arg("method", self.method, f"choose one of {', '.join(METHODS)}")
+        if self.train_mode not in TRAIN_MODES:
+            raise bad_arg("train", self.train_mode, f"choose one of {', '.join(TRAIN_MODES)}")
+        if not 0.0 <= self.lam <= 1.0:
+            raise bad_arg("lam", self.lam, "must be in [0, 1] (0.5 in the paper)")
+        if not self.beta > 0:
+            raise bad_arg("beta", self.beta, "must be > 0 (default 0.1)")
+        if self.max_length < 8:
+            raise bad_arg("max_length", self.max_length, "must be ≥ 8 tokens")
+        if self.memory_budget_gib is not None and not self.memory_budget_gib > 0:
+            raise bad_arg("memory_budget_gib", self.memory_budget_gib, "must be > 0 GiB (or unset)")
+        if self.lora_r < 1:
+            raise bad_arg("lora_r", self.lora_r, "must be ≥ 1")
+        # The CLI draws its own progress (cltx.progress.trainer_callback); bins are not columns.
+        self.disable_tqdm = True
+        self.remove_unused_columns = False
+        if self.report_to is None or self.report_to == "all":
+            self.report_to = "none"
+        super().__post_init__()
+
+
+class BinDataset(Dataset):
+    """A list of prepared micro-batches; item i is bin i."""
+
+    def __init__(self, bins: list[dict]):
+        self.bins = bins
+
+    def __len__(self) -> int:
+        return len(self.bins)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.bins[i]
+
+
+class EpochShuffleSampler(Sampler):
+    """Seeded bin order, reshuffled per epoch, identical on every rank (accelerate shards it)."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+
+def _first(items: list[dict]) -> dict:
+    return items[0]
+
+
+def _pairs(b: dict) -> int:
+    return int(b["nll_mask"].shape[0])
+
+
+def _nll_tokens(b: dict) -> int:
+    P = _pairs(b)
+    chosen = b["labels"][:P]
+    return int(((chosen != -100) & b["nll_mask"].to(chosen.device)[:, None]).sum())
+
+
+class CLOTrainer(Trainer):
+    """The HF ``Trainer`` with the CLO loss.
+
+    Args:
+        model: a ``*ForCausalLM`` (fp32 master weights recommended; ``bf16=True`` autocasts).
+        args: a :class:`CLOConfig`.
+        train_bins: micro-batches from :func:`cltx.clo.data.make_bins` (method must match ``args``).
+        processing_class: the tokenizer (saved with the model).
+        Other keyword arguments go to ``transformers.Trainer``.
+    """
+
+    # compute_loss normalises over the whole accumulated, all-rank batch itself.
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, model, args: CLOConfig, train_bins: list[dict], processing_class=None, **kwargs):
+        if not isinstance(args, CLOConfig):
+            raise bad_arg("args", type(args).__name__, "pass a cltx.clo.CLOConfig")
+        if not train_bins:
+            raise CltxError("data: no usable training records; fix: check the skip report and the field options")
+        want_rows = 1 if args.method == "sft" else 2
+        if train_bins[0]["input_ids"].shape[0] != want_rows * _pairs(train_bins[0]):
+            raise bad_arg("train_bins", args.method, "bins were built for the other method; rebuild with make_bins")
+        if isinstance(model, CLOModel):
+            wrapper = model
+        else:
+            policy = set_trainable(model, args.train_mode, lora_r=args.lora_r, lora_alpha=args.lora_alpha)
+            disable_dropout(policy)
+            wrapper = CLOModel(
+                policy,
+                method=args.method,
+                beta=args.beta,
+                lam=args.lam,
+                average_logps=args.average_logps,
+                memory_budget_gib=args.memory_budget_gib,
+            )
+        self.train_bins = train_bins
+        super().__init__(
+            model=wrapper, args=args, train_dataset=BinDataset(train_bins), processing_class=processing_class, **kwargs
+        )
+        from transformers.trainer_callback import PrinterCallback
+
+        self.remove_callback(PrinterCallback)  # progress goes through cltx.progress.trainer_callback
+        self._metric_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        self.ref_info: dict = {}
+        self.tokens_trained = 0
+        if args.method == "clo":
+            self._prepare_reference()
+
+    # ---- data ---------------------------------------------------------------------------------
+
+    def get_train_dataloader(self) -> DataLoader:
+        dl = DataLoader(
+            self.train_dataset,
+            batch_size=1,
+            sampler=EpochShuffleSampler(len(self.train_dataset), self.args.seed),
+            collate_fn=_first,
+            num_workers=0,
+        )
+        return self.accelerator.prepare(dl)
+
+    def _get_num_items_in_batch(self, batch_samples: list, device: torch.device):
+        """[NLL tokens, pairs] over every micro-batch of this optimizer step, summed over ranks."""
+        counts = torch.tensor(
+            [[_nll_tokens(b), _pairs(b)] for b in batch_samples] or [[0, 0]], dtype=torch.float64
+        ).sum(0)
+        counts = counts.to(device)
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        return counts
+
+    # ---- reference log-probs --------------------------------------------------------------------
+
+    def _ref_key(self) -> str:
+        import hashlib
+
+        wrapper = self.accelerator.unwrap_model(self.model)
+        parts = {
+            "v": REF_CACHE_VERSION,
+            "model": model_fingerprint(wrapper.policy),
+            "bins": bins_hash(self.train_bins),
+            "average_logps": self.args.average_logps,
+            "precision": "bf16" if self.args.bf16 else ("fp16" if self.args.fp16 else "fp32"),
+            "device": self.args.device.type,
+            "train_mode": self.args.train_mode,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def _prepare_reference(self) -> None:
+        """Fill every bin's ``ref_chosen_logps``/``ref_rejected_logps`` from the cache or one pass."""
+        global REF_FORWARD_CALLS
+        key = self._ref_key()
+        path = cache_dir() / "clo" / "ref" / f"{key}.pt"
+        self.ref_info = {"key": key, "path": str(path), "cache_hit": False, "bins_computed": 0, "seconds": 0.0}
+        if self.args.ref_cache and path.exists():
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            if len(stored["chosen"]) == len(self.train_bins):
+                self._attach_reference(stored["chosen"], stored["rejected"])
+                self.ref_info["cache_hit"] = True
+                logger.info("reference log-probs: cache hit %s", path)
+                return
+        t0 = time.perf_counter()
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        wrapper = self.accelerator.unwrap_model(self.model)
+        was_training = wrapper.training
+        wrapper.train()  # dropout is off; the same mode as the policy's forward
+        local: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        device = self.args.device
+        # Same grad mode and autocast as a training step: bit-identical log-probs at step 0.
+        with torch.enable_grad(), self.accelerator.autocast():
+            for i in range(rank, len(self.train_bins), world):
+                b = {k: v.to(device) for k, v in self.train_bins[i].items() if k != "record_index"}
+                _, m = wrapper(**b)
+                local[i] = (m["chosen_logps"].detach().float().cpu(), m["rejected_logps"].detach().float().cpu())
+                REF_FORWARD_CALLS += 1
+                del m
+        wrapper.train(was_training)
+        if world > 1:
+            import torch.distributed as dist
+
+            gathered: list = [None] * world
+            dist.all_gather_object(gathered, local)
+            for part in gathered:
+                local.update(part)
+        chosen = [local[i][0] for i in range(len(self.train_bins))]
+        rejected = [local[i][1] for i in range(len(self.train_bins))]
+        self._attach_reference(chosen, rejected)
+        self.ref_info.update(bins_computed=len(range(rank, len(self.train_bins), world)))
+        self.ref_info["seconds"] = round(time.perf_counter() - t0, 3)
+        if self.args.ref_cache and self.accelerator.is_main_process:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            torch.save({"chosen": chosen, "rejected": rejected}, tmp)
+            os.replace(tmp, path)
+        logger.info("reference log-probs: %d bins in %.1fs", len(chosen), self.ref_info["seconds"])
+
+    def _attach_reference(self, chosen: list[torch.Tensor], rejected: list[torch.Tensor]) -> None:
+        for b, c, r in zip(self.train_bins, chosen, rejected, strict=True):
+            b["ref_chosen_logps"], b["ref_rejected_logps"] = c, r
+
+    # ---- loss -----------------------------------------------------------------------------------
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        inputs.pop("record_index", None)
+        P = _pairs(inputs)
+        n_nll = _nll_tokens(inputs)
+        if num_items_in_batch is not None and self.model.training:
+            world = self.accelerator.num_processes
+            tot_nll, tot_pairs = (float(x) for x in num_items_in_batch.tolist())
+            nll_w = world * n_nll / tot_nll if tot_nll > 0 else 0.0
+            cl_w = world * P / tot_pairs
+        else:
+            nll_w = cl_w = 1.0
+        loss, metrics = model(**inputs, nll_weight=nll_w, cl_weight=cl_w)
+        if self.model.training:
+            self._store(metrics, P, n_nll)
+            self.tokens_trained += int(inputs["attention_mask"].sum())
+        return (loss, metrics) if return_outputs else loss
+
+    def _store(self, m: dict, P: int, n_nll: int) -> None:
+        s = self._metric_sums
+        s["pairs"] += P
+        s["nll_tokens"] += n_nll
+        s["nll"] += float(m["nll"]) * n_nll
+        if self.args.method == "clo":
+            s["cl"] += float(m["cl"]) * P
+            s["rewards/accuracies"] += float(m["accuracy"]) * P
+            for name, key in _PAIR_METRICS.items():
+                s[name] += float(m[key].double().sum())
+        else:
+            s["logps/chosen"] += float(m["chosen_logps"].double().sum())
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if self._metric_sums and "loss" in logs:
+            keys = sorted(self._metric_sums)
+            vec = torch.stack([self._metric_sums[k] for k in keys]).to(self.args.device)
+            if self.accelerator.num_processes > 1:
+                vec = self.accelerator.reduce(vec, reduction="sum")
+            tot = dict(zip(keys, vec.tolist(), strict=True))
+            pairs, ntok = max(tot.pop("pairs"), 1.0), tot.pop("nll_tokens")
+            for k, v in tot.items():
+                if k == "nll":
+                    logs["nll"] = v / ntok if ntok > 0 else 0.0
+                else:
+                    logs[k] = v / pairs
+            self._metric_sums.clear()
+        super().log(logs, *args, **kwargs)
+
+    # ---- saving / loading ---------------------------------------------------------------------
+
+    def _policy(self):
+        return self.accelerator.unwrap_model(self.model).policy
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        if state_dict is not None:
+            state_dict = {k.removeprefix("policy."): v for k, v in state_dict.items()}
+        self._policy().save_pretrained(output_dir, state_dict=state_dict)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        if self.is_fsdp_enabled:
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        from safetensors.torch import load_file
+
+        ckpt = Path(resume_from_checkpoint)
+        policy = self._policy()
+        if hasattr(policy, "peft_config"):
+            from peft import set_peft_model_state_dict
+
+            f = ckpt / "adapter_model.safetensors"
+            if not f.exists():
+                raise bad_arg("resume", str(ckpt), "no adapter_model.safetensors in this checkpoint")
+            set_peft_model_state_dict(policy, load_file(str(f)))
+            return
+        files = sorted(ckpt.glob("model*.safetensors"))
+        if not files:
+            raise bad_arg("resume", str(ckpt), "no model*.safetensors in this checkpoint")
+        lm = causal_lm(policy)
+        state = {}
+        for f in files:
+            state.update(load_file(str(f)))
+        missing, unexpected = lm.load_state_dict(state, strict=False)
+        tied = {"lm_head.weight"} if getattr(lm.config, "tie_word_embeddings", False) else set()
+        missing = [k for k in missing if k not in tied]
+        if missing or unexpected:
+            raise CltxError(
+                f"resume={str(ckpt)!r}: checkpoint does not match the model (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}); fix: resume with the same --model and --train"
+            )
+
+    def save_final(self, output_dir: str | os.PathLike) -> Path:
+        """Save the trained model (LoRA merged) as safetensors with its tokenizer."""
+        out = Path(output_dir)
+        if not self.args.should_save:
+            return out
+        out.mkdir(parents=True, exist_ok=True)
+        policy = self._policy()
+        if hasattr(policy, "peft_config"):
+            policy = policy.merge_and_unload()
+            self.accelerator.unwrap_model(self.model).policy = policy
+        policy.save_pretrained(out)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(out)
+        return out
+
+
+def step_zero_metrics(trainer: CLOTrainer) -> dict[str, float]:
+    """Metrics of the first bin with the starting model (rewards are exactly zero when the
+    reference came from the same forward)."""
+    wrapper = trainer.accelerator.unwrap_model(trainer.model)
+    b = {k: v.to(trainer.args.device) for k, v in trainer.train_bins[0].items() if k != "record_index"}
+    with torch.enable_grad(), trainer.accelerator.autocast():
+        _, m = wrapper(**b)
+    return {k: v.detach().cpu() for k, v in m.items()}
+
+
+def throughput(tokens: int, seconds: float) -> float:
+    return tokens / seconds if seconds > 0 and math.isfinite(seconds) else 0.0
