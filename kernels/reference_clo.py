@@ -116,7 +116,7 @@ def plan_chunks(
     N = 2 * P * T
     per_token = vocab * bytes_per_logit
     # A small margin for library workspaces (cuBLAS) and per-token statistics.
-    margin = min(64 << 20, budget_bytes // 16)
+    margin = min(32 << 20, budget_bytes // 16)
     avail = max(budget_bytes - fixed_bytes - margin, 0)
     fit = avail // per_token
     pair_fits = fit >= 2 * T
@@ -256,11 +256,16 @@ _MM_F32: dict[str, bool] = {}
 _WGRAD_SLAB = 8192  # vocab rows per fp32-output weight-gradient product (mixed dtypes only)
 
 
-def _accumulate_weight_grad(gw: torch.Tensor, dz: torch.Tensor, h: torch.Tensor) -> None:
-    """gw (V, H) += dzᵀ (V, n) · h (n, H), accumulating in fp32 where gw is fp32 and dz, h are not."""
+def _accumulate_weight_grad(gw: torch.Tensor, dz: torch.Tensor, h: torch.Tensor, first: bool = False) -> None:
+    """gw (V, H) += dzᵀ (V, n) · h (n, H) (``first``: gw = …), in fp32 where gw is fp32 and dz, h are not."""
     if gw.dtype == dz.dtype:
-        gw.addmm_(dz.t(), h)
+        if first:
+            torch.mm(dz.t(), h, out=gw)
+        else:
+            gw.addmm_(dz.t(), h)
         return
+    if first:
+        gw.zero_()
     fast = _mm_f32_supported(dz.device) and gw.dtype == torch.float32
     for v0 in range(0, gw.shape[0], _WGRAD_SLAB):
         v1 = min(gw.shape[0], v0 + _WGRAD_SLAB)
@@ -354,7 +359,8 @@ def fused_loss_and_grads(
 
     buf = torch.empty((plan.max_tokens, V), dtype=cdt, device=dev)
     gh = torch.empty_like(h2) if need_h else None
-    gw = torch.zeros(weight.shape, dtype=weight.dtype, device=dev) if need_w else None
+    gw = torch.empty(weight.shape, dtype=weight.dtype, device=dev) if need_w else None
+    gw_started = [False]
     gb = torch.zeros(V, dtype=acc, device=dev) if need_b else None
     tok_logp = torch.zeros(N, dtype=acc, device=dev)
 
@@ -376,7 +382,8 @@ def fused_loss_and_grads(
             if need_h:
                 torch.mm(d, wc, out=gh[a:b])
             if need_w:
-                _accumulate_weight_grad(gw, d, h2[a:b])
+                _accumulate_weight_grad(gw, d, h2[a:b], first=not gw_started[0])
+                gw_started[0] = True
             o += b - a
         if need_b:
             gb.add_(dz.sum(0, dtype=acc))
@@ -498,14 +505,17 @@ class FusedCloFunction(torch.autograd.Function):
         if grads is None:
             raise RuntimeError("clo_loss: backward ran twice on one graph (retain_graph is not supported)")
         ctx.grads = None
+        # Skip the scaling (a read and write of every gradient) for the usual loss.backward(); the check
+        # waits for the queued forward work on a GPU but leaves the device busy.
+        if grad_loss.device.type == "cuda" and bool(grad_loss == 1):
+            return (*grads, None, None, None, None, None, None)
         out = []
         for g in grads:
             if g is None:
                 out.append(None)
             else:
                 out.append(g.mul_(grad_loss.to(g.dtype)))
-        gh, gw, gb = out
-        return gh, gw, gb, None, None, None, None, None, None
+        return (*out, None, None, None, None, None, None)
 
 
 REFERENCE_ROW_OPS = {"stats": ref_row_stats, "grad": ref_row_grad_, "extra_bytes": 12, "path": "reference"}
