@@ -8,4 +8,4 @@ from __future__ import annotations
 from cltx.kernels.neighbors import select_neighbors, sparsemax_sorted  # noqa: F401
 from cltx.kernels.reference_salt import apply_alpha, salt_alpha_reference, salt_fit_reference  # noqa: F401
 
-# CLO reference: added by the CLO kernel
+from cltx.kernels.reference_clo import clo_loss_reference, plan_chunks  # noqa: F401  # isort: skip
