@@ -37,6 +37,7 @@ from cltx.clo.data import bins_hash
 from cltx.clo.model import METHODS, TRAIN_MODES, CLOModel, causal_lm, disable_dropout, model_fingerprint, set_trainable
 from cltx.errors import CltxError, bad_arg
 from cltx.paths import cache_dir
+from cltx.progress import Progress, ensure_progress
 
 logger = logging.getLogger(__name__)
 
@@ -165,7 +166,15 @@ class CLOTrainer(Trainer):
     # compute_loss normalises over the whole accumulated, all-rank batch itself.
     loss_is_scaled_for_ga = True
 
-    def __init__(self, model, args: CLOConfig, train_bins: list[dict], processing_class=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        args: CLOConfig,
+        train_bins: list[dict],
+        processing_class=None,
+        progress: Progress | None = None,
+        **kwargs,
+    ):
         if not isinstance(args, CLOConfig):
             raise bad_arg("args", type(args).__name__, "pass a cltx.clo.CLOConfig")
         if not train_bins:
@@ -187,6 +196,7 @@ class CLOTrainer(Trainer):
                 memory_budget_gib=args.memory_budget_gib,
             )
         self.train_bins = train_bins
+        self.progress = ensure_progress(progress)
         super().__init__(
             model=wrapper, args=args, train_dataset=BinDataset(train_bins), processing_class=processing_class, **kwargs
         )
@@ -259,13 +269,17 @@ class CLOTrainer(Trainer):
         local: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         device = self.args.device
         # Same grad mode and autocast as a training step: bit-identical log-probs at step 0.
+        mine = range(rank, len(self.train_bins), world)
+        self.progress.start("reference", total=len(mine), description="reference log-probs")
         with torch.enable_grad(), self.accelerator.autocast():
-            for i in range(rank, len(self.train_bins), world):
+            for i in mine:
                 b = {k: v.to(device) for k, v in self.train_bins[i].items() if k != "record_index"}
                 _, m = wrapper(**b)
                 local[i] = (m["chosen_logps"].detach().float().cpu(), m["rejected_logps"].detach().float().cpu())
                 REF_FORWARD_CALLS += 1
                 del m
+                self.progress.advance("reference", 1)
+        self.progress.finish("reference")
         wrapper.train(was_training)
         if world > 1:
             import torch.distributed as dist
@@ -277,7 +291,7 @@ class CLOTrainer(Trainer):
         chosen = [local[i][0] for i in range(len(self.train_bins))]
         rejected = [local[i][1] for i in range(len(self.train_bins))]
         self._attach_reference(chosen, rejected)
-        self.ref_info.update(bins_computed=len(range(rank, len(self.train_bins), world)))
+        self.ref_info.update(bins_computed=len(mine))
         self.ref_info["seconds"] = round(time.perf_counter() - t0, 3)
         if self.args.ref_cache and self.accelerator.is_main_process:
             path.parent.mkdir(parents=True, exist_ok=True)

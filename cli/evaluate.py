@@ -1,0 +1,94 @@
+"""``cltx eval``: answer-language share and held-out NLL per language, models side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cltx.cli._ui import RichProgress, out, setup_logging, user_errors
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    @user_errors
+    def eval_cmd(
+        model: Annotated[
+            list[str], typer.Option("--model", help="Model to evaluate (repeat to compare, e.g. base, CLO, SFT).")
+        ],
+        data: Annotated[Path, typer.Option("--data", help="Held-out records (cltx mt output or bilingual JSONL).")],
+        tgt: Annotated[
+            Optional[str], typer.Option("--tgt", help="Target-language code (default: the records' _mt.tgt).")
+        ] = None,
+        limit: Annotated[int, typer.Option("--limit", help="Use the first N usable records (0: all).")] = 0,
+        max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Greedy answer length bound.")] = 64,
+        max_length: Annotated[int, typer.Option("--max-length", help="Prompt + reference response tokens.")] = 1024,
+        batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per generation batch.")] = 8,
+        json_out: Annotated[
+            Optional[Path], typer.Option("--json", help="Write the full report (with every answer) here.")
+        ] = None,
+        prompt_fields: Annotated[
+            Optional[str], typer.Option("--prompt-fields", help="Comma-separated prompt fields (default: auto).")
+        ] = None,
+        response_field: Annotated[Optional[str], typer.Option("--response-field", help="Response field.")] = None,
+        en_key: Annotated[str, typer.Option("--en-key", help="Record key with the English fields.")] = "_source",
+        tgt_key: Annotated[Optional[str], typer.Option("--tgt-key", help="Record key with the target fields.")] = None,
+        en_suffix: Annotated[Optional[str], typer.Option("--en-suffix", help="English field suffix, e.g. _en.")] = None,
+        tgt_suffix: Annotated[Optional[str], typer.Option("--tgt-suffix", help="Target suffix, e.g. _pt.")] = None,
+        chat_template: Annotated[
+            Optional[bool],
+            typer.Option("--chat-template/--no-chat-template", help="Use the model's chat template (default: if any)."),
+        ] = None,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
+    ) -> None:
+        """Ask held-out prompts in English and in the target language; report the share answered in
+        the prompt's language (py3langid) and the held-out NLL per language, one row per model."""
+        setup_logging(verbose)
+        from rich.table import Table
+
+        from cltx.clo.data import DataSpec
+        from cltx.clo.evaluate import evaluate_models, summary_rows
+
+        spec = DataSpec(
+            prompt_fields=prompt_fields,
+            response_field=response_field,
+            en_key=en_key or None,
+            tgt_key=tgt_key or None,
+            en_suffix=en_suffix,
+            tgt_suffix=tgt_suffix,
+        )
+        with RichProgress() as prog:
+            res = evaluate_models(
+                model,
+                data,
+                tgt=tgt,
+                spec=spec,
+                limit=limit,
+                max_new_tokens=max_new_tokens,
+                max_length=max_length,
+                batch_size=batch_size,
+                use_chat_template=chat_template,
+                out=json_out,
+                progress=prog,
+            )
+        t = res["tgt"]
+        table = Table(
+            "model",
+            "en prompt → en answer",
+            f"{t} prompt → {t} answer",
+            "NLL en",
+            f"NLL {t}",
+            title=f"cltx eval: {res['usable']} held-out records × 2 languages, greedy ≤ {res['max_new_tokens']} tokens",
+        )
+        for r in summary_rows(res):
+            table.add_row(
+                r["model"],
+                f"{r['en_in_language']:.1%}",
+                f"{r['tgt_in_language']:.1%}",
+                f"{r['nll_en']:.4f}",
+                f"{r['nll_tgt']:.4f}",
+            )
+        out.print(table)
+        if json_out:
+            out.print(f"report: {json_out}")

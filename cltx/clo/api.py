@@ -1,0 +1,197 @@
+"""``train_clo``: the whole ``cltx clo`` run as one function (the CLI is a thin layer over it)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from cltx.clo.data import (
+    DataSpec,
+    PromptFormatter,
+    build_examples,
+    describe_skips,
+    make_bins,
+    read_records,
+    tokenize_examples,
+)
+from cltx.errors import CltxError, bad_arg
+from cltx.progress import Progress, ensure_progress, trainer_callback
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "clo_report.json"
+
+
+def prepare_bins(
+    records: list[dict],
+    tokenizer,
+    *,
+    method: str = "clo",
+    spec: DataSpec | None = None,
+    max_length: int = 1024,
+    records_per_bin: int = 2,
+    seed: int = 0,
+    pad_to_multiple_of: int = 8,
+    use_chat_template: bool | None = None,
+    system_prompt: str | None = None,
+):
+    """Records → micro-batches; returns ``(bins, data_report)``. Raises when nothing is usable."""
+    examples, report = build_examples(records, spec)
+    fmt = PromptFormatter(tokenizer, use_chat_template=use_chat_template, system_prompt=system_prompt)
+    tokenized = tokenize_examples(examples, fmt, max_length, report)
+    if not tokenized:
+        raise CltxError(
+            f"data: none of the {report.records} records is usable ({describe_skips(report)}); "
+            "fix: pass cltx mt output or a bilingual JSONL, and name the fields with --prompt-fields/--response-field"
+        )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    bins = make_bins(tokenized, records_per_bin, method, pad, seed=seed, pad_multiple=pad_to_multiple_of)
+    return bins, report
+
+
+def train_clo(
+    model: Any,
+    data: str | Path | list[dict],
+    out: str | Path,
+    *,
+    tokenizer=None,
+    spec: DataSpec | None = None,
+    method: str = "clo",
+    lam: float = 0.5,
+    beta: float = 0.1,
+    train_mode: str = "attention",
+    epochs: float = 1.0,
+    max_steps: int = -1,
+    batch_size: int = 2,
+    grad_accum: int = 1,
+    lr: float | None = None,
+    max_length: int = 1024,
+    bf16: bool = False,
+    resume: bool = False,
+    seed: int = 0,
+    save_steps: int = 0,
+    logging_steps: int = 10,
+    use_chat_template: bool | None = None,
+    system_prompt: str | None = None,
+    progress: Progress | None = None,
+    **config: Any,
+) -> dict:
+    """Train with CLO (or SFT) and save the model (safetensors + tokenizer) in ``out``.
+
+    Args:
+        model: embedded name, folder, hub id, or a loaded ``*ForCausalLM`` (then pass ``tokenizer``).
+        data: ``cltx mt`` output / bilingual JSONL path, or the records themselves.
+        out: output folder: the final model, ``checkpoints/``, and ``clo_report.json``.
+        batch_size: records per micro-batch per device (a CLO record = 2 pairs = 4 sequences).
+        resume: continue from the last checkpoint in ``out/checkpoints``.
+        Remaining keyword arguments go to :class:`cltx.clo.trainer.CLOConfig`.
+
+    Returns:
+        The run report (also written to ``out/clo_report.json``).
+    """
+    import torch
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from cltx.clo.trainer import CLOConfig, CLOTrainer, throughput
+
+    progress = ensure_progress(progress)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise bad_arg("out", str(out), "is a file; pass a folder")
+    if isinstance(model, (str, Path)):
+        from cltx.models import load_causal_lm
+
+        model_name = str(model)
+        progress.message(f"loading {model_name}")
+        model, tok = load_causal_lm(model_name, dtype=torch.float32)
+        tokenizer = tokenizer or tok
+    else:
+        model_name = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
+        if tokenizer is None:
+            raise bad_arg("tokenizer", None, "pass the tokenizer with an already loaded model")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    records = read_records(data) if isinstance(data, (str, Path)) else list(data)
+    bins, data_report = prepare_bins(
+        records,
+        tokenizer,
+        method=method,
+        spec=spec,
+        max_length=max_length,
+        records_per_bin=batch_size,
+        seed=seed,
+        pad_to_multiple_of=config.get("pad_to_multiple_of", 8),
+        use_chat_template=use_chat_template,
+        system_prompt=system_prompt,
+    )
+    if data_report.skipped:
+        progress.message(f"data: {data_report.used}/{data_report.records} records used; {describe_skips(data_report)}")
+    if data_report.truncated_responses:
+        progress.message(f"data: {data_report.truncated_responses} records had responses cut to max_length")
+    if lr is None:
+        lr = 1e-5 if train_mode == "full" else (1e-4 if train_mode == "lora" else 2e-5)
+    ckpt_dir = out / "checkpoints"
+    args = CLOConfig(
+        output_dir=str(ckpt_dir),
+        method=method,
+        lam=lam,
+        beta=beta,
+        train_mode=train_mode,
+        max_length=max_length,
+        num_train_epochs=epochs,
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        gradient_accumulation_steps=grad_accum,
+        learning_rate=lr,
+        bf16=bf16,
+        seed=seed,
+        data_seed=seed,
+        logging_steps=logging_steps,
+        save_strategy="steps" if save_steps > 0 else "no",
+        save_steps=save_steps if save_steps > 0 else 500,
+        use_cpu=not torch.cuda.is_available(),
+        **config,
+    )
+    resume_from = None
+    if resume:
+        resume_from = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+        if resume_from is None:
+            progress.message(f"resume: no checkpoint in {ckpt_dir}; starting from the beginning")
+        else:
+            progress.message(f"resume: continuing from {resume_from}")
+    trainer = CLOTrainer(
+        model, args, bins, processing_class=tokenizer, progress=progress, callbacks=[trainer_callback(progress)]
+    )
+    t0 = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    train_seconds = time.perf_counter() - t0
+    trainer.save_final(out)
+    world = trainer.accelerator.num_processes
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    report = {
+        "model": model_name,
+        "data": str(data) if isinstance(data, (str, Path)) else f"<{len(records)} records>",
+        "out": str(out),
+        "method": method,
+        "train": train_mode,
+        "lam": lam,
+        "beta": beta,
+        "data_report": data_report.as_dict(),
+        "micro_batches": len(bins),
+        "reference": trainer.ref_info,
+        "steps": trainer.state.global_step,
+        "train_seconds": round(train_seconds, 3),
+        "tokens": trainer.tokens_trained * world,
+        "tokens_per_second": round(throughput(trainer.tokens_trained * world, result.metrics["train_runtime"]), 1),
+        "train_loss": result.metrics.get("train_loss"),
+        "first_log": logs[0] if logs else None,
+        "last_log": logs[-1] if logs else None,
+        "log_history": trainer.state.log_history,
+        "resumed_from": resume_from,
+    }
+    if trainer.args.should_save:
+        (out / REPORT_NAME).write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
+    return report

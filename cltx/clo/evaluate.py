@@ -1,0 +1,268 @@
+"""``cltx eval``: does the model answer in the prompt's language, and how well does it model the
+reference responses in each language?
+
+For each held-out record, the prompt is asked once in English and once in the target language;
+the model answers greedily (``max_new_tokens`` bounded) and py3langid identifies the answer's
+language. Reported per model and prompt language: the share of answers in the prompt's language,
+the detected-language counts, and the held-out NLL (token mean, nats) of the reference response
+given its prompt (x_en → y_en, x_tg → y_tg), computed through the same fused loss as training.
+Several models evaluate on the same prompts, so base / CLO / SFT sit side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from cltx.clo.data import (
+    DataSpec,
+    PromptFormatter,
+    _sequence,
+    build_examples,
+    describe_skips,
+    read_records,
+    target_language,
+    tokenize_examples,
+)
+from cltx.errors import CltxError, bad_arg
+from cltx.progress import Progress, ensure_progress
+
+logger = logging.getLogger(__name__)
+
+
+def _norm_lang(code: str) -> str:
+    return code.replace("_", "-").split("-")[0].lower()
+
+
+def detect_language(text: str) -> str | None:
+    """ISO 639-1 code of ``text`` by py3langid; None for text without letters."""
+    import py3langid as langid
+
+    if not any(ch.isalpha() for ch in text):
+        return None
+    return langid.classify(text)[0]
+
+
+def _generate(model, tok, prompts: list[list[int]], max_new_tokens: int, batch_size: int, progress, task) -> list[str]:
+    import torch
+
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    outs: list[str] = []
+    for s in range(0, len(prompts), batch_size):
+        chunk = prompts[s : s + batch_size]
+        n = max(len(p) for p in chunk)
+        ids = torch.full((len(chunk), n), pad, dtype=torch.long)
+        mask = torch.zeros((len(chunk), n), dtype=torch.long)
+        for r, p in enumerate(chunk):  # left padding: every prompt ends where generation starts
+            ids[r, n - len(p) :] = torch.tensor(p)
+            mask[r, n - len(p) :] = 1
+        with torch.no_grad():
+            gen = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=pad,
+                eos_token_id=tok.eos_token_id,
+            )
+        for row in gen[:, n:]:
+            outs.append(tok.decode(row, skip_special_tokens=True).strip())
+        progress.advance(task, len(chunk))
+    return outs
+
+
+def _nll(model, tok, rows: list[tuple[list[int], list[int]]], batch_size: int) -> float:
+    """Token-mean NLL of the responses (labels ≠ −100) through the fused loss (SFT form)."""
+    import torch
+
+    from cltx.clo.data import _pad
+    from cltx.clo.model import CLOModel
+
+    wrapper = CLOModel(model, method="sft")
+    device = next(model.parameters()).device
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    total, tokens = 0.0, 0
+    for s in range(0, len(rows), batch_size):
+        ids, labels, mask = _pad(rows[s : s + batch_size], pad, 1)
+        with torch.no_grad():
+            every = torch.ones(len(ids), dtype=torch.bool, device=device)
+            _, m = wrapper(ids.to(device), mask.to(device), labels.to(device), every)
+        total -= float(m["chosen_logps"].double().sum())
+        tokens += int((labels != -100).sum())
+    return total / tokens if tokens else float("nan")
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    examples,
+    tokenized,
+    *,
+    tgt: str,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    use_chat_template: bool | None = None,
+    system_prompt: str | None = None,
+    progress: Progress | None = None,
+    name: str = "model",
+) -> dict[str, Any]:
+    """Evaluate one loaded model on prepared examples; see the module docstring."""
+    progress = ensure_progress(progress)
+    model.eval()
+    result: dict[str, Any] = {"model": name}
+    samples = []
+    task = f"eval {name}"
+    progress.start(task, total=2 * len(tokenized), description=f"eval {Path(name).name}")
+    for lang, want in (("en", "en"), ("tgt", _norm_lang(tgt))):
+        prompts = [t.prompt_en if lang == "en" else t.prompt_tg for t in tokenized]
+        answers = _generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress, task)
+        detected = [detect_language(a) for a in answers]
+        hits = sum(1 for d in detected if d is not None and _norm_lang(d) == want)
+        rows = [
+            _sequence(t.prompt_en, t.response_en) if lang == "en" else _sequence(t.prompt_tg, t.response_tg)
+            for t in tokenized
+        ]
+        result[lang] = {
+            "language": want,
+            "prompts": len(prompts),
+            "in_prompt_language": hits / len(prompts) if prompts else float("nan"),
+            "detected": dict(Counter(d or "none" for d in detected).most_common()),
+            "nll": _nll(model, tokenizer, rows, batch_size),
+        }
+        by_index = {e.index: e for e in examples}
+        for t, a, d in zip(tokenized, answers, detected, strict=True):
+            ex = by_index[t.index]
+            samples.append(
+                {
+                    "record": t.index + 1,
+                    "prompt_language": want,
+                    "prompt": ex.prompt_en if lang == "en" else ex.prompt_tg,
+                    "answer": a,
+                    "detected": d,
+                }
+            )
+    progress.finish(task)
+    result["samples"] = samples
+    return result
+
+
+def evaluate_models(
+    models: list[Any],
+    data: str | Path | list[dict],
+    *,
+    tgt: str | None = None,
+    spec: DataSpec | None = None,
+    limit: int = 0,
+    max_new_tokens: int = 64,
+    max_length: int = 1024,
+    batch_size: int = 8,
+    use_chat_template: bool | None = None,
+    system_prompt: str | None = None,
+    out: str | Path | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Evaluate each model on the same held-out prompts in both languages.
+
+    Args:
+        models: embedded names / folders / hub ids, or ``(name, model, tokenizer)`` triples.
+        data: held-out records (``cltx mt`` output or bilingual JSONL), path or list.
+        tgt: the target-language code (default: ``_mt.tgt`` of the records).
+        limit: use the first ``limit`` usable records (0: all).
+        out: write the JSON report here (a ``.json`` file).
+
+    Returns:
+        ``{"tgt", "records", "skipped", "models": [per-model results]}``.
+    """
+    import torch
+
+    progress = ensure_progress(progress)
+    if not models:
+        raise bad_arg("model", models, "pass at least one --model")
+    if limit < 0:
+        raise bad_arg("limit", limit, "must be ≥ 0 (0: every record)")
+    if max_new_tokens < 1:
+        raise bad_arg("max_new_tokens", max_new_tokens, "must be ≥ 1")
+    records = read_records(data) if isinstance(data, (str, Path)) else list(data)
+    tgt = tgt or target_language(records)
+    if not tgt:
+        raise bad_arg("tgt", tgt, "the records do not name their target language (_mt.tgt); pass --tgt, e.g. --tgt pt")
+    examples, report = build_examples(records, spec)
+    if limit:
+        examples = examples[:limit]
+    results = []
+    for entry in models:
+        if isinstance(entry, tuple):
+            name, model, tok = entry
+        else:
+            from cltx.models import load_causal_lm
+
+            name = str(entry)
+            progress.message(f"loading {name}")
+            model, tok = load_causal_lm(name, dtype=torch.float32)
+            if torch.cuda.is_available():
+                model.to("cuda")
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        fmt = PromptFormatter(tok, use_chat_template=use_chat_template, system_prompt=system_prompt)
+        rep = dataclass_copy(report)
+        tokenized = tokenize_examples(examples, fmt, max_length, rep)
+        if not tokenized:
+            raise CltxError(
+                f"data: no usable held-out records for {name} ({describe_skips(rep)}); "
+                "fix: check the field options or --max-length"
+            )
+        res = evaluate_model(
+            model,
+            tok,
+            examples,
+            tokenized,
+            tgt=tgt,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            use_chat_template=use_chat_template,
+            system_prompt=system_prompt,
+            progress=progress,
+            name=name,
+        )
+        res["skipped"] = dict(rep.skipped)
+        results.append(res)
+    full = {
+        "tgt": tgt,
+        "records": report.records,
+        "usable": len(examples),
+        "skipped": dict(report.skipped),
+        "max_new_tokens": max_new_tokens,
+        "models": results,
+    }
+    if out is not None:
+        p = Path(out)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(full, indent=2, ensure_ascii=False), encoding="utf-8")
+    return full
+
+
+def dataclass_copy(report):
+    import copy
+
+    return copy.deepcopy(report)
+
+
+def summary_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model: answer-language shares and NLL per prompt language."""
+    rows = []
+    for r in result["models"]:
+        rows.append(
+            {
+                "model": r["model"],
+                "en_in_language": r["en"]["in_prompt_language"],
+                "tgt_in_language": r["tgt"]["in_prompt_language"],
+                "nll_en": r["en"]["nll"],
+                "nll_tgt": r["tgt"]["nll"],
+                "prompts": r["en"]["prompts"],
+            }
+        )
+    return rows
