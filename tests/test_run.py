@@ -1,0 +1,251 @@
+"""cltx run: config validation before heavy work, stage reuse / rerun / resume, and the report."""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from cltx.errors import CltxError
+from cltx.paths import data_file
+from cltx.run import MARKER, STOP_ENV, RunStopped, build_stages, load_config, run_pipeline
+
+# ------------------------------------------------------------------------------ validation
+
+
+def _write(tmp_path: Path, text: str, name: str = "run.toml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def test_shipped_configs_validate_and_quick_is_smaller():
+    full, quick = load_config("default"), load_config("quick")
+    assert quick.quick and not full.quick
+    assert quick.pretrain.max_steps < full.pretrain.max_steps
+    assert quick.clo.max_steps < full.clo.max_steps
+    assert load_config("default", quick=True).clo.max_steps == quick.clo.max_steps
+    assert Path(full.mt.input) == data_file("sample_en.jsonl")
+    names = [s.name for s in build_stages(full)]
+    assert names[:3] == ["mt", "mt-separate", "salt"]
+    assert {"pretrain-salt", "pretrain-focus", "pretrain-random", "clo", "sft", "clo-half", "eval"} <= set(names)
+
+
+def test_per_device_values(tmp_path):
+    p = _write(tmp_path, "[clo]\nmax_steps = { cpu = 3, gpu = 300 }\n")
+    assert load_config(p, device="cpu").clo.max_steps == 3
+    assert load_config(p, device="cuda").clo.max_steps == 300
+    bad = _write(tmp_path, "[clo]\nmax_steps = { gpu = 300 }\n", "b.toml")
+    with pytest.raises(CltxError, match="no value for cpu"):
+        load_config(bad, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("[mtt]\nlimit = 2\n", "unknown stage/section 'mtt'"),
+        ("[quick.clo_x]\nmax_steps = 1\n", "unknown section 'quick.clo_x'"),
+        ("[clo]\nstepz = 3\n", "section 'clo' has no option 'stepz'"),
+        ("[clo]\nmax_steps = 'ten'\n", "clo.max_steps='ten' should be int"),
+        ("[clo]\ntrain = 'everything'\n", "clo.train='everything'"),
+        ("[clo]\nmodel = './no/such/model'\n", "clo.model=.*no such folder"),
+        ("[salt]\nllm = '/nowhere/llm'\n", "salt.llm=.*no such folder"),
+        ("[mt]\ninput = 'missing.jsonl'\n", "mt.input=.*no such file"),
+        ("[mt]\nengine = 'google'\n", "mt.engine='google'"),
+        ("[mt]\nengine = 'python:no_such_module_xyz:f'\n", "cannot find module"),
+        ("[pretrain]\ninits = ['salt', 'wechsel']\n[salt]\nmethods = ['salt']\n", "needs \\['wechsel'\\]"),
+        ("[clo]\nmodel = 'pretrain:mean'\n", "no such pretrain stage"),
+        ("[salt]\nenabled = false\n", "needs the salt stage"),
+        ("extends = 'nope.toml'\n", "extends='nope.toml' does not exist"),
+        ("[clo\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_fails_before_any_stage(tmp_path, monkeypatch, text, match):
+    import cltx.run as run_mod
+
+    def boom(*a, **k):  # any stage starting would be heavy work
+        raise AssertionError("a stage ran before validation finished")
+
+    for name in ("_stage_mt", "_stage_salt", "_stage_pretrain", "_stage_clo", "_stage_eval"):
+        monkeypatch.setattr(run_mod, name, boom)
+    p = _write(tmp_path, text)
+    with pytest.raises(CltxError, match=match):
+        run_pipeline(p, out=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_bad_config_is_one_red_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from cltx.cli.main import app
+
+    p = _write(tmp_path, "[clo]\nmodel = './missing-model'\n")
+    res = CliRunner().invoke(app, ["run", str(p), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 1
+    assert "clo.model=" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["run", "no-such-config"])
+    assert res.exit_code == 1 and "no such file" in res.output
+
+
+def test_force_names_unknown_stage(tmp_path):
+    p = _write(
+        tmp_path,
+        "[salt]\nenabled = false\n[pretrain]\nenabled = false\n[clo]\nenabled = false\n[eval]\nenabled = false\n",
+    )
+    with pytest.raises(CltxError, match="--force='clo'"):
+        run_pipeline(p, out=tmp_path / "o", force=["clo"])
+
+
+# ------------------------------------------------------------------------------ resume / reuse
+
+ENGINE = """
+CALLS = []
+def translate(texts, src, tgt):
+    return [t.upper() for t in texts]
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    from tests.test_pretrain import _tiny_llama
+
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-run-llama"))
+
+
+def _small_config(tmp_path: Path, model: Path, *, steps: int = 3, limit: int = 10) -> Path:
+    eng = tmp_path / "upper_engine.py"
+    eng.write_text(ENGINE)
+    return _write(
+        tmp_path,
+        f"""
+        [run]
+        out = "{tmp_path / "out"}"
+        [mt]
+        input = "{data_file("sample_en.jsonl")}"
+        engine = "python:{eng}:translate"
+        limit = {limit}
+        held_out = 3
+        [salt]
+        enabled = false
+        [pretrain]
+        inits = ["base"]
+        model = "{model}"
+        text = "target"
+        max_steps = {steps}
+        block_size = 16
+        batch_size = 2
+        [clo]
+        enabled = false
+        [eval]
+        enabled = false
+        """,
+    )
+
+
+def _mtime(run: Path, stage: str) -> float:
+    return (run / stage / MARKER).stat().st_mtime_ns
+
+
+def test_interrupted_run_resumes_and_edits_rerun_downstream(tmp_path, tiny_llama, monkeypatch):
+    cfg = _small_config(tmp_path, tiny_llama)
+    run = tmp_path / "out"
+    monkeypatch.setenv(STOP_ENV, "mt-separate")
+    with pytest.raises(RunStopped):
+        run_pipeline(cfg)
+    assert (run / "mt" / MARKER).exists() and (run / "mt-separate" / MARKER).exists()
+    assert not (run / "pretrain-base").exists() and not (run / "report.json").exists()
+    t_mt, t_sep = _mtime(run, "mt"), _mtime(run, "mt-separate")
+
+    # A crash inside the next stage leaves no marker: a half-written folder is not "finished".
+    (run / "pretrain-base").mkdir()
+    (run / "pretrain-base" / "junk.bin").write_bytes(b"partial")
+    monkeypatch.delenv(STOP_ENV)
+    rep = run_pipeline(cfg)
+    assert rep["stages"]["mt"]["reused"] and rep["stages"]["mt-separate"]["reused"]
+    assert not rep["stages"]["pretrain-base"]["reused"]
+    assert not (run / "pretrain-base" / "junk.bin").exists()
+    assert (_mtime(run, "mt"), _mtime(run, "mt-separate")) == (t_mt, t_sep)
+    t_pre = _mtime(run, "pretrain-base")
+    assert (run / "pretrain-base" / "model" / "model.safetensors").exists()
+    assert rep["mt"]["joint"]["records"] == 10
+
+    # Nothing changed: everything reused.
+    rep = run_pipeline(cfg)
+    assert all(s["reused"] for s in rep["stages"].values())
+    assert _mtime(run, "pretrain-base") == t_pre
+
+    # Edit a downstream stage's option: only it reruns.
+    cfg = _small_config(tmp_path, tiny_llama, steps=4)
+    rep = run_pipeline(cfg)
+    assert rep["stages"]["mt"]["reused"] and not rep["stages"]["pretrain-base"]["reused"]
+    assert json.loads((run / "pretrain-base" / MARKER).read_text())["result"]["steps"] == 4
+
+    # Edit an upstream stage: it and everything downstream rerun.
+    cfg = _small_config(tmp_path, tiny_llama, steps=4, limit=12)
+    rep = run_pipeline(cfg)
+    assert not any(s["reused"] for s in rep["stages"].values())
+    assert rep["mt"]["joint"]["records"] == 12
+
+    # --force a stage: it and its downstream rerun, the rest is reused.
+    rep = run_pipeline(cfg, force=["mt-separate"])
+    assert rep["stages"]["mt"]["reused"] and not rep["stages"]["mt-separate"]["reused"]
+    assert rep["stages"]["pretrain-base"]["reused"]
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def _finite_numbers(obj, path="") -> list[str]:
+    """Paths of numbers that are not finite."""
+    bad = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            bad += _finite_numbers(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            bad += _finite_numbers(v, f"{path}[{i}]")
+    elif isinstance(obj, float) and not math.isfinite(obj):
+        bad.append(path)
+    return bad
+
+
+@pytest.mark.integration
+def test_quick_run_end_to_end(tmp_path):
+    rep = run_pipeline("quick", out=tmp_path / "quick")
+    run = tmp_path / "quick"
+    data = json.loads((run / "report.json").read_text())
+    assert data["claims"] == rep["claims"]
+    for section in ("mt", "salt", "clo", "environment", "stages"):
+        assert data[section], f"report section {section} is empty"
+    assert not _finite_numbers(data)
+    mt = data["mt"]
+    for mode in ("joint", "separate"):
+        for key in ("records", "records_per_s", "qa_records", "qa_answer_in_passage_share"):
+            assert isinstance(mt[mode][key], (int, float)), (mode, key)
+    assert isinstance(mt["joint"]["decomposition_success_rate"], float)
+    salt = data["salt"]
+    assert set(salt["bits_per_byte_after_init"]) >= {"salt", "focus", "random"}
+    assert all(isinstance(v, float) for v in salt["bits_per_byte_after_init"].values())
+    runs = salt["continued_training"]
+    assert set(runs) == {"salt", "focus", "random"} and salt["same_token_budget"]
+    for r in runs.values():
+        assert r["curve"] and all(isinstance(r[k], float) for k in ("first_loss", "last_loss", "heldout_bpb_after"))
+    clo = data["clo"]
+    assert set(clo["models"]) >= {"base", "clo", "sft", "clo-half"}
+    for name, m in clo["models"].items():
+        for key in ("target_prompt_share", "english_prompt_share", "nll_target", "nll_english"):
+            assert isinstance(m[key], (int, float)), (name, key)
+    for name in ("clo", "sft", "clo-half"):
+        assert clo["training"][name]["curve"], name
+    assert any(c.get("margin") is not None for c in clo["training"]["clo"]["curve"])
+    assert {c["verdict"] for c in data["claims"]} <= {"reproduced", "not reproduced", "inconclusive"}
+    assert len(data["claims"]) >= 8
+    for stage, t in data["stages"].items():
+        assert t["wall_s"] >= 0, stage
+    for plot in ("pretrain_loss.png", "clo_vs_sft.png", "salt_bits_per_byte.png"):
+        assert (run / plot).stat().st_size > 1000, plot
+    md = (run / "report.md").read_text()
+    assert "English vocabulary swap" in md and "## CLO vs SFT" in md
