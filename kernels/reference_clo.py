@@ -74,6 +74,7 @@ class ChunkPlan:
 
 
 _LAST_PLAN: ChunkPlan | None = None
+_WARNED_BUDGETS: set[int] = set()
 
 
 def last_plan() -> ChunkPlan | None:
@@ -132,7 +133,8 @@ def plan_chunks(
     if mode != "recompute":
         raise bad_arg("mode", mode, "use 'pair', 'recompute' or None")
     n = max(int(fit), MIN_CHUNK_TOKENS)
-    if n < MIN_CHUNK_TOKENS or fit < MIN_CHUNK_TOKENS:
+    if fit < MIN_CHUNK_TOKENS and budget_bytes not in _WARNED_BUDGETS:
+        _WARNED_BUDGETS.add(budget_bytes)
         logger.warning(
             "clo_loss: memory budget %.3f GiB leaves room for %d tokens of logits; using %d",
             budget_bytes / 2**30,
@@ -267,12 +269,18 @@ def _accumulate_weight_grad(gw: torch.Tensor, dz: torch.Tensor, h: torch.Tensor,
     if first:
         gw.zero_()
     fast = _mm_f32_supported(dz.device) and gw.dtype == torch.float32
+    h_up = None
     for v0 in range(0, gw.shape[0], _WGRAD_SLAB):
         v1 = min(gw.shape[0], v0 + _WGRAD_SLAB)
         if fast:
-            gw[v0:v1].add_(torch.mm(dz[:, v0:v1].t(), h, out_dtype=torch.float32))
-        else:
-            gw[v0:v1].addmm_(dz[:, v0:v1].t().to(gw.dtype), h.to(gw.dtype))
+            try:
+                gw[v0:v1].add_(torch.mm(dz[:, v0:v1].t(), h, out_dtype=torch.float32))
+                continue
+            except (RuntimeError, TypeError):  # no fp32-output product for this layout: upcast instead
+                _MM_F32[dz.device.type] = fast = False
+        if h_up is None:
+            h_up = h.to(gw.dtype)
+        gw[v0:v1].addmm_(dz[:, v0:v1].t().to(gw.dtype), h_up)
 
 
 def fused_loss_and_grads(
