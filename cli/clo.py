@@ -99,6 +99,9 @@ def register(app: typer.Typer) -> None:
         batch, reference log-probs computed once and cached) and save it to OUT."""
         setup_logging(verbose)
         from rich.table import Table
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # rich draws the progress
 
         from cltx.clo.api import train_clo
         from cltx.clo.data import DataSpec

@@ -46,6 +46,9 @@ def register(app: typer.Typer) -> None:
         the prompt's language (py3langid) and the held-out NLL per language, one row per model."""
         setup_logging(verbose)
         from rich.table import Table
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # rich draws the progress
 
         from cltx.clo.data import DataSpec
         from cltx.clo.evaluate import evaluate_models, summary_rows

@@ -25,6 +25,37 @@ logger = logging.getLogger(__name__)
 REPORT_NAME = "clo_report.json"
 
 
+def load_policy(name: str):
+    """Load a causal LM (fp32 master weights) and its tokenizer; refuse a checkpoint whose LM head
+    is missing (transformers would fill it with random weights)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from cltx.models import load_tokenizer, resolve_model
+
+    path = resolve_model(name)
+    try:
+        model, info = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, output_loading_info=True)
+    except (OSError, ValueError, KeyError) as e:
+        raise bad_arg(
+            "model", name, f"cannot be loaded as a causal LM ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+        ) from e
+    head = model.get_output_embeddings()
+    head_names = {n for n, m in model.named_modules() if m is head}
+    missing = [k for k in info.get("missing_keys", []) if k.rsplit(".", 1)[0] in head_names]
+    if missing:
+        raise bad_arg(
+            "model",
+            name,
+            f"the checkpoint has no LM head ({', '.join(missing)} missing); fix: pass a causal LM "
+            "(saved from *ForCausalLM), not a bare model body",
+        )
+    tok = load_tokenizer(name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, tok
+
+
 def prepare_bins(
     records: list[dict],
     tokenizer,
@@ -102,11 +133,9 @@ def train_clo(
     if out.exists() and not out.is_dir():
         raise bad_arg("out", str(out), "is a file; pass a folder")
     if isinstance(model, (str, Path)):
-        from cltx.models import load_causal_lm
-
         model_name = str(model)
         progress.message(f"loading {model_name}")
-        model, tok = load_causal_lm(model_name, dtype=torch.float32)
+        model, tok = load_policy(model_name)
         tokenizer = tokenizer or tok
     else:
         model_name = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)

@@ -198,11 +198,11 @@ def evaluate_models(
         if isinstance(entry, tuple):
             name, model, tok = entry
         else:
-            from cltx.models import load_causal_lm
+            from cltx.clo.api import load_policy
 
             name = str(entry)
             progress.message(f"loading {name}")
-            model, tok = load_causal_lm(name, dtype=torch.float32)
+            model, tok = load_policy(name)
             if torch.cuda.is_available():
                 model.to("cuda")
         if tok.pad_token is None:

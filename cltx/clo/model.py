@@ -70,6 +70,36 @@ def lm_head_of(model: nn.Module) -> nn.Linear:
     return head
 
 
+def check_logits_path(model: nn.Module) -> None:
+    """Probe once that the model's own logits are body hidden states · Wᵀ (+ b): a head with a
+    transform in between (BERT-style LM heads, scaled or capped logits) would make CLO silently wrong."""
+    lm = causal_lm(model)
+    params = list(lm.parameters())
+    if not params or any(p.is_meta for p in params):
+        return
+    head = lm_head_of(model)
+    vocab = head.weight.shape[0]
+    ids = torch.tensor([[1 % vocab, 2 % vocab, 3 % vocab, 4 % vocab]], device=params[0].device)
+    was = lm.training
+    lm.eval()
+    try:
+        with torch.no_grad():
+            full = lm(input_ids=ids, use_cache=False).logits.float()
+            hid = body_of(model)(input_ids=ids, use_cache=False)
+            hid = hid.last_hidden_state if hasattr(hid, "last_hidden_state") else hid[0]
+            mine = nn.functional.linear(hid, head.weight, head.bias).float()
+    finally:
+        lm.train(was)
+    tol = 1e-3 * max(1.0, float(full.abs().max()))
+    if full.shape != mine.shape or float((full - mine).abs().max()) > tol:
+        raise bad_arg(
+            "model",
+            getattr(lm.config, "_name_or_path", type(lm).__name__),
+            f"{type(lm).__name__}'s logits are not its final hidden states times the LM-head weight; "
+            "cltx clo supports decoder LMs with a plain linear head (Llama, Qwen, Mistral, Gemma, SmolLM …)",
+        )
+
+
 def body_of(model: nn.Module) -> nn.Module:
     lm = causal_lm(model)
     prefix = getattr(lm, "base_model_prefix", "model")
@@ -168,7 +198,7 @@ class CLOModel(nn.Module):
         self.lam = lam
         self.average_logps = average_logps
         self.memory_budget_gib = memory_budget_gib
-        lm_head_of(policy)  # validate early
+        check_logits_path(policy)  # validate early: a clear error instead of a silently wrong loss
         self.config = causal_lm(policy).config
 
     # The Trainer enables activation checkpointing through these names.
