@@ -1,0 +1,197 @@
+"""CLO data: cltx-mt-style and bilingual records → pairs → whole-record micro-batches; bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cltx.clo._tiny import tiny_records, tiny_tokenizer
+from cltx.clo.data import (
+    IGNORE,
+    DataSpec,
+    PromptFormatter,
+    build_examples,
+    make_bins,
+    read_records,
+    target_language,
+    tokenize_examples,
+)
+from cltx.errors import CltxError
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+def _write(path, records):
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in records) + "\n", encoding="utf-8")
+    return path
+
+
+def test_mt_output_file_gives_both_languages(tmp_path):
+    recs = [
+        {
+            "instruction": "o gato",
+            "input": "a casa",
+            "output": "o cao",
+            "id": "x1",
+            "_source": {"instruction": "the cat", "input": "the house", "output": "the dog"},
+            "_mt": {"status": "joint", "tgt": "pt"},
+        },
+        # input not translated (absent from _source): the same text in both views
+        {
+            "instruction": "o sol",
+            "input": "moon 7",
+            "output": "a lua",
+            "_source": {"instruction": "the sun", "output": "the moon"},
+            "_mt": {"status": "fallback", "tgt": "pt"},
+        },
+        {
+            "question": "quem?",
+            "passage": "o gato sentou",
+            "answer": "o gato",
+            "_source": {"question": "who?", "passage": "the cat sat", "answer": "the cat"},
+        },
+    ]
+    path = _write(tmp_path / "mt.jsonl", recs)
+    rows = read_records(path)
+    examples, report = build_examples(rows)
+    assert report.used == 3 and not report.skipped
+    a, b, c = examples
+    assert (a.prompt_en, a.prompt_tg, a.response_en, a.response_tg) == (
+        "the cat\n\nthe house",
+        "o gato\n\na casa",
+        "the dog",
+        "o cao",
+    )
+    assert b.prompt_en == "the sun\n\nmoon 7" and b.prompt_tg == "o sol\n\nmoon 7"
+    # QA layout found without flags: passage then question → answer
+    assert (c.prompt_en, c.response_en, c.prompt_tg, c.response_tg) == (
+        "the cat sat\n\nwho?",
+        "the cat",
+        "o gato sentou\n\nquem?",
+        "o gato",
+    )
+    assert target_language(rows) == "pt"
+
+
+def test_bilingual_layouts_nested_and_suffix():
+    nested = [{"en": {"prompt": "hi", "response": "hello"}, "pt": {"prompt": "oi", "response": "ola"}}]
+    ex, rep = build_examples(nested, DataSpec(en_key="en", tgt_key="pt"))
+    assert rep.used == 1 and (ex[0].prompt_en, ex[0].response_tg) == ("hi", "ola")
+    suffixed = [{"q_en": "who", "a_en": "me", "q_pt": "quem", "a_pt": "eu"}]
+    spec = DataSpec(prompt_fields="q", response_field="a", en_suffix="_en", tgt_suffix="_pt")
+    ex, rep = build_examples(suffixed, spec)
+    assert rep.used == 1 and (ex[0].prompt_en, ex[0].prompt_tg, ex[0].response_en, ex[0].response_tg) == (
+        "who",
+        "quem",
+        "me",
+        "eu",
+    )
+
+
+def test_bad_records_are_counted_per_reason():
+    good = {"instruction": "o gato", "output": "o cao", "_source": {"instruction": "the cat", "output": "the dog"}}
+    recs = [
+        good,
+        {"instruction": "o gato", "output": "o cao"},  # no English
+        {"instruction": "o gato", "_source": {"instruction": "the cat", "output": "the dog"}},  # no target response
+        {"instruction": "o gato", "output": "  ", "_source": {"instruction": "the cat", "output": "the dog"}},
+        {"instruction": "o gato", "output": "the dog", "_source": {"instruction": "the cat", "output": "the dog"}},
+        {**good, "_mt": {"status": "failed"}},
+        {"instruction": "o gato", "output": 3, "_source": {"instruction": "the cat", "output": "the dog"}},
+        {"title": "x", "_source": {"title": "y"}},
+        {"instruction": "", "output": "o cao", "_source": {"instruction": "", "output": "the dog"}},
+    ]
+    ex, rep = build_examples(recs)
+    assert rep.used == 1 and ex[0].index == 0
+    assert dict(rep.skipped) == {
+        "missing_english": 1,
+        "missing_target": 1,
+        "empty_response": 1,
+        "same_response": 1,
+        "mt_failed": 1,
+        "not_text": 1,
+        "no_layout": 1,
+        "empty_prompt": 1,
+    }
+    assert rep.as_dict()["skipped_first_lines"]["missing_english"] == [2]
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"a": 1}\n{"a": \n', encoding="utf-8")
+    with pytest.raises(CltxError, match="line 2"):
+        read_records(p)
+    with pytest.raises(CltxError, match="no such file"):
+        read_records(tmp_path / "missing.jsonl")
+
+
+def test_spec_validation():
+    with pytest.raises(CltxError, match="prompt_fields"):
+        DataSpec(prompt_fields="a")
+    with pytest.raises(CltxError, match="suffix"):
+        DataSpec(en_suffix="_en")
+
+
+def test_chat_template_tokens_and_aligned_labels(tok):
+    fmt = PromptFormatter(tok)
+    assert fmt.chat
+    p = fmt.prompt_ids("the cat")
+    r = fmt.response_ids("the cat", "a dog")
+    assert tok.convert_ids_to_tokens(p) == ["<|user|>", "the", "cat", "<|end|>", "<|assistant|>"]
+    assert tok.convert_ids_to_tokens(r) == ["a", "dog", "<|end|>"]
+    plain = PromptFormatter(tok, use_chat_template=False)
+    assert plain.response_ids("the cat", "a dog")[-1] == tok.eos_token_id
+    assert plain.template_id != fmt.template_id
+
+
+def test_bins_keep_records_whole_with_both_directions(tok):
+    recs = tiny_records(7, seed=3)
+    ex, rep = build_examples(recs)
+    fmt = PromptFormatter(tok)
+    tex = tokenize_examples(ex, fmt, 64, rep)
+    bins = make_bins(tex, 3, "clo", tok.pad_token_id, seed=1)
+    assert [len(b["record_index"]) for b in bins] == [3, 3, 1]
+    assert sorted(int(i) for b in bins for i in b["record_index"]) == list(range(7))
+    by_index = {t.index: t for t in tex}
+    b = bins[0]
+    P = b["nll_mask"].shape[0]
+    assert P == 6 and b["input_ids"].shape[0] == 2 * P
+    assert b["nll_mask"].tolist() == [False, True] * 3
+    for k, idx in enumerate(b["record_index"].tolist()):
+        t = by_index[idx]
+        expect = [
+            (t.prompt_en, t.response_en),  # chosen, x_en
+            (t.prompt_tg, t.response_tg),  # chosen, x_tg
+        ]
+        rejected = [(t.prompt_en, t.response_tg), (t.prompt_tg, t.response_en)]
+        for row, (pr, rs) in [(2 * k, expect[0]), (2 * k + 1, expect[1]), (P + 2 * k, rejected[0])] + [
+            (P + 2 * k + 1, rejected[1])
+        ]:
+            n = len(pr) + len(rs)
+            assert b["input_ids"][row, :n].tolist() == pr + rs
+            assert b["attention_mask"][row].sum() == n
+            lab = b["labels"][row]
+            # label of position t is the token at t + 1, scored on response tokens only
+            assert lab[: len(pr) - 1].eq(IGNORE).all()
+            assert lab[len(pr) - 1 : n - 1].tolist() == rs
+            assert lab[n - 1 :].eq(IGNORE).all()
+    sft = make_bins(tex, 3, "sft", tok.pad_token_id, seed=1)
+    assert sft[0]["input_ids"].shape[0] == 6 and sft[0]["nll_mask"].all()
+    assert torch.equal(sft[0]["input_ids"][:, :8], b["input_ids"][:P, :8])
+
+
+def test_long_prompts_skipped_long_responses_cut(tok):
+    recs = [
+        {"instruction": "o gato " * 40, "output": "o cao", "_source": {"instruction": "cat " * 40, "output": "dog"}},
+        {"instruction": "o gato", "output": "o cao " * 40, "_source": {"instruction": "the cat", "output": "dog"}},
+        {"instruction": "o gato", "output": "o cao", "_source": {"instruction": "the cat", "output": "the dog"}},
+    ]
+    ex, rep = build_examples(recs)
+    tex = tokenize_examples(ex, PromptFormatter(tok), 32, rep)
+    assert rep.skipped["prompt_too_long"] == 1 and rep.truncated_responses == 1 and rep.used == 2
+    assert all(len(t.prompt_tg) + len(t.response_tg) <= 32 for t in tex)
