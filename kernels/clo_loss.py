@@ -49,7 +49,6 @@ import triton.language as tl
 
 from cltx.kernels._dispatch import choose, interpreting
 from cltx.kernels.reference_clo import (
-    IGNORE_INDEX,
     REFERENCE_ROW_OPS,
     ChunkPlan,
     last_plan,
@@ -79,13 +78,13 @@ def _row_config(vocab: int) -> dict:
 
 @triton.jit
 def _clo_row_stats_kernel(
-    Z,  # (n, V) logits, any float dtype, row stride STRIDE_Z
-    LABELS,  # (n,) int64, IGNORE for unscored tokens
-    LSE,  # (n,) fp32 out: logsumexp(z_t)
-    ZLAB,  # (n,) fp32 out: z_t[y_t], 0 for unscored tokens
+    Z,  # (n, V) logits of vocabulary columns COL0 … COL0+V−1, any float dtype, row stride STRIDE_Z
+    LABELS,  # (n,) int64 global token ids, −100 for unscored tokens
+    LSE,  # (n,) fp32 out: logsumexp over these columns
+    ZLAB,  # (n,) fp32 out: the label's logit, 0 where the label is unscored or outside these columns
     V,
     STRIDE_Z,
-    IGNORE: tl.constexpr,
+    COL0,
     BLOCK_V: tl.constexpr,
 ):
     # 1. This program's row; int64 so that row·V does not overflow (n·V passes 2^31).
@@ -103,9 +102,10 @@ def _clo_row_stats_kernel(
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
         m = m_new
     lse = m + tl.log(s)
-    # 3. The label's logit (a masked-out row reads column 0 and discards it).
-    valid = label != IGNORE
-    safe = tl.where(valid, label, 0)
+    # 3. The label's logit (−100 or a label in another slab reads column 0 and discards it).
+    local = label - COL0
+    valid = (local >= 0) & (local < V)
+    safe = tl.where(valid, local, 0)
     zl = tl.load(z_row + safe).to(tl.float32)
     zl = tl.where(valid, zl, 0.0)
     tl.store(LSE + row, lse)
@@ -114,18 +114,19 @@ def _clo_row_stats_kernel(
 
 @triton.jit
 def _clo_row_grad_kernel(
-    Z,  # (n, V) logits in, d loss / d logits out (same dtype), row stride STRIDE_Z
-    LABELS,  # (n,) int64
-    LSE,  # (n,) fp32
+    Z,  # (n, V) logits of columns COL0 … COL0+V−1 in, d loss / d logits out (same dtype)
+    LABELS,  # (n,) int64 global token ids, −100 for unscored tokens
+    LSE,  # (n,) fp32: the full row's log-sum-exp
     COEF,  # (n,) fp32: d loss / d logp_t (0 for unscored tokens)
     V,
     STRIDE_Z,
+    COL0,
     BLOCK_V: tl.constexpr,
 ):
     # 1. This program's row and its scalars.
     row = tl.program_id(0).to(tl.int64)
     z_row = Z + row * STRIDE_Z
-    label = tl.load(LABELS + row)
+    local = tl.load(LABELS + row) - COL0  # never matches a column when −100 or in another slab
     lse = tl.load(LSE + row)
     coef = tl.load(COEF + row)
     # 2. dz = coef·(onehot(label) − softmax), written over the logits; fp32 math, stored in Z's dtype.
@@ -134,7 +135,7 @@ def _clo_row_grad_kernel(
         mask = offs < V
         z = tl.load(z_row + offs, mask=mask, other=0.0).to(tl.float32)
         p = tl.exp(z - lse)
-        g = coef * (tl.where(offs == label, 1.0, 0.0) - p)
+        g = coef * (tl.where(offs == local, 1.0, 0.0) - p)
         tl.store(z_row + offs, g.to(Z.dtype.element_ty), mask=mask)
 
 
@@ -161,8 +162,9 @@ def _check_rows(logits: torch.Tensor, labels: torch.Tensor, *vecs: torch.Tensor)
             raise ValueError(f"clo row kernel: per-row vectors must be fp32 ({n},), got {v.dtype} {tuple(v.shape)}")
 
 
-def row_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row of ``logits`` (n, V): fp32 log-sum-exp and label logit (0 where the label is −100)."""
+def row_stats(logits: torch.Tensor, labels: torch.Tensor, col0: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of ``logits`` (n, w) holding vocabulary columns col0 … col0+w−1: fp32 log-sum-exp of the
+    row and the label's logit (0 where the label is −100 or outside these columns)."""
     labels = labels.contiguous()
     _check_rows(logits, labels)
     n, V = logits.shape
@@ -178,15 +180,15 @@ def row_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
         zl,
         V,
         logits.stride(0),
-        IGNORE=IGNORE_INDEX,
+        col0,
         BLOCK_V=cfg["BLOCK_V"],
         num_warps=cfg["num_warps"],
     )
     return lse, zl
 
 
-def row_grad_(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, coef: torch.Tensor) -> None:
-    """Overwrite ``logits`` (n, V) with coef·(onehot(label) − softmax) row by row."""
+def row_grad_(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, coef: torch.Tensor, col0: int = 0) -> None:
+    """Overwrite ``logits`` (n, w), columns col0 … col0+w−1, with coef·(onehot(label) − exp(z − lse))."""
     labels = labels.contiguous()
     lse = lse.to(torch.float32).contiguous()
     coef = coef.to(torch.float32).contiguous()
@@ -196,7 +198,7 @@ def row_grad_(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, coe
         return
     cfg = _row_config(V)
     _clo_row_grad_kernel[(n,)](
-        logits, labels, lse, coef, V, logits.stride(0), BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"]
+        logits, labels, lse, coef, V, logits.stride(0), col0, BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"]
     )
 
 

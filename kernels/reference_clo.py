@@ -56,25 +56,32 @@ __all__ = [
 
 @dataclasses.dataclass(frozen=True)
 class ChunkPlan:
-    """How one call walks the tokens.
+    """How one call walks the (tokens × vocabulary) logits.
 
     Attributes:
-        mode: ``"pair"`` (whole pairs' logits held) or ``"recompute"`` (two passes over token chunks).
-        chunks: per chunk, the (start, end) ranges of flattened token indices it covers.
-        max_tokens: tokens in the largest chunk (rows of the logits buffer).
+        mode: ``"pair"`` (whole pairs' logits held) or ``"recompute"`` (two passes).
+        chunks: per token chunk, the (start, end) ranges of flattened token indices it covers.
+        slabs: the (start, end) vocabulary ranges each chunk is multiplied by (``pair``: the whole vocabulary).
+        max_tokens: tokens in the largest chunk.
+        max_cols: columns in the widest slab (the logits buffer holds max_tokens × max_cols).
         budget_bytes: the memory budget the plan was made for.
         path: ``"reference"`` or ``"triton"`` (set by the caller).
     """
 
     mode: str
     chunks: tuple[tuple[tuple[int, int], ...], ...]
+    slabs: tuple[tuple[int, int], ...]
     max_tokens: int
+    max_cols: int
     budget_bytes: int
     path: str = "reference"
 
 
 _LAST_PLAN: ChunkPlan | None = None
 _WARNED_BUDGETS: set[int] = set()
+# The narrowest vocabulary slab of the recompute mode before it also splits the tokens (keeps the
+# products matmul-shaped); tests lower it to exercise both splits at small sizes.
+MIN_SLAB = 2048
 
 
 def last_plan() -> ChunkPlan | None:
@@ -94,6 +101,13 @@ def _merge(ranges: list[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
     return tuple(out)
 
 
+def _even_split(n: int, width: int) -> tuple[tuple[int, int], ...]:
+    """[0, n) in ceil(n / width) near-equal ranges."""
+    k = max(1, math.ceil(n / max(width, 1)))
+    w = math.ceil(n / k)
+    return tuple((a, min(n, a + w)) for a in range(0, n, w))
+
+
 def plan_chunks(
     n_pairs: int,
     seq_len: int,
@@ -102,49 +116,68 @@ def plan_chunks(
     bytes_per_logit: int,
     budget_bytes: int,
     fixed_bytes: int = 0,
+    bytes_per_token: int = 0,
     mode: str | None = None,
 ) -> ChunkPlan:
-    """Choose pair-held or recompute chunks so that the logits buffer fits ``budget_bytes − fixed_bytes``.
+    """Choose pair-held or recompute chunks so that the working buffers fit ``budget_bytes − fixed_bytes``.
+
+    * ``pair`` when one pair's full logits (2·T × V) fit: chunks of as many whole pairs as fit.
+    * ``recompute`` otherwise: all tokens × vocabulary slabs as wide as fit (each weight-gradient slab is
+      then one product over every token); only when a slab would be narrower than ``MIN_SLAB`` are the
+      tokens split too.
 
     Args:
         n_pairs: P. seq_len: T. vocab: V.
         bytes_per_logit: bytes one logit costs in the working buffer (storage plus any working copy).
         budget_bytes: the caller's memory budget.
         fixed_bytes: budget already spent elsewhere (a cast weight copy, accumulators).
+        bytes_per_token: per-token working memory besides logits (a gathered copy of hidden rows).
         mode: force ``"pair"`` or ``"recompute"`` (tests); ``None`` chooses.
     """
-    P, T = n_pairs, seq_len
+    P, T, V = n_pairs, seq_len, vocab
     N = 2 * P * T
-    per_token = vocab * bytes_per_logit
     # A small margin for library workspaces (cuBLAS) and per-token statistics.
     margin = min(32 << 20, budget_bytes // 16)
     avail = max(budget_bytes - fixed_bytes - margin, 0)
-    fit = avail // per_token
-    pair_fits = fit >= 2 * T
+    fit = avail // (V * bytes_per_logit + bytes_per_token)
     if mode is None:
-        mode = "pair" if pair_fits else "recompute"
+        mode = "pair" if fit >= 2 * T else "recompute"
     if mode == "pair":
         k = max(1, min(P, fit // (2 * T)))
         chunks = []
         for i0 in range(0, P, k):
             i1 = min(P, i0 + k)
             chunks.append(_merge([(i0 * T, i1 * T), ((P + i0) * T, (P + i1) * T)]))
-        return ChunkPlan("pair", tuple(chunks), 2 * k * T, budget_bytes)
+        return ChunkPlan("pair", tuple(chunks), ((0, V),), 2 * k * T, V, budget_bytes)
     if mode != "recompute":
         raise bad_arg("mode", mode, "use 'pair', 'recompute' or None")
-    n = max(int(fit), MIN_CHUNK_TOKENS)
-    if fit < MIN_CHUNK_TOKENS and budget_bytes not in _WARNED_BUDGETS:
-        _WARNED_BUDGETS.add(budget_bytes)
-        logger.warning(
-            "clo_loss: memory budget %.3f GiB leaves room for %d tokens of logits; using %d",
-            budget_bytes / 2**30,
-            fit,
-            n,
-        )
-    n_chunks = math.ceil(N / n)
-    n = math.ceil(N / n_chunks)  # balance the chunks
-    chunks = tuple(((a, min(N, a + n)),) for a in range(0, N, n))
-    return ChunkPlan("recompute", chunks, n, budget_bytes)
+    min_slab = min(V, MIN_SLAB)
+    cols = avail // (N * bytes_per_logit) if N else V
+    if cols >= min_slab:
+        n_tok, width = N, min(V, cols)
+    else:
+        width = min_slab
+        n_tok = avail // (width * bytes_per_logit)
+        if n_tok < MIN_CHUNK_TOKENS:
+            if budget_bytes not in _WARNED_BUDGETS:
+                _WARNED_BUDGETS.add(budget_bytes)
+                logger.warning(
+                    "clo_loss: memory budget %.3g GiB is too small for %d tokens × %d logits; using that much",
+                    budget_bytes / 2**30,
+                    MIN_CHUNK_TOKENS,
+                    width,
+                )
+            n_tok = MIN_CHUNK_TOKENS
+    chunks = tuple((r,) for r in _even_split(N, n_tok))
+    slabs = _even_split(V, width)
+    return ChunkPlan(
+        "recompute",
+        chunks,
+        slabs,
+        max(b - a for ((a, b),) in chunks),
+        max(b - a for a, b in slabs),
+        budget_bytes,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -216,27 +249,36 @@ def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
 # The fused forward (loss and gradients), parameterised by the two row operations
 # ---------------------------------------------------------------------------------------------------
 
-# stats(logits (n, V), labels (n,)) -> (lse (n,), label_logit (n,)) in the accumulation dtype
-RowStats = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-# grad_(logits (n, V), labels (n,), lse (n,), coef (n,)) -> None; overwrites logits with d loss / d logits
-RowGrad = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], None]
+# stats(logits (n, w), labels (n,), col0) -> (lse (n,), label_logit (n,)) over columns col0 … col0+w−1,
+# in the accumulation dtype; the label logit is 0 where the label is −100 or outside the slab.
+RowStats = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
+# grad_(logits (n, w), labels (n,), lse (n,), coef (n,), col0) -> None; overwrites the slab of logits with
+# coef·(onehot(label) − exp(z − lse)), lse being the full row's.
+RowGrad = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int], None]
 
 
-def ref_row_stats(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _in_slab(labels: torch.Tensor, col0: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    local = labels - col0
+    inside = (labels != IGNORE_INDEX) & (local >= 0) & (local < width)
+    return inside, torch.where(inside, local, 0)
+
+
+def ref_row_stats(logits: torch.Tensor, labels: torch.Tensor, col0: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     acc = torch.promote_types(logits.dtype, torch.float32)
     z = logits.to(acc)
     lse = torch.logsumexp(z, dim=-1)
-    valid = labels != IGNORE_INDEX
-    zl = z.gather(1, torch.where(valid, labels, 0).unsqueeze(1)).squeeze(1)
-    return lse, torch.where(valid, zl, torch.zeros_like(zl))
+    inside, local = _in_slab(labels, col0, z.shape[1])
+    zl = z.gather(1, local.unsqueeze(1)).squeeze(1)
+    return lse, torch.where(inside, zl, torch.zeros_like(zl))
 
 
-def ref_row_grad_(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, coef: torch.Tensor) -> None:
+def ref_row_grad_(
+    logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, coef: torch.Tensor, col0: int = 0
+) -> None:
     acc = lse.dtype
     g = torch.exp(logits.to(acc) - lse.unsqueeze(1)).mul_(-coef.to(acc).unsqueeze(1))
-    valid = labels != IGNORE_INDEX
-    idx = torch.where(valid, labels, 0).unsqueeze(1)
-    g.scatter_add_(1, idx, torch.where(valid, coef.to(acc), 0).unsqueeze(1))
+    inside, local = _in_slab(labels, col0, logits.shape[1])
+    g.scatter_add_(1, local.unsqueeze(1), torch.where(inside, coef.to(acc), 0).unsqueeze(1))
     logits.copy_(g)
 
 
@@ -335,11 +377,18 @@ def fused_loss_and_grads(
         fixed += wc.numel() * elt
     bc = None if bias is None else bias.to(cdt)
     if need_w and weight.dtype != cdt:
-        fixed += _WGRAD_SLAB * (H + N) * 4  # fp32-output slab products
+        fixed += _WGRAD_SLAB * H * 4 + N * H * 4  # fp32-output slab products (or fp32 copies of the inputs)
     fixed += N * 4 * 8  # per-token statistics and coefficients
     budget = int((DEFAULT_BUDGET_GIB if memory_budget_gib is None else memory_budget_gib) * 2**30)
     plan = plan_chunks(
-        P, T, V, bytes_per_logit=elt + extra_bytes_per_logit, budget_bytes=budget, fixed_bytes=fixed, mode=mode
+        P,
+        T,
+        V,
+        bytes_per_logit=elt + extra_bytes_per_logit,
+        budget_bytes=budget,
+        fixed_bytes=fixed,
+        bytes_per_token=H * elt if P > 1 else 0,  # gathered hidden rows of a two-range chunk
+        mode=mode,
     )
     plan = dataclasses.replace(plan, path=path)
     _LAST_PLAN = plan
@@ -365,48 +414,57 @@ def fused_loss_and_grads(
         cr = d * sr
         return cc, cr
 
-    buf = torch.empty((plan.max_tokens, V), dtype=cdt, device=dev)
+    buf = torch.empty(plan.max_tokens * plan.max_cols, dtype=cdt, device=dev)
     gh = torch.empty_like(h2) if need_h else None
     gw = torch.empty(weight.shape, dtype=weight.dtype, device=dev) if need_w else None
-    gw_started = [False]
     gb = torch.zeros(V, dtype=acc, device=dev) if need_b else None
     tok_logp = torch.zeros(N, dtype=acc, device=dev)
+    gh_started: set[int] = set()  # token chunks whose hidden gradient has been written once
+    gw_started: set[int] = set()  # vocabulary slabs whose weight gradient has been written once
 
-    def logits_into(ranges: tuple[tuple[int, int], ...]) -> torch.Tensor:
-        o = 0
-        for a, b in ranges:
-            out = buf[o : o + b - a]
-            if bc is None:
-                torch.mm(h2[a:b], wc.t(), out=out)
-            else:
-                torch.addmm(bc, h2[a:b], wc.t(), out=out)
-            o += b - a
-        return buf[:o]
+    def rows_of(ranges: tuple[tuple[int, int], ...]) -> torch.Tensor:
+        # One contiguous block of hidden rows per chunk: a two-range chunk (chosen + rejected rows of
+        # some pairs) is gathered once so that every product runs over all its tokens.
+        if len(ranges) == 1:
+            return h2[ranges[0][0] : ranges[0][1]]
+        return torch.cat([h2[a:b] for a, b in ranges])
 
-    def backprop(ranges: tuple[tuple[int, int], ...], dz: torch.Tensor) -> None:
-        o = 0
-        for a, b in ranges:
-            d = dz[o : o + b - a]
-            if need_h:
-                torch.mm(d, wc, out=gh[a:b])
-            if need_w:
-                _accumulate_weight_grad(gw, d, h2[a:b], first=not gw_started[0])
-                gw_started[0] = True
-            o += b - a
+    def logits_into(hc: torch.Tensor, v0: int, v1: int) -> torch.Tensor:
+        out = buf[: hc.shape[0] * (v1 - v0)].view(hc.shape[0], v1 - v0)
+        if bc is None:
+            torch.mm(hc, wc[v0:v1].t(), out=out)
+        else:
+            torch.addmm(bc[v0:v1], hc, wc[v0:v1].t(), out=out)
+        return out
+
+    def backprop(ci: int, ranges: tuple[tuple[int, int], ...], hc: torch.Tensor, dz: torch.Tensor, v0: int, v1: int):
+        if need_h:
+            o = 0
+            for a, b in ranges:
+                d = dz[o : o + b - a]
+                if ci in gh_started:
+                    gh[a:b].addmm_(d, wc[v0:v1])
+                else:
+                    torch.mm(d, wc[v0:v1], out=gh[a:b])
+                o += b - a
+            gh_started.add(ci)
+        if need_w:
+            _accumulate_weight_grad(gw[v0:v1], dz, hc, first=v0 not in gw_started)
+            gw_started.add(v0)
         if need_b:
-            gb.add_(dz.sum(0, dtype=acc))
+            gb[v0:v1].add_(dz.sum(0, dtype=acc))
 
     def take(x: torch.Tensor, ranges: tuple[tuple[int, int], ...]) -> torch.Tensor:
         return x[ranges[0][0] : ranges[0][1]] if len(ranges) == 1 else torch.cat([x[a:b] for a, b in ranges])
 
-    coef_tok = torch.zeros(N, dtype=acc, device=dev)
     if plan.mode == "pair":
         k = plan.max_tokens // (2 * T)
         for ci, ranges in enumerate(plan.chunks):
             i0, i1 = ci * k, min(P, ci * k + k)
-            z = logits_into(ranges)
+            hc = rows_of(ranges)
+            z = logits_into(hc, 0, V)
             lab_c = take(lab, ranges)
-            lse, zl = row_stats(z, lab_c)
+            lse, zl = row_stats(z, lab_c, 0)
             lp = torch.where(lab_c != IGNORE_INDEX, zl - lse, torch.zeros_like(lse))
             for (a, b), piece in zip(ranges, _split(lp, ranges), strict=True):
                 tok_logp[a:b] = piece
@@ -416,26 +474,34 @@ def fused_loss_and_grads(
                 cc, cr = coefficients(slice(i0, i1), rows_c, rows_r)
                 coef = torch.cat([cc.repeat_interleave(T), cr.repeat_interleave(T)])
                 coef = torch.where(lab_c != IGNORE_INDEX, coef, torch.zeros_like(coef))
-                row_grad_(z, lab_c, lse, coef)
-                backprop(ranges, z)
+                row_grad_(z, lab_c, lse, coef, 0)
+                backprop(ci, ranges, hc, z, 0, V)
     else:
+        # Pass 1: log-sum-exp merged across vocabulary slabs, label logit from the slab that holds it.
         lse_all = torch.empty(N, dtype=acc, device=dev)
+        zl_all = torch.zeros(N, dtype=acc, device=dev)
         for ranges in plan.chunks:
             (a, b) = ranges[0]
-            z = logits_into(ranges)
-            lse, zl = row_stats(z, lab[a:b])
-            lse_all[a:b] = lse
-            tok_logp[a:b] = torch.where(valid[a:b], zl - lse, torch.zeros_like(lse))
+            hc = h2[a:b]
+            for si, (v0, v1) in enumerate(plan.slabs):
+                z = logits_into(hc, v0, v1)
+                lse, zl = row_stats(z, lab[a:b], v0)
+                lse_all[a:b] = lse if si == 0 else torch.logaddexp(lse_all[a:b], lse)
+                zl_all[a:b] += zl
+        tok_logp = torch.where(valid, zl_all - lse_all, torch.zeros_like(lse_all))
+        # Pass 2: the coefficients are known; recompute each slab of logits and turn it into d-logits.
         if any_grad:
             rows = tok_logp.view(P2, T).sum(1)
             cc, cr = coefficients(slice(0, P), rows[:P], rows[P:])
             coef_tok = torch.cat([cc.repeat_interleave(T), cr.repeat_interleave(T)])
             coef_tok = torch.where(valid, coef_tok, torch.zeros_like(coef_tok))
-            for ranges in plan.chunks:
+            for ci, ranges in enumerate(plan.chunks):
                 (a, b) = ranges[0]
-                z = logits_into(ranges)
-                row_grad_(z, lab[a:b], lse_all[a:b], coef_tok[a:b])
-                backprop(ranges, z)
+                hc = h2[a:b]
+                for v0, v1 in plan.slabs:
+                    z = logits_into(hc, v0, v1)
+                    row_grad_(z, lab[a:b], lse_all[a:b], coef_tok[a:b], v0)
+                    backprop(ci, ranges, hc, z, v0, v1)
 
     # 3. The loss and metrics from the per-token log-probs.
     row_sum = tok_logp.view(P2, T).sum(1)

@@ -185,14 +185,20 @@ def test_reference_average_logps_and_all_masked_rows(average_logps):
     assert grads["hidden"][2].abs().max().item() == 0.0  # no scored token, no gradient
 
 
-def test_reference_recompute_chunks_cross_rows_and_pairs_split():
-    inp = make_inputs(3, 10, 8, 29, dtype=torch.float64, seed=3)
-    # 1 MiB-per-... tiny budgets: recompute with chunks that straddle rows (16 tokens, T = 10)
-    got = run(clo_loss_reference, inp, memory_budget_gib=1e-7, mode="recompute")
+@pytest.mark.parametrize(
+    ("budget", "min_slab", "token_split", "slab_split"),
+    [(1e-7, 64, True, False), (2e-5, 8, False, True), (1e-7, 8, True, True)],
+)
+def test_reference_recompute_token_chunks_and_vocab_slabs(monkeypatch, budget, min_slab, token_split, slab_split):
+    monkeypatch.setattr(reference_clo, "MIN_SLAB", min_slab)
+    inp = make_inputs(3, 10, 8, 29, dtype=torch.float64, bias=True, seed=3)
+    got = run(clo_loss_reference, inp, upstream=1.3, memory_budget_gib=budget, mode="recompute")
     plan = last_plan()
-    assert plan.mode == "recompute" and len(plan.chunks) > 1
-    assert any(r[0][0] % 10 for r in plan.chunks)  # some chunk starts mid-row
-    compare(got, run_oracle(inp), torch.float64)
+    assert plan.mode == "recompute"
+    assert (len(plan.chunks) > 1) == token_split and (len(plan.slabs) > 1) == slab_split, plan
+    if token_split:
+        assert any(r[0][0] % 10 for r in plan.chunks)  # some chunk starts mid-row
+    compare(got, run_oracle(inp, upstream=1.3), torch.float64)
 
 
 def test_nll_mask_all_false_gives_zero_nll():
@@ -275,10 +281,16 @@ def test_plan_pair_mode_fits_budget_and_covers_every_token():
 
 def test_plan_recompute_when_one_pair_does_not_fit():
     P, T, V = 1, 16384, 128256
-    plan = plan_chunks(P, T, V, bytes_per_logit=2, budget_bytes=2 << 30)
+    budget = 2 << 30
+    plan = plan_chunks(P, T, V, bytes_per_logit=2, budget_bytes=budget)
     assert plan.mode == "recompute"
-    assert plan.max_tokens * V * 2 <= 2 << 30
+    assert plan.max_tokens * plan.max_cols * 2 <= budget
+    assert len(plan.chunks) == 1  # every token in each product: one weight-gradient product per slab
     assert sum(b - a for ch in plan.chunks for a, b in ch) == 2 * P * T
+    assert sum(b - a for a, b in plan.slabs) == V and plan.slabs[0][0] == 0 and plan.slabs[-1][1] == V
+    small = plan_chunks(P, T, V, bytes_per_logit=2, budget_bytes=1 << 26)  # 64 MiB: tokens split too
+    assert small.max_tokens * small.max_cols * 2 <= 1 << 26
+    assert len(small.chunks) > 1 and len(small.slabs) == math.ceil(V / reference_clo.MIN_SLAB)
 
 
 @pytest.mark.parametrize(
@@ -335,8 +347,15 @@ def test_interpreter_row_kernels(dtype):
         torch.nn.functional.one_hot(labels.clamp(min=0), 300).double() * (labels != -100)[:, None]
         - torch.softmax(zf, -1)
     )
+    z_slab = z[:, 100:220].contiguous()  # a slab of columns 100 … 219 with the full rows' lse
     row_grad_(z, labels, lse, coef)
     assert_close(z, want, 1e-6 if dtype == torch.float32 else 1e-2, "d-logits")
+    lse_s, zl_s = row_stats(z_slab, labels, 100)
+    inside = (labels >= 100) & (labels < 220)
+    assert_close(lse_s, torch.logsumexp(zf[:, 100:220], -1), 1e-6, "slab lse")
+    assert_close(zl_s, want_zl * inside, 1e-6, "slab label logit")
+    row_grad_(z_slab, labels, lse, coef, 100)
+    assert_close(z_slab, want[:, 100:220], 1e-6 if dtype == torch.float32 else 1e-2, "slab d-logits")
 
 
 @pytest.mark.interpreter
@@ -365,6 +384,22 @@ def test_interpreter_matches_formula(dtype, wdtype, mode, bias, average_logps):
         ref_inp = dict(inp, weight=inp["weight"].to(dtype).float(), bias=inp["bias"].to(dtype).float())
     want = run_oracle(ref_inp, upstream=1.7, average_logps=average_logps, beta=0.2)
     compare(got, want, dtype if dtype != torch.float32 else torch.float32, check_accuracy=dtype == torch.float32)
+
+
+@pytest.mark.interpreter
+def test_interpreter_recompute_with_token_chunks_and_slabs(monkeypatch):
+    from cltx.kernels.clo_loss import clo_loss
+
+    monkeypatch.setattr(reference_clo, "MIN_SLAB", 64)
+    inp = make_inputs(2, 7, 12, 300, dtype=torch.float32, bias=True, seed=17)
+    got = run(clo_loss, inp, upstream=0.9, memory_budget_gib=60 * 100 * 4 / 2**30, mode="recompute")
+    plan = last_plan()
+    assert plan.path == "triton" and len(plan.slabs) > 1
+    compare(got, run_oracle(inp, upstream=0.9), torch.float32)
+    got = run(clo_loss, inp, upstream=0.9, memory_budget_gib=1e-7, mode="recompute")
+    plan = last_plan()
+    assert len(plan.slabs) > 1 and len(plan.chunks) > 1
+    compare(got, run_oracle(inp, upstream=0.9), torch.float32)
 
 
 @pytest.mark.interpreter
