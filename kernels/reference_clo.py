@@ -139,7 +139,8 @@ def plan_chunks(
     # A small margin for library workspaces (cuBLAS) and per-token statistics.
     margin = min(32 << 20, budget_bytes // 16)
     avail = max(budget_bytes - fixed_bytes - margin, 0)
-    fit = avail // (V * bytes_per_logit + bytes_per_token)
+    # Every pair in one chunk is one contiguous block of rows; fewer pairs need their rows gathered.
+    fit = N if avail // (V * bytes_per_logit) >= N else avail // (V * bytes_per_logit + bytes_per_token)
     if mode is None:
         mode = "pair" if fit >= 2 * T else "recompute"
     if mode == "pair":
@@ -387,7 +388,6 @@ def fused_loss_and_grads(
         bytes_per_logit=elt + extra_bytes_per_logit,
         budget_bytes=budget,
         fixed_bytes=fixed,
-        bytes_per_token=H * elt if P > 1 else 0,  # gathered hidden rows of a two-range chunk
         mode=mode,
     )
     plan = dataclasses.replace(plan, path=path)
@@ -422,35 +422,32 @@ def fused_loss_and_grads(
     gh_started: set[int] = set()  # token chunks whose hidden gradient has been written once
     gw_started: set[int] = set()  # vocabulary slabs whose weight gradient has been written once
 
-    def rows_of(ranges: tuple[tuple[int, int], ...]) -> torch.Tensor:
-        # One contiguous block of hidden rows per chunk: a two-range chunk (chosen + rejected rows of
-        # some pairs) is gathered once so that every product runs over all its tokens.
-        if len(ranges) == 1:
-            return h2[ranges[0][0] : ranges[0][1]]
-        return torch.cat([h2[a:b] for a, b in ranges])
-
-    def logits_into(hc: torch.Tensor, v0: int, v1: int) -> torch.Tensor:
-        out = buf[: hc.shape[0] * (v1 - v0)].view(hc.shape[0], v1 - v0)
-        if bc is None:
-            torch.mm(hc, wc[v0:v1].t(), out=out)
-        else:
-            torch.addmm(bc[v0:v1], hc, wc[v0:v1].t(), out=out)
+    def logits_into(ranges: tuple[tuple[int, int], ...], v0: int, v1: int) -> torch.Tensor:
+        n = sum(b - a for a, b in ranges)
+        out = buf[: n * (v1 - v0)].view(n, v1 - v0)
+        o = 0
+        for a, b in ranges:  # a pair chunk is two blocks of rows (chosen, rejected) unless it holds all pairs
+            if bc is None:
+                torch.mm(h2[a:b], wc[v0:v1].t(), out=out[o : o + b - a])
+            else:
+                torch.addmm(bc[v0:v1], h2[a:b], wc[v0:v1].t(), out=out[o : o + b - a])
+            o += b - a
         return out
 
-    def backprop(ci: int, ranges: tuple[tuple[int, int], ...], hc: torch.Tensor, dz: torch.Tensor, v0: int, v1: int):
-        if need_h:
-            o = 0
-            for a, b in ranges:
-                d = dz[o : o + b - a]
+    def backprop(ci: int, ranges: tuple[tuple[int, int], ...], dz: torch.Tensor, v0: int, v1: int) -> None:
+        o = 0
+        for a, b in ranges:
+            d = dz[o : o + b - a]
+            if need_h:
                 if ci in gh_started:
                     gh[a:b].addmm_(d, wc[v0:v1])
                 else:
                     torch.mm(d, wc[v0:v1], out=gh[a:b])
-                o += b - a
-            gh_started.add(ci)
-        if need_w:
-            _accumulate_weight_grad(gw[v0:v1], dz, hc, first=v0 not in gw_started)
-            gw_started.add(v0)
+            if need_w:
+                _accumulate_weight_grad(gw[v0:v1], d, h2[a:b], first=v0 not in gw_started)
+                gw_started.add(v0)
+            o += b - a
+        gh_started.add(ci)
         if need_b:
             gb[v0:v1].add_(dz.sum(0, dtype=acc))
 
@@ -461,8 +458,7 @@ def fused_loss_and_grads(
         k = plan.max_tokens // (2 * T)
         for ci, ranges in enumerate(plan.chunks):
             i0, i1 = ci * k, min(P, ci * k + k)
-            hc = rows_of(ranges)
-            z = logits_into(hc, 0, V)
+            z = logits_into(ranges, 0, V)
             lab_c = take(lab, ranges)
             lse, zl = row_stats(z, lab_c, 0)
             lp = torch.where(lab_c != IGNORE_INDEX, zl - lse, torch.zeros_like(lse))
@@ -475,16 +471,15 @@ def fused_loss_and_grads(
                 coef = torch.cat([cc.repeat_interleave(T), cr.repeat_interleave(T)])
                 coef = torch.where(lab_c != IGNORE_INDEX, coef, torch.zeros_like(coef))
                 row_grad_(z, lab_c, lse, coef, 0)
-                backprop(ci, ranges, hc, z, 0, V)
+                backprop(ci, ranges, z, 0, V)
     else:
         # Pass 1: log-sum-exp merged across vocabulary slabs, label logit from the slab that holds it.
         lse_all = torch.empty(N, dtype=acc, device=dev)
         zl_all = torch.zeros(N, dtype=acc, device=dev)
         for ranges in plan.chunks:
             (a, b) = ranges[0]
-            hc = h2[a:b]
             for si, (v0, v1) in enumerate(plan.slabs):
-                z = logits_into(hc, v0, v1)
+                z = logits_into(ranges, v0, v1)
                 lse, zl = row_stats(z, lab[a:b], v0)
                 lse_all[a:b] = lse if si == 0 else torch.logaddexp(lse_all[a:b], lse)
                 zl_all[a:b] += zl
@@ -497,11 +492,10 @@ def fused_loss_and_grads(
             coef_tok = torch.where(valid, coef_tok, torch.zeros_like(coef_tok))
             for ci, ranges in enumerate(plan.chunks):
                 (a, b) = ranges[0]
-                hc = h2[a:b]
                 for v0, v1 in plan.slabs:
-                    z = logits_into(hc, v0, v1)
+                    z = logits_into(ranges, v0, v1)
                     row_grad_(z, lab[a:b], lse_all[a:b], coef_tok[a:b], v0)
-                    backprop(ci, ranges, hc, z, v0, v1)
+                    backprop(ci, ranges, z, v0, v1)
 
     # 3. The loss and metrics from the per-token log-probs.
     row_sum = tok_logp.view(P2, T).sum(1)
