@@ -1,0 +1,181 @@
+"""CLOTrainer on a tiny Llama built from a config, with a tokenizer built in the test. Every loss
+goes through cltx.kernels.clo_loss (its CPU reference path here)."""
+
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+from transformers import LlamaForCausalLM, LlamaModel
+
+import cltx.clo.model as clo_model
+import cltx.clo.trainer as clo_trainer
+from cltx.clo._tiny import tiny_llama, tiny_records, tiny_tokenizer
+from cltx.clo.api import train_clo
+from cltx.clo.data import PromptFormatter, build_examples, make_bins, tokenize_examples
+from cltx.clo.trainer import CLOConfig, CLOTrainer, step_zero_metrics
+from cltx.errors import CltxError
+
+QKVO = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny_tokenizer()
+
+
+@pytest.fixture(autouse=True)
+def _real_kernel_one_thread():
+    assert clo_model._LOSS_OVERRIDE is None  # the real cltx.kernels.clo_loss, never a stand-in
+    # Tiny matmuls: thread hand-offs cost more than the work on a shared 2-core machine.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _bins(tok, n=8, batch=2, method="clo", max_length=48, seed=0):
+    ex, rep = build_examples(tiny_records(n, seed=seed))
+    tex = tokenize_examples(ex, PromptFormatter(tok), max_length, rep)
+    return make_bins(tex, batch, method, tok.pad_token_id, seed=seed)
+
+
+def _args(tmp_path, **kw):
+    base = dict(
+        output_dir=str(tmp_path / "ck"),
+        use_cpu=True,
+        save_strategy="no",
+        logging_steps=1,
+        seed=0,
+        learning_rate=3e-3,
+        max_steps=4,
+        lr_scheduler_type="constant",
+    )
+    base.update(kw)
+    return CLOConfig(**base)
+
+
+def _logs(trainer, key):
+    return [h[key] for h in trainer.state.log_history if key in h and "train_runtime" not in h]
+
+
+def test_loss_falls_and_preference_is_learned(tmp_path, tok):
+    model = tiny_llama(tok)
+    bins = _bins(tok, n=16)
+    tr = CLOTrainer(model, _args(tmp_path, train_mode="full", max_steps=24), bins, processing_class=tok)
+    tr.train()
+    loss = _logs(tr, "loss")
+    assert len(loss) == 24 and all(math.isfinite(x) for x in loss)
+    assert sum(loss[-4:]) / 4 < sum(loss[:4]) / 4 - 0.1
+    assert _logs(tr, "rewards/margins")[-1] > 0
+    assert _logs(tr, "rewards/accuracies")[-1] > 0.5
+    for key in ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "nll", "cl"):
+        assert len(_logs(tr, key)) == 24
+
+
+def test_attention_mode_changes_only_qkvo(tmp_path, tok):
+    model = tiny_llama(tok)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tr = CLOTrainer(model, _args(tmp_path, learning_rate=1e-2), _bins(tok), processing_class=tok)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(any(q in n for q in QKVO) for n in trainable)
+    assert len(trainable) == 4 * model.config.num_hidden_layers
+    tr.train()
+    after = model.state_dict()
+    for name, old in before.items():
+        if any(f".{q}." in name for q in QKVO):
+            assert not torch.equal(old, after[name]), name
+        else:
+            assert torch.equal(old, after[name]), name
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_rewards_exactly_zero_at_step_zero(tmp_path, tok, bf16):
+    tr = CLOTrainer(tiny_llama(tok), _args(tmp_path, bf16=bf16, max_steps=1), _bins(tok), processing_class=tok)
+    m = step_zero_metrics(tr)
+    for key in ("rewards_chosen", "rewards_rejected", "margins"):
+        assert torch.count_nonzero(m[key]) == 0, (key, m[key])
+    assert float(m["cl"]) == pytest.approx(math.log(2), abs=1e-6)
+    tr.train()  # the logged metrics of step 1 come from the forward of the starting weights
+    assert _logs(tr, "rewards/chosen") == [0.0] and _logs(tr, "rewards/margins") == [0.0]
+
+
+def test_reference_logps_computed_once_and_reused(tmp_path, tok, monkeypatch):
+    monkeypatch.setenv("CLTX_CACHE", str(tmp_path / "cache"))
+    bins = _bins(tok)
+    calls = clo_trainer.REF_FORWARD_CALLS
+    tr = CLOTrainer(tiny_llama(tok), _args(tmp_path), bins, processing_class=tok)
+    assert clo_trainer.REF_FORWARD_CALLS - calls == len(bins)
+    assert tr.ref_info["cache_hit"] is False and tr.ref_info["bins_computed"] == len(bins)
+    first = [b["ref_chosen_logps"].clone() for b in bins]
+    tr.train()
+    assert clo_trainer.REF_FORWARD_CALLS - calls == len(bins)  # training never recomputes them
+    calls = clo_trainer.REF_FORWARD_CALLS
+    bins2 = _bins(tok)
+    tr2 = CLOTrainer(tiny_llama(tok), _args(tmp_path), bins2, processing_class=tok)
+    assert tr2.ref_info["cache_hit"] is True and clo_trainer.REF_FORWARD_CALLS == calls
+    assert tr2.ref_info["key"] == tr.ref_info["key"]
+    assert all(torch.equal(a, b["ref_chosen_logps"]) for a, b in zip(first, bins2, strict=True))
+    # another starting model or another max length is another key
+    tr3 = CLOTrainer(tiny_llama(tok, seed=1), _args(tmp_path), _bins(tok), processing_class=tok)
+    tr4 = CLOTrainer(tiny_llama(tok), _args(tmp_path), _bins(tok, max_length=12), processing_class=tok)
+    assert not tr3.ref_info["cache_hit"] and not tr4.ref_info["cache_hit"]
+    assert len({tr.ref_info["key"], tr3.ref_info["key"], tr4.ref_info["key"]}) == 3
+
+
+def test_resume_continues_the_same_run(tmp_path, tok):
+    recs = tiny_records(8)
+    common = dict(tokenizer=tok, max_steps=6, save_steps=3, batch_size=2, lr=5e-3, max_length=48, train_mode="full")
+    train_clo(tiny_llama(tok), recs, tmp_path / "a", **common)
+    full = LlamaForCausalLM.from_pretrained(tmp_path / "a").state_dict()
+    # an interrupted run: only the step-3 checkpoint exists, then --resume
+    (tmp_path / "b" / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "a" / "checkpoints" / "checkpoint-3", tmp_path / "b" / "checkpoints" / "checkpoint-3")
+    rep = train_clo(tiny_llama(tok), recs, tmp_path / "b", resume=True, **common)
+    assert rep["resumed_from"].endswith("checkpoint-3") and rep["steps"] == 6
+    resumed = LlamaForCausalLM.from_pretrained(tmp_path / "b").state_dict()
+    start = tiny_llama(tok).state_dict()
+    moved = 0
+    for k, v in full.items():
+        torch.testing.assert_close(resumed[k], v, rtol=1e-5, atol=1e-6)
+        moved += not torch.equal(v, start[k])
+    assert moved > 0
+
+
+def test_sft_method_trains_on_both_directions(tmp_path, tok):
+    bins = _bins(tok, n=16, method="sft")
+    assert all(b["nll_mask"].all() for b in bins)
+    calls = clo_trainer.REF_FORWARD_CALLS
+    tr = CLOTrainer(tiny_llama(tok), _args(tmp_path, method="sft", max_steps=16), bins, processing_class=tok)
+    assert clo_trainer.REF_FORWARD_CALLS == calls and tr.ref_info == {}  # SFT needs no reference
+    tr.train()
+    nll, loss = _logs(tr, "nll"), _logs(tr, "loss")
+    assert loss[0] == pytest.approx(nll[0], rel=1e-5)  # SFT loss is the NLL of every chosen row
+    assert sum(loss[-3:]) / 3 < sum(loss[:3]) / 3 - 0.05
+    assert not _logs(tr, "rewards/margins")
+    with pytest.raises(CltxError, match="other method"):
+        CLOTrainer(tiny_llama(tok), _args(tmp_path, method="clo"), bins, processing_class=tok)
+
+
+def test_lora_trains_and_saves_a_merged_model(tmp_path, tok):
+    model = tiny_llama(tok)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    rep = train_clo(model, tiny_records(6), tmp_path / "lora", tokenizer=tok, train_mode="lora", max_steps=3, lr=2e-2)
+    assert rep["steps"] == 3
+    saved = LlamaForCausalLM.from_pretrained(tmp_path / "lora").state_dict()
+    assert not any("lora" in k for k in saved)
+    assert any(not torch.equal(saved[k], start[k]) for k in saved if "q_proj" in k)
+    assert all(torch.equal(saved[k], start[k]) for k in saved if "mlp" in k or "embed" in k)
+
+
+def test_bad_models_and_config(tmp_path, tok):
+    body = LlamaModel(tiny_llama(tok).config)
+    with pytest.raises(CltxError, match="LM head"):
+        CLOTrainer(body, _args(tmp_path), _bins(tok), processing_class=tok)
+    for bad in (dict(lam=1.5), dict(beta=0.0), dict(train_mode="mlp"), dict(method="dpo"), dict(max_length=2)):
+        with pytest.raises(CltxError):
+            _args(tmp_path, **bad)
+    with pytest.raises(CltxError, match="no usable"):
+        CLOTrainer(tiny_llama(tok), _args(tmp_path), [], processing_class=tok)
