@@ -43,7 +43,7 @@ _CHUNK_BYTES = 32 * 2**20
 _Y_COLUMN_BLOCK = 1024
 
 
-def regularisation(k: int, d_in: int, *, gram_fp64: bool) -> tuple[float, int]:
+def regularisation(k: int, d_in: int, *, gram_fp64: bool) -> tuple[float, float, int]:
     """The internal relative term ε and the number of refinement steps for ridge = 0.
 
     Args:
@@ -52,15 +52,16 @@ def regularisation(k: int, d_in: int, *, gram_fp64: bool) -> tuple[float, int]:
         gram_fp64: whether G is formed in float64 (reference, k > d_in) or fp32 (the kernel).
 
     Returns:
-        ``(eps, refine)``: μ = ε·trace(G)/k_t, and ``refine`` iterated-Tikhonov steps.
+        ``(eps_full, eps_deficient, refine)``: μ = ε·trace(G)/k_t with ``eps_full`` for a token
+        with at most d_in distinct neighbours and ``eps_deficient`` for more (rank-deficient by
+        shape), then ``refine`` iterated-Tikhonov steps.
     """
     if gram_fp64:
-        return 1e-9, 3
-    if k > d_in:
-        # fp32 G of a rank-deficient set: its null-direction noise (~1e-6 relative) must stay far
-        # below μ, and more refinement steps remove the larger bias on the true directions.
-        return 1e-2, 6
-    return 1e-3, 3
+        return 1e-9, 1e-9, 3
+    # fp32 G: μ has to stay above the rounding in G (~1e-6·trace/k). On a set rank-deficient by
+    # shape that rounding sits on true null directions, so μ is larger there (1e-2) and more
+    # refinement steps remove the larger bias on the true directions.
+    return 1e-4, 1e-2, (6 if k > d_in else 3)
 
 
 def check_salt_inputs(
@@ -166,7 +167,7 @@ def salt_alpha_reference(
     d_in = x_query.shape[1]
     gram_fp64 = k > d_in
     acc = torch.float64 if gram_fp64 else torch.float32
-    eps, refine = regularisation(k, d_in, gram_fp64=gram_fp64)
+    eps, _, refine = regularisation(k, d_in, gram_fp64=gram_fp64)
     xb = x_basis.to(acc)
     alpha = torch.zeros(n, k, dtype=torch.float32, device=x_query.device)
     c = _chunk_rows(k, d_in, chunk_size)

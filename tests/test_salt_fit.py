@@ -1,0 +1,297 @@
+"""salt_fit against a float64 pseudo-inverse oracle, on fresh random problems.
+
+Tiers: the reference (CPU default), the Triton interpreter (``-m interpreter``, small sizes) and the
+GPU (``-m gpu``: full paper size against a chunked float64 oracle on a sample of rows).
+
+Error measure, per token t: ‖e_t − e*_t‖ / ‖ |α*_t|ᵀ |Y_t| ‖ — the error relative to the size of the
+terms the output sums (αᵀY cancels heavily on rank-deficient sets, so ‖e*_t‖ alone is no scale).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import pytest
+import torch
+
+from cltx.errors import CltxError
+from cltx.kernels import salt_fit
+from cltx.kernels.reference import salt_fit_reference
+
+# One tolerance table (CONVENTIONS.md): fp32 kernel/reference, fp32 sets rank-deficient by shape
+# (k > d_in: fp32 Gram rounding limits the kernel, see kernels/salt_fit.py), and bf16 inputs.
+TOL = {"fp32": 2e-4, "fp32_k_gt_d": 3e-3, "bf16": 2e-2}
+
+
+def oracle(x_query, x_basis, y_basis, neighbors, ridge=0.0, rows=None):
+    """float64 per-token pseudo-inverse (or ridge) solution; returns (e, scale, alpha) for ``rows``."""
+    rows = range(neighbors.shape[0]) if rows is None else rows
+    d_out = y_basis.shape[1]
+    es, scales, alphas = [], [], []
+    for t in rows:
+        ids = neighbors[t][neighbors[t] >= 0]
+        alpha = torch.zeros(neighbors.shape[1], dtype=torch.float64)
+        if len(ids) == 0:
+            es.append(torch.zeros(d_out, dtype=torch.float64))
+            scales.append(torch.tensor(1.0, dtype=torch.float64))
+            alphas.append(alpha)
+            continue
+        X = x_basis[ids].double().cpu()
+        Y = y_basis[ids].double().cpu()
+        x = x_query[t].double().cpu()
+        if ridge == 0:
+            a = torch.linalg.pinv(X.T) @ x
+        else:
+            a = torch.linalg.solve(X @ X.T + ridge * torch.eye(len(ids), dtype=torch.float64), X @ x)
+        alpha[(neighbors[t] >= 0).cpu()] = a
+        es.append(a @ Y)
+        scales.append((a.abs() @ Y.abs()).norm().clamp(min=1e-30))
+        alphas.append(alpha)
+    return torch.stack(es), torch.stack(scales), torch.stack(alphas)
+
+
+def rel_err(out, e, scale):
+    return ((out.double().cpu() - e).norm(dim=1) / scale).max().item()
+
+
+def problem(n, m, d_in, d_out, k, *, dtype=torch.float32, y_dtype=None, pad=0.0, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    xq = torch.randn(n, d_in, generator=g).to(dtype)
+    xb = torch.randn(m, d_in, generator=g).to(dtype)
+    yb = torch.randn(m, d_out, generator=g).to(y_dtype or dtype)
+    # Distinct neighbours per token (duplicates are tested on purpose, separately).
+    nb = torch.argsort(torch.rand(n, m, generator=g), dim=1)[:, :k].contiguous()
+    if pad:
+        nb[torch.rand(n, k, generator=g) < pad] = -1
+    return xq.to(device), xb.to(device), yb.to(device), nb.to(device)
+
+
+# (name, n, m, d_in, d_out, k, pad, tolerance key)
+CASES = [
+    ("k1", 23, 50, 24, 40, 1, 0.0, "fp32"),
+    ("k_max64", 9, 300, 96, 70, 64, 0.0, "fp32"),
+    ("padded_anywhere", 31, 90, 40, 33, 12, 0.35, "fp32"),
+    ("odd_shapes", 37, 101, 45, 77, 13, 0.1, "fp32"),
+    ("d_out_not_block_multiple", 11, 60, 32, 333, 8, 0.0, "fp32"),
+    ("k_gt_d_in", 19, 80, 8, 36, 32, 0.05, "fp32_k_gt_d"),
+]
+
+
+def _run(fn, name, n, m, d_in, d_out, k, pad, tol, ridge=0.0):
+    xq, xb, yb, nb = problem(n, m, d_in, d_out, k, pad=pad, seed=zlib.crc32(name.encode()) % 1000)
+    out = fn(xq, xb, yb, nb, ridge=ridge)
+    assert out.shape == (n, d_out) and out.dtype == yb.dtype
+    assert torch.isfinite(out).all()
+    e, scale, _ = oracle(xq, xb, yb, nb, ridge)
+    assert rel_err(out, e, scale) < TOL[tol], name
+
+
+def _special_rows(fn, d_in=20, k=10):
+    """All-padding rows, duplicated neighbours, a zero query vector."""
+    xq, xb, yb, nb = problem(12, 40, d_in, 35, k, seed=7)
+    nb[0] = -1  # no neighbour at all → zero row
+    nb[1, :] = nb[1, 3]  # one row repeated k times
+    nb[2, ::2] = nb[2, 1]  # half the slots the same row
+    nb[3, 1::3] = -1
+    nb[3, 2::3] = nb[3, 0]  # duplicates and padding mixed
+    xq[4] = 0  # zero query: α = 0
+    out = fn(xq, xb, yb, nb)
+    assert torch.isfinite(out).all()
+    assert torch.equal(out[0], torch.zeros_like(out[0]))
+    assert out[4].abs().max() == 0
+    e, scale, _ = oracle(xq, xb, yb, nb)
+    assert rel_err(out, e, scale) < TOL["fp32"]
+    # The minimum-norm answer for a row repeated k times is y scaled by x·x_j/|x_j|².
+    xj = xb[nb[1, 0]].double()
+    want = (xq[1].double() @ xj) / (xj @ xj) * yb[nb[1, 0]].double()
+    assert torch.allclose(out[1].double(), want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
+
+
+def _ridge(fn):
+    for ridge in (1e-3, 0.7, 25.0):
+        _run(fn, f"ridge{ridge}", 17, 70, 30, 50, 16, 0.2, "fp32", ridge=ridge)
+
+
+def _bf16(fn):
+    for y_dtype in (torch.bfloat16, torch.float32):
+        xq, xb, yb, nb = problem(21, 70, 48, 65, 16, dtype=torch.bfloat16, y_dtype=y_dtype, pad=0.2, seed=3)
+        out = fn(xq, xb, yb, nb)
+        assert out.dtype == y_dtype and torch.isfinite(out).all()
+        e, scale, _ = oracle(xq, xb, yb, nb)  # float64 of the same (bf16-rounded) inputs
+        assert rel_err(out, e, scale) < TOL["bf16"]
+
+
+# ---- reference tier (the CPU path) --------------------------------------------------------------
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_reference_matches_pinv_oracle(case):
+    _run(salt_fit, *case)
+
+
+def test_reference_special_rows():
+    _special_rows(salt_fit)
+
+
+def test_reference_ridge():
+    _ridge(salt_fit)
+
+
+def test_reference_bf16():
+    _bf16(salt_fit)
+
+
+def test_reference_chunking_does_not_change_the_answer():
+    xq, xb, yb, nb = problem(50, 80, 24, 30, 10, pad=0.2, seed=11)
+    a = salt_fit_reference(xq, xb, yb, nb)
+    b = salt_fit_reference(xq, xb, yb, nb, chunk_size=7)
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_return_alpha_matches_oracle():
+    xq, xb, yb, nb = problem(15, 60, 30, 20, 9, pad=0.3, seed=5)
+    out, alpha = salt_fit(xq, xb, yb, nb, return_alpha=True)
+    _, _, a = oracle(xq, xb, yb, nb)
+    assert alpha.shape == nb.shape and alpha.dtype == torch.float32
+    assert torch.all(alpha[nb < 0] == 0)
+    torch.testing.assert_close(alpha.double(), a, rtol=1e-4, atol=1e-5)
+
+
+def test_k_gt_d_in_is_minimum_norm():
+    """k > d_in: infinitely many exact fits; the answer is the minimum-norm α (not just any fit)."""
+    xq, xb, yb, nb = problem(10, 60, 6, 12, 24, seed=9)
+    out, alpha = salt_fit(xq, xb, yb, nb, return_alpha=True)
+    _, _, a = oracle(xq, xb, yb, nb)
+    X = xb[nb].double()
+    # It fits x exactly (x lies in the row space) and has the pseudo-inverse's norm.
+    torch.testing.assert_close(torch.einsum("tk,tkd->td", alpha.double(), X), xq.double(), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(alpha.double().norm(dim=1), a.norm(dim=1), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"neighbors": "float"}, "neighbors.dtype"),
+        ({"neighbors": "out_of_range"}, "neighbors"),
+        ({"neighbors": "below_minus_one"}, "neighbors"),
+        ({"ridge": -1.0}, "ridge"),
+        ({"ridge": float("nan")}, "ridge"),
+        ({"x_basis": "wrong_width"}, "x_basis.shape"),
+        ({"y_basis": "wrong_rows"}, "y_basis.shape"),
+        ({"x_query": "int"}, "x_query.dtype"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(kwargs, match):
+    xq, xb, yb, nb = problem(5, 20, 8, 6, 4)
+    args = {"x_query": xq, "x_basis": xb, "y_basis": yb, "neighbors": nb, "ridge": 0.0}
+    special = {
+        "float": nb.float(),
+        "out_of_range": torch.full_like(nb, 20),
+        "below_minus_one": torch.full_like(nb, -2),
+        "wrong_width": torch.randn(20, 9),
+        "wrong_rows": torch.randn(19, 6),
+        "int": xq.long(),
+    }
+    for key, v in kwargs.items():
+        args[key] = special.get(v, v) if isinstance(v, str) else v
+    ridge = args.pop("ridge")
+    with pytest.raises(CltxError, match=match):
+        salt_fit(*args.values(), ridge=ridge)
+
+
+# ---- interpreter tier (the Triton kernel on CPU, small sizes) ----------------------------------
+def _triton_only(*args, **kwargs):
+    from cltx.kernels._dispatch import choose
+
+    assert choose("salt_fit", *args[:3]) == "triton", "interpreter tier must run the Triton kernel"
+    return salt_fit(*args, **kwargs)
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_interpreter_matches_pinv_oracle(case):
+    _run(_triton_only, *case)
+
+
+@pytest.mark.interpreter
+def test_interpreter_kernel_itself_on_k_gt_d_in():
+    """salt_fit sends k > d_in to the float64 reference; the kernel itself still handles such sets
+    (finite, near the minimum-norm answer when the d_in-dimensional range is well conditioned)."""
+    from cltx.kernels.salt_fit import _salt_fit_triton
+
+    xq, xb, yb, nb = problem(15, 90, 6, 40, 32, pad=0.1, seed=21)
+    nb[0, 5:] = nb[0, 4]  # duplicates on top
+    out, alpha = _salt_fit_triton(xq, xb, yb, nb, 0.0, True)
+    e, scale, a = oracle(xq, xb, yb, nb)
+    assert torch.isfinite(out).all() and torch.isfinite(alpha).all()
+    assert rel_err(out, e, scale) < TOL["fp32_k_gt_d"]
+
+
+@pytest.mark.interpreter
+def test_interpreter_special_rows():
+    _special_rows(_triton_only)
+
+
+@pytest.mark.interpreter
+def test_interpreter_ridge():
+    _ridge(_triton_only)
+
+
+@pytest.mark.interpreter
+def test_interpreter_bf16():
+    _bf16(_triton_only)
+
+
+@pytest.mark.interpreter
+def test_interpreter_return_alpha_and_kernel_equals_reference():
+    xq, xb, yb, nb = problem(13, 50, 20, 24, 7, pad=0.3, seed=4)
+    out, alpha = _triton_only(xq, xb, yb, nb, return_alpha=True)
+    ref = salt_fit_reference(xq, xb, yb, nb)
+    _, _, a = oracle(xq, xb, yb, nb)
+    torch.testing.assert_close(alpha.double(), a, rtol=1e-3, atol=1e-5)
+    torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4)
+
+
+# ---- GPU tier (full paper size against a chunked float64 oracle on sampled rows) ---------------
+def _gpu_problem(k, dtype):
+    from cltx.kernels import select_neighbors
+
+    g = torch.Generator(device="cuda").manual_seed(k)
+    n, m, d_in, d_out = 30_000, 20_000, 768, 4096
+    xq = torch.randn(n, d_in, device="cuda", generator=g).to(dtype)
+    xb = torch.randn(m, d_in, device="cuda", generator=g).to(dtype)
+    yb = torch.randn(m, d_out, device="cuda", generator=g).to(dtype)
+    nb, _ = select_neighbors(xq, xb, k_max=k, k_min=k)
+    nb[torch.rand(n, k, device="cuda", generator=g) < 0.1] = -1  # ragged neighbour counts
+    nb[:50] = -1
+    return xq, xb, yb, nb
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("k", [16, 64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_gpu_full_size_matches_oracle(k, dtype):
+    from cltx.kernels._dispatch import choose
+
+    xq, xb, yb, nb = _gpu_problem(k, dtype)
+    assert choose("salt_fit", xq, xb, yb, nb) == "triton"
+    out = salt_fit(xq, xb, yb, nb)
+    torch.cuda.synchronize()
+    assert out.shape == (30_000, 4096) and out.dtype == dtype
+    assert torch.isfinite(out).all()
+    assert out[:50].abs().max() == 0
+    rows = torch.randperm(30_000, generator=torch.Generator().manual_seed(1))[:256].tolist() + [50, 29_999]
+    e, scale, _ = oracle(xq, xb, yb, nb, rows=rows)
+    tol = TOL["fp32"] if dtype == torch.float32 else TOL["bf16"]
+    assert rel_err(out[rows], e, scale) < tol
+
+
+@pytest.mark.gpu
+def test_gpu_kernel_agrees_with_reference_on_edge_cases():
+    for case in CASES:
+        name, n, m, d_in, d_out, k, pad, tol = case
+        xq, xb, yb, nb = problem(n, m, d_in, d_out, k, pad=pad, seed=zlib.crc32(name.encode()) % 1000, device="cuda")
+        out = salt_fit(xq, xb, yb, nb)
+        e, scale, _ = oracle(xq, xb, yb, nb)
+        assert rel_err(out, e, scale) < TOL[tol], name
+    _special_rows(lambda *a, **kw: salt_fit(*(t.cuda() for t in a), **kw).cpu())
+    _bf16(lambda *a, **kw: salt_fit(*(t.cuda() for t in a), **kw).cpu())
+    _ridge(lambda *a, **kw: salt_fit(*(t.cuda() for t in a), **kw).cpu())
