@@ -27,15 +27,20 @@ copy. Work per chunk:
 
 When whole pairs fit the budget (``pair`` mode) that is 6·N·H·V flops in all — the floor of any exact method
 (one forward product, two backward). When one pair does not fit (a very long pair, or a small budget), the
-``recompute`` mode runs pass 1 (steps 1–2) over token chunks keeping only each token's log-sum-exp and label
-logit (8 bytes per token), computes the coefficients, and pass 2 recomputes the logits for steps 3–4:
-8·N·H·V flops. The row kernels move 3 bytes-per-logit passes over memory, ~2–5 % of the matmul time on an
-H100/H200. The plan (mode and chunks) is chosen per call by :func:`cltx.kernels.reference_clo.plan_chunks`;
-:func:`last_plan` reports it.
+``recompute`` mode walks (tokens × vocabulary slabs): pass 1 (steps 1–2 per slab, the slab log-sum-exps
+merged per token) keeps only each token's log-sum-exp and label logit (8 bytes per token); the coefficients
+follow; pass 2 recomputes each slab for steps 3–4: 8·N·H·V flops. Slabs span every token (tokens are split
+too only when a slab would be narrower than 2,048 columns), so each slab's weight gradient is one cuBLAS
+product over all tokens, and a long pair costs no more than many short ones. The row kernels make three
+passes over the logits in memory, a few per cent of the matmul time on an H100/H200. The plan (mode, token
+chunks, slabs) is chosen per call by :func:`cltx.kernels.reference_clo.plan_chunks`; :func:`last_plan`
+reports it.
 
-Weight gradient accumulation: with one chunk, each entry is one cuBLAS reduction over all tokens (fp32
-inside); across chunks it is summed in the weight's dtype (fp32 for an fp32 master weight, through
-fp32-output products when activations are bf16).
+Precision: logits and d-logits are stored in the activations' dtype (bf16 under bf16 inputs); every
+reduction (log-sum-exp, softmax, sums, the products) accumulates in fp32. A gradient that takes several
+products — the weight gradient over several pair chunks, the hidden gradient over several slabs — is summed
+in its own dtype between products (fp32 for an fp32 master weight, through fp32-output products when the
+activations are bf16).
 """
 
 from __future__ import annotations
