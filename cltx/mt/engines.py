@@ -325,15 +325,17 @@ class PythonEngine:
     def __init__(self, fn: Any, src: str, tgt: str, *, name: str = "python", **options: Any) -> None:
         self.fn = fn
         self.name = name
+        limit = options.pop("max_input_len", getattr(fn, "max_input_len", None))
+        self.max_input_len = int(limit) if limit is not None else None
         try:
             params = inspect.signature(fn).parameters
         except (TypeError, ValueError):
             params = {}
         var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         self.kwargs = {k: v for k, v in {"src": src, "tgt": tgt, **options}.items() if var_kw or k in params}
-        self.max_input_len = options.get("max_input_len", getattr(fn, "max_input_len", None))
-        if self.max_input_len is not None:
-            self.max_input_len = int(self.max_input_len)
+        unused = sorted(set(options) - set(self.kwargs))
+        if unused:
+            raise bad_arg("--engine-option", unused, f"{name} does not accept these keywords")
 
     def translate(self, texts: list[str]) -> list[str]:
         return self.fn(list(texts), **self.kwargs)

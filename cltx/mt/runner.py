@@ -210,8 +210,8 @@ def run_file(
             n_invalid += 1
             first_error = first_error or item.error
     if n_invalid and not skip_invalid:
-        more = f" (and {n_invalid - 1} more invalid items)" if n_invalid > 1 else ""
-        raise CltxError(f"{first_error}{more}; fix: repair the input or pass --skip-invalid")
+        more = f" [{n_invalid - 1} more invalid item(s) in the file]" if n_invalid > 1 else ""
+        raise CltxError(f"{first_error}{more}; or pass --skip-invalid to write invalid items to a rejects file")
 
     writer = _Writer(
         shard_out, shard_rej, resume=resume, overwrite=overwrite or world_size > 1 and resume is False,

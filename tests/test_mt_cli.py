@@ -1,0 +1,106 @@
+"""`cltx mt` through Typer's CliRunner: success output, user errors as one line and exit code 1."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from cltx.cli.main import app
+
+ENGINE = "def translate(texts, tgt):\n    return [tgt + ':' + t.upper() for t in texts]\n"
+
+
+@pytest.fixture
+def files(tmp_path):
+    eng = tmp_path / "eng.py"
+    eng.write_text(ENGINE)
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(
+        '{"id": 1, "question": "Who?", "passage": "Ana did.", "answer": "Ana"}\n'
+        '{"id": 2, "instruction": "Say hi.", "input": "", "output": "Hi."}\n'
+    )
+    return tmp_path, inp, f"python:{eng}:translate"
+
+
+def _run(*args):
+    return CliRunner().invoke(app, ["mt", *map(str, args)])
+
+
+def _error_line(result):
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_cli_translates_and_reports(files):
+    tmp, inp, eng = files
+    out = tmp / "out.jsonl"
+    r = _run(inp, out, "--fields", "instruction,input,output,question,passage,answer", "--engine", eng)
+    assert r.exit_code == 0, r.output
+    assert "joint success rate" in r.output and "100.0%" in r.output
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert rows[0]["answer"] == "ANA" and rows[1]["input"] == "" and rows[1]["output"] == "HI."
+    assert rows[1]["_source"] == {"instruction": "Say hi.", "input": "", "output": "Hi."}
+    rep = json.loads((tmp / "out.report.json").read_text())
+    assert rep["status"] == {"joint": 2} and rep["session"]["records_per_s"] > 0
+
+
+def test_cli_separate_mode(files):
+    tmp, inp, eng = files
+    r = _run(inp, tmp / "o.jsonl", "--fields", "question,answer,instruction", "--engine", eng, "--mode", "separate")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp / "o.jsonl").read_text().splitlines()]
+    assert rows[0]["answer"] == "pt:ANA" and rows[0]["_mt"]["status"] == "separate"
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--fields", "title"], "in.jsonl:1: record has none of the fields title"),
+        (["--fields", "question", "--require-all"], "in.jsonl:2: record lacks field(s) 'question'"),
+        (["--fields", "question", "--engine", "nope"], "--engine='nope'"),
+        (["--fields", "question", "--engine", "python:no_such_mod_xyz:f"], "cannot import"),
+        (["--fields", "question", "--it-styles", "stars"], "--it-styles"),
+        (["--fields", "question", "--engine", "bergamot", "--tgt", "de"], "en->pt and pt->en"),
+        (["--fields", "question", "--engine-option", "oops"], "--engine-option"),
+        (["--fields", ""], "--fields"),
+    ],
+)
+def test_cli_user_errors_are_one_red_line(files, extra, needle):
+    tmp, inp, eng = files
+    args = [inp, tmp / "o.jsonl", *extra]
+    if "--engine" not in extra:
+        args += ["--engine", eng]
+    r = _run(*args)
+    assert r.exit_code == 1
+    assert needle in _error_line(r)
+
+
+def test_cli_malformed_line_and_skip_invalid(files):
+    tmp, inp, eng = files
+    inp.write_text(inp.read_text() + '{"question": 3}\n')
+    r = _run(inp, tmp / "o.jsonl", "--fields", "question,answer,output", "--engine", eng)
+    assert r.exit_code == 1 and "in.jsonl:3: field 'question' is a int (3)" in _error_line(r)
+    r = _run(inp, tmp / "o.jsonl", "--fields", "question,answer,output", "--engine", eng, "--skip-invalid", "-q")
+    assert r.exit_code == 0, r.output
+    rej = [json.loads(x) for x in (tmp / "o.rejects.jsonl").read_text().splitlines()]
+    assert [x["line"] for x in rej] == [3]
+
+
+def test_cli_existing_output_needs_resume_or_overwrite(files):
+    tmp, inp, eng = files
+    out = tmp / "o.jsonl"
+    assert _run(inp, out, "--fields", "question,output", "--engine", eng, "-q").exit_code == 0
+    r = _run(inp, out, "--fields", "question,output", "--engine", eng)
+    assert r.exit_code == 1 and "--resume" in _error_line(r)
+    assert _run(inp, out, "--fields", "question,output", "--engine", eng, "--resume", "-q").exit_code == 0
+    assert _run(inp, out, "--fields", "question,output", "--engine", eng, "--overwrite", "-q").exit_code == 0
+    assert len(out.read_text().splitlines()) == 2
+
+
+def test_cli_missing_input_file(tmp_path):
+    r = _run(tmp_path / "nope.jsonl", tmp_path / "o.jsonl", "--fields", "question")
+    assert r.exit_code == 1 and "nope.jsonl" in _error_line(r)
