@@ -66,6 +66,7 @@ class ChunkPlan:
         max_cols: columns in the widest slab (the logits buffer holds max_tokens × max_cols).
         budget_bytes: the memory budget the plan was made for.
         path: ``"reference"`` or ``"triton"`` (set by the caller).
+        dtype: the products' (and the logits buffer's) dtype (set by the caller).
     """
 
     mode: str
@@ -75,6 +76,7 @@ class ChunkPlan:
     max_cols: int
     budget_bytes: int
     path: str = "reference"
+    dtype: str = ""
 
 
 _LAST_PLAN: ChunkPlan | None = None
@@ -206,6 +208,8 @@ def validate(
         raise bad_arg("hidden.dtype", hidden.dtype, "pass floating-point hidden states")
     P2, T, H = hidden.shape
     P = P2 // 2
+    if T < 1 or H < 1:
+        raise bad_arg("hidden.shape", tuple(hidden.shape), "pass at least one position and one feature")
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != H:
         raise bad_arg("weight.shape", tuple(weight.shape), f"pass the LM head weight (V, H) with H = {H}")
     if not weight.is_floating_point():
@@ -242,7 +246,14 @@ def validate(
 
 
 def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
-    """The matmul dtype: the activations' (bf16 activations with an fp32 master weight → bf16)."""
+    """The matmul dtype: the activations' (bf16 activations with an fp32 master weight → bf16), or the
+    autocast dtype for fp32 activations when autocast is on for their device (as a matmul under autocast)."""
+    if hidden.dtype == torch.float32:
+        try:
+            if torch.is_autocast_enabled(hidden.device.type):
+                return torch.get_autocast_dtype(hidden.device.type)
+        except (AttributeError, TypeError, RuntimeError):  # a device type without autocast
+            pass
     return hidden.dtype
 
 
@@ -345,6 +356,7 @@ def fused_loss_and_grads(
     extra_bytes_per_logit: int = 0,
     path: str = "reference",
     mode: str | None = None,
+    compute: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor | None, ...]]:
     """Loss, raw metrics and the gradients (for upstream gradient 1) of hidden, weight, bias.
 
@@ -356,7 +368,7 @@ def fused_loss_and_grads(
     V = weight.shape[0]
     N = P2 * T
     dev = hidden.device
-    cdt = compute_dtype(hidden, weight)
+    cdt = compute_dtype(hidden, weight) if compute is None else compute
     acc = torch.promote_types(cdt, torch.float32)
     need_h, need_w, need_b = need
     any_grad = need_h or need_w or need_b
@@ -377,6 +389,9 @@ def fused_loss_and_grads(
         wc = weight.to(cdt)
         fixed += wc.numel() * elt
     bc = None if bias is None else bias.to(cdt)
+    if h2.dtype != cdt:  # fp32 activations under autocast: the products run in the autocast dtype
+        h2 = h2.to(cdt)
+        fixed += 2 * h2.numel() * elt  # the cast copy and the gradient before its cast back
     if need_w and weight.dtype != cdt:
         fixed += _WGRAD_SLAB * H * 4 + N * H * 4  # fp32-output slab products (or fp32 copies of the inputs)
     fixed += N * 4 * 8  # per-token statistics and coefficients
@@ -390,7 +405,7 @@ def fused_loss_and_grads(
         fixed_bytes=fixed,
         mode=mode,
     )
-    plan = dataclasses.replace(plan, path=path)
+    plan = dataclasses.replace(plan, path=path, dtype=str(cdt).replace("torch.", ""))
     _LAST_PLAN = plan
 
     # 2. Per-row token counts and the NLL normaliser: known from the labels alone.
@@ -507,7 +522,7 @@ def fused_loss_and_grads(
     loss = lam * nll + (1.0 - lam) * cl
     raw = {"chosen_logps": chosen, "rejected_logps": rejected, "nll": nll, "cl": cl}
     grads = (
-        None if gh is None else gh.view(P2, T, H),
+        None if gh is None else gh.view(P2, T, H).to(hidden.dtype),
         gw,
         None if gb is None else gb.to(bias.dtype),
     )
@@ -541,27 +556,32 @@ def metrics_from(raw: dict[str, torch.Tensor], ref_c: torch.Tensor, ref_r: torch
     }
 
 
+def _fused_with(hidden, weight, bias, labels, ref_c, ref_r, nll_mask, need, opts: dict, row_ops: dict):
+    return fused_loss_and_grads(
+        hidden,
+        weight,
+        bias,
+        labels,
+        ref_c,
+        ref_r,
+        nll_mask,
+        need=need,
+        row_stats=row_ops["stats"],
+        row_grad_=row_ops["grad"],
+        extra_bytes_per_logit=row_ops.get("extra_bytes", 0),
+        path=row_ops.get("path", "reference"),
+        **opts,
+    )
+
+
 class FusedCloFunction(torch.autograd.Function):
     """Loss and gradients in the forward (the loss is a scalar); backward scales the stored gradients."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, ref_c, ref_r, nll_mask, opts, row_ops):
         need = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias is not None and ctx.needs_input_grad[2])
-        loss, raw, grads = fused_loss_and_grads(
-            hidden,
-            weight,
-            bias,
-            labels,
-            ref_c,
-            ref_r,
-            nll_mask,
-            need=need,
-            row_stats=row_ops["stats"],
-            row_grad_=row_ops["grad"],
-            extra_bytes_per_logit=row_ops.get("extra_bytes", 0),
-            path=row_ops.get("path", "reference"),
-            **opts,
-        )
+        with torch.autocast(hidden.device.type, enabled=False):  # dtypes are chosen explicitly (opts["compute"])
+            loss, raw, grads = _fused_with(hidden, weight, bias, labels, ref_c, ref_r, nll_mask, need, opts, row_ops)
         ctx.grads = grads
         outs = (raw["chosen_logps"], raw["rejected_logps"], raw["nll"], raw["cl"])
         ctx.mark_non_differentiable(*outs)
@@ -608,6 +628,7 @@ def run_clo_loss(
     """Validate, run the fused Function with ``row_ops`` and build the metrics (shared by both paths)."""
     validate(hidden, weight, labels, ref_chosen_logps, ref_rejected_logps, nll_mask, bias, beta, lam, memory_budget_gib)
     opts = {
+        "compute": compute_dtype(hidden, weight),
         "beta": float(beta),
         "lam": float(lam),
         "average_logps": bool(average_logps),
@@ -619,15 +640,8 @@ def run_clo_loss(
     if wants:
         loss, chosen, rejected, nll, cl = FusedCloFunction.apply(*args, opts, row_ops)
     else:
-        loss, raw, _ = fused_loss_and_grads(
-            *args,
-            need=(False, False, False),
-            row_stats=row_ops["stats"],
-            row_grad_=row_ops["grad"],
-            extra_bytes_per_logit=row_ops.get("extra_bytes", 0),
-            path=row_ops.get("path", "reference"),
-            **opts,
-        )
+        with torch.autocast(hidden.device.type, enabled=False):
+            loss, raw, _ = _fused_with(*args, (False, False, False), opts, row_ops)
         chosen, rejected, nll, cl = raw["chosen_logps"], raw["rejected_logps"], raw["nll"], raw["cl"]
     raw = {"chosen_logps": chosen, "rejected_logps": rejected, "nll": nll, "cl": cl}
     return loss, metrics_from(raw, ref_chosen_logps, ref_rejected_logps, beta)

@@ -227,6 +227,19 @@ def test_mixed_dtypes_bf16_hidden_fp32_weight():
     compare(got, run_oracle(inp_w, upstream=1.5), torch.bfloat16, check_accuracy=False)
 
 
+def test_autocast_runs_products_in_the_autocast_dtype():
+    inp = make_inputs(2, 8, 16, 41, dtype=torch.float32, bias=True, seed=18)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = run(clo_loss_reference, inp, upstream=1.5)
+    assert last_plan().dtype == "bfloat16"
+    assert all(g.dtype == torch.float32 for g in got[2].values())
+    rounded = {k: (v.bfloat16().float() if k in ("hidden", "weight", "bias") else v) for k, v in inp.items()}
+    compare(got, run_oracle(rounded, upstream=1.5), torch.bfloat16, check_accuracy=False)
+    got32 = run(clo_loss_reference, inp)  # and without autocast: fp32 throughout
+    assert last_plan().dtype == "float32"
+    compare(got32, run_oracle(inp), torch.float32)
+
+
 def test_frozen_weight_does_no_weight_gradient_work(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("weight-gradient product ran for a frozen weight")
