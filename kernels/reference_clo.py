@@ -593,9 +593,9 @@ class FusedCloFunction(torch.autograd.Function):
         if grads is None:
             raise RuntimeError("clo_loss: backward ran twice on one graph (retain_graph is not supported)")
         ctx.grads = None
-        # Skip the scaling (a read and write of every gradient) for the usual loss.backward(); the check
-        # waits for the queued forward work on a GPU but leaves the device busy.
-        if grad_loss.device.type == "cuda" and bool(grad_loss == 1):
+        # Skip the scaling (a read and write of every gradient) for the usual loss.backward(); on a GPU the
+        # check waits for the queued forward work but leaves the device busy.
+        if bool(grad_loss == 1):
             return (*grads, None, None, None, None, None, None)
         out = []
         for g in grads:
