@@ -230,7 +230,8 @@ class HFEngine:
             fix = f"cannot load a seq2seq model there ({e}); give a local folder"
             raise bad_arg("--engine", f"hf:{model}", fix) from e
         if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+            # one GPU per rank under torchrun / accelerate launch
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
         if dtype is None and self.device.type == "cuda":
             dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
