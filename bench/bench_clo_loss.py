@@ -169,6 +169,8 @@ def run_preset(name: str, args, device: str, dtype: torch.dtype, rate: float | N
         fns = provider_fns(inp, budget)
         tol = 3e-2 if dtype != torch.float32 else 1e-4
         par = parity(fns, inp, "cltx")
+        if device == "cuda" and last_plan().path != "triton":
+            print("# WARNING: cltx ran the PyTorch reference, not the Triton kernels (see the log above)")
         ok = all(v <= tol for v in par.values())
         print(f"# {name} budget={budget}: parity cltx vs reference {par} -> {'ok' if ok else 'FAIL'}")
         if not ok:
