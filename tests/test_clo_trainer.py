@@ -13,7 +13,7 @@ from transformers import LlamaForCausalLM, LlamaModel
 import cltx.clo.model as clo_model
 import cltx.clo.trainer as clo_trainer
 from cltx.clo._tiny import tiny_llama, tiny_records, tiny_tokenizer
-from cltx.clo.api import train_clo
+from cltx.clo.api import checkpointing_field, train_clo
 from cltx.clo.data import PromptFormatter, build_examples, make_bins, tokenize_examples
 from cltx.clo.trainer import CLOConfig, CLOTrainer, step_zero_metrics
 from cltx.errors import CltxError
@@ -179,3 +179,19 @@ def test_bad_models_and_config(tmp_path, tok):
             _args(tmp_path, **bad)
     with pytest.raises(CltxError, match="no usable"):
         CLOTrainer(tiny_llama(tok), _args(tmp_path), [], processing_class=tok)
+
+
+def test_activation_checkpointing_gives_the_same_run(tmp_path, tok):
+    runs = []
+    for ckpt in (False, True):
+        model = tiny_llama(tok)
+        kw = {checkpointing_field(): ckpt}
+        tr = CLOTrainer(model, _args(tmp_path / str(ckpt), learning_rate=1e-2, **kw), _bins(tok), processing_class=tok)
+        tr.train()
+        assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules()) == ckpt
+        runs.append(model.state_dict())
+    moved = 0
+    for k, v in runs[0].items():
+        torch.testing.assert_close(runs[1][k], v, rtol=1e-5, atol=1e-6)
+        moved += "q_proj" in k and not torch.equal(v, tiny_llama(tok).state_dict()[k])
+    assert moved == 2

@@ -25,6 +25,16 @@ logger = logging.getLogger(__name__)
 REPORT_NAME = "clo_report.json"
 
 
+def checkpointing_field() -> str:
+    """The TrainingArguments flag for activation checkpointing in the installed transformers."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+
+
 def load_policy(name: str):
     """Load a causal LM (fp32 master weights) and its tokenizer; refuse a checkpoint whose LM head
     is missing (transformers would fill it with random weights)."""
@@ -163,6 +173,8 @@ def train_clo(
     if lr is None:
         lr = 1e-5 if train_mode == "full" else (1e-4 if train_mode == "lora" else 2e-5)
     ckpt_dir = out / "checkpoints"
+    if config.pop("gradient_checkpointing", False):
+        config[checkpointing_field()] = True
     args = CLOConfig(
         output_dir=str(ckpt_dir),
         method=method,

@@ -201,14 +201,19 @@ class CLOModel(nn.Module):
         check_logits_path(policy)  # validate early: a clear error instead of a silently wrong loss
         self.config = causal_lm(policy).config
 
-    # The Trainer enables activation checkpointing through these names.
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
-        lm = causal_lm(self.policy)
-        kw = {"use_reentrant": False, **(gradient_checkpointing_kwargs or {})}
-        lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
-
+    # The Trainer enables activation checkpointing through one of these names (transformers ≥ 5.x:
+    # activation_checkpointing_enable). Non-reentrant, so frozen embeddings still let gradients
+    # reach the trained attention layers.
     def activation_checkpointing_enable(self, activation_checkpointing_kwargs=None, **kwargs):
-        self.gradient_checkpointing_enable(activation_checkpointing_kwargs)
+        lm = causal_lm(self.policy)
+        kw = {"use_reentrant": False, **(activation_checkpointing_kwargs or {})}
+        if hasattr(lm, "activation_checkpointing_enable"):
+            lm.activation_checkpointing_enable(activation_checkpointing_kwargs=kw, **kwargs)
+        else:
+            lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kw)
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None, **kwargs):
+        self.activation_checkpointing_enable(gradient_checkpointing_kwargs, **kwargs)
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Final hidden states (rows, T, H) of the body: no logits are formed."""
