@@ -104,3 +104,53 @@ def test_language_codes_for_nllb_style_vocab(tiny_marian):
     assert eng.forced_bos_token_id is None and eng.prefix == ""
     eng2 = make_engine(f"hf:{tiny_marian}", "en", "pt", options={"tgt_code": ">>por<<"}, keep_newlines=False)
     assert eng2.prefix == ">>por<< "
+
+
+@pytest.mark.gpu
+def test_hf_engine_on_gpu_uses_half_precision_and_matches_batching(tiny_marian):
+    import torch
+
+    eng = make_engine(f"hf:{tiny_marian}", "en", "pt", options={"max_length": 12}, keep_newlines=False)
+    assert eng.device.type == "cuda"
+    assert next(eng.model.parameters()).dtype in (torch.bfloat16, torch.float16)
+    texts = ["The bridge was built in 1850.", "A short one", "b"]
+    out = eng.translate(texts)
+    assert len(out) == 3 and all(isinstance(t, str) and t for t in out)
+
+
+def _tiny_m2m(path, lang_tokens):
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import M2M100Config, M2M100ForConditionalGeneration, PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    specials = ["<pad>", "</s>", "<unk>", "<s>", *lang_tokens]
+    tok.train_from_iterator(
+        ["the bridge was built by local workers in 1850 ."], trainers.WordLevelTrainer(special_tokens=specials)
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
+    )
+    torch.manual_seed(0)
+    cfg = M2M100Config(
+        vocab_size=fast.vocab_size, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, max_position_embeddings=64,
+        pad_token_id=0, eos_token_id=1, bos_token_id=3, decoder_start_token_id=1,
+    )  # fmt: skip
+    M2M100ForConditionalGeneration(cfg).save_pretrained(path)
+    fast.save_pretrained(path)
+    return fast.get_vocab()
+
+
+@pytest.mark.parametrize(
+    ("lang_tokens", "forced"), [(["eng_Latn", "por_Latn"], "por_Latn"), (["__en__", "__pt__"], "__pt__")]
+)
+def test_nllb_and_m2m100_force_the_target_language_token(tmp_path, lang_tokens, forced):
+    vocab = _tiny_m2m(tmp_path, lang_tokens)
+    eng = make_engine(f"hf:{tmp_path}", "en", "pt", options={"max_length": 6}, keep_newlines=False)
+    assert eng.forced_bos_token_id == vocab[forced]
+    enc = eng.tokenizer(["the bridge"], return_tensors="pt")
+    gen = eng.model.generate(**enc, forced_bos_token_id=eng.forced_bos_token_id, max_new_tokens=4)
+    assert gen[0, 1].item() == vocab[forced]  # first generated token after the decoder start
+    assert len(eng.translate(["the bridge was built", "by local workers"])) == 2

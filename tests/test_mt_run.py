@@ -323,3 +323,14 @@ def test_bergamot_engine_on_a_few_sample_records(tmp_path):
     assert py3langid.classify(text)[0] == "pt"
     with pytest.raises(CltxError, match="en->pt and pt->en"):
         make_engine("bergamot", "en", "de")
+
+
+def test_utf8_bom_is_accepted(tmp_path):
+    inp = tmp_path / "bom.jsonl"
+    inp.write_bytes('\ufeff{"question": "a"}\n{"question": "b"}\n'.encode())
+    run_file(inp, tmp_path / "o.jsonl", Upper(), MTConfig(fields=["question"]))
+    assert [r["question"] for r in _rows(tmp_path / "o.jsonl")] == ["A", "B"]
+    arr = tmp_path / "bom.json"
+    arr.write_bytes('\ufeff[{"question": "c"}]'.encode())
+    run_file(arr, tmp_path / "o2.jsonl", Upper(), MTConfig(fields=["question"]))
+    assert _rows(tmp_path / "o2.jsonl")[0]["question"] == "C"

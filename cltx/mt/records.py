@@ -40,7 +40,7 @@ def _is_array(path: Path) -> bool:
             ch = fh.read(1)
             if not ch:
                 return False
-            if not ch.isspace():
+            if not ch.isspace() and ch != "\ufeff":
                 return ch == "["
 
 
@@ -55,7 +55,7 @@ def read_items(path: str | Path, fields: list[str], *, require_all: bool = False
         raise CltxError(f"INPUT={str(path)!r}: no such file; fix: check the path")
     if _is_array(path):
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8-sig") as fh:
                 data = json.load(fh)
         except json.JSONDecodeError as e:
             raise CltxError(f"{path}:{e.lineno}: invalid JSON ({e.msg}); fix: repair the file") from e
@@ -74,7 +74,7 @@ def read_items(path: str | Path, fields: list[str], *, require_all: bool = False
                 yield InputItem(i, bline.decode("utf-8", "replace").rstrip("\r\n"), None,
                                 f"{path}:{i}: not UTF-8 text ({e.reason})")  # fmt: skip
                 continue
-            text = line.strip()
+            text = line.lstrip("\ufeff").strip() if i == 1 else line.strip()
             if not text:
                 continue
             try:
