@@ -168,6 +168,7 @@ def salt_alpha_reference(
     gram_fp64 = k > d_in
     acc = torch.float64 if gram_fp64 else torch.float32
     eps, _, refine = regularisation(k, d_in, gram_fp64=gram_fp64)
+    refine = min(refine, 2)  # the float64 solve needs fewer steps than the kernel's fp32 one
     xb = x_basis.to(acc)
     alpha = torch.zeros(n, k, dtype=torch.float32, device=x_query.device)
     c = _chunk_rows(k, d_in, chunk_size)
@@ -176,9 +177,10 @@ def salt_alpha_reference(
         valid = idx >= 0
         rows = idx.shape[0]
         X = xb.index_select(0, idx.clamp(min=0).reshape(-1)).view(rows, k, d_in)
-        X = X * valid[:, :, None].to(acc)
-        G = torch.bmm(X, X.transpose(1, 2)).double()
-        r = torch.bmm(X, x_query[s : s + c].to(acc)[:, :, None])[:, :, 0].double()
+        # Unused slots gathered row 0: mask them out of the small G and r (cheaper than masking X).
+        v = valid.double()
+        G = torch.bmm(X, X.transpose(1, 2)).double() * (v[:, :, None] * v[:, None, :])
+        r = torch.bmm(X, x_query[s : s + c].to(acc)[:, :, None])[:, :, 0].double() * v
         a = _solve(G, r, valid.sum(-1).double(), float(ridge), eps, refine)
         alpha[s : s + c] = (a * valid).float()
     return alpha
