@@ -119,3 +119,13 @@ def test_cli_eval(tmp_path, tok):
     assert [m["model"] for m in rep["models"]] == [str(tmp_path / "base"), str(tmp_path / "tuned")]
     bad = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "base"), "--data", str(tmp_path / "no.jsonl")])
     assert bad.exit_code == 1 and "no such file" in bad.output
+
+
+def test_target_language_from_the_mt_report(tmp_path, tok, monkeypatch):
+    recs = [{k: v for k, v in r.items() if k != "_mt"} for r in tiny_records(2)]
+    data = tmp_path / "held.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in recs), encoding="utf-8")
+    (tmp_path / "held.report.json").write_text(json.dumps({"src": "en", "tgt": "pt"}), encoding="utf-8")
+    monkeypatch.setattr(ev, "_generate", lambda model, tok_, prompts, *a: ["o gato"] * len(prompts))
+    res = ev.evaluate_models([("m", tiny_llama(tok), tok)], data)
+    assert res["tgt"] == "pt" and res["models"][0]["tgt"]["language"] == "pt"

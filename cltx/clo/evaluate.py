@@ -170,7 +170,8 @@ def evaluate_models(
     Args:
         models: embedded names / folders / hub ids, or ``(name, model, tokenizer)`` triples.
         data: held-out records (``cltx mt`` output or bilingual JSONL), path or list.
-        tgt: the target-language code (default: ``_mt.tgt`` of the records).
+        tgt: the target-language code (default: the records' ``_mt.tgt``, else the ``tgt`` of the
+            ``NAME.report.json`` that ``cltx mt`` writes beside its output).
         limit: use the first ``limit`` usable records (0: all).
         out: write the JSON report here (a ``.json`` file).
 
@@ -187,7 +188,7 @@ def evaluate_models(
     if max_new_tokens < 1:
         raise bad_arg("max_new_tokens", max_new_tokens, "must be ≥ 1")
     records = read_records(data) if isinstance(data, (str, Path)) else list(data)
-    tgt = tgt or target_language(records)
+    tgt = tgt or target_language(records) or _report_language(data)
     if not tgt:
         raise bad_arg("tgt", tgt, "the records do not name their target language (_mt.tgt); pass --tgt, e.g. --tgt pt")
     examples, report = build_examples(records, spec)
@@ -243,6 +244,18 @@ def evaluate_models(
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(full, indent=2, ensure_ascii=False), encoding="utf-8")
     return full
+
+
+def _report_language(data) -> str | None:
+    """The ``tgt`` of the report ``cltx mt`` writes next to its output (``NAME.report.json``)."""
+    if not isinstance(data, (str, Path)):
+        return None
+    rep = Path(data).with_suffix(".report.json")
+    try:
+        tgt = json.loads(rep.read_text(encoding="utf-8")).get("tgt")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return tgt if isinstance(tgt, str) else None
 
 
 def dataclass_copy(report):
