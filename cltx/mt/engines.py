@@ -289,31 +289,38 @@ class HFEngine:
             batches.append(cur)
         return batches
 
-    def translate(self, texts: list[str]) -> list[str]:
+    def _generate(self, inputs: list[str]) -> list[str]:
+        """One padded batch through ``generate`` (greedy or beam search, output cap from the input)."""
         import torch
+
+        enc = self.tokenizer(inputs, return_tensors="pt", padding=True).to(self.device)
+        longest = int(enc["input_ids"].shape[1])
+        gen_kwargs: dict[str, Any] = {
+            "max_new_tokens": max(8, min(self.max_length, math.ceil(longest * 2) + 16)),
+            "num_beams": self.num_beams,
+            "do_sample": False,
+        }
+        if self.forced_bos_token_id is not None:
+            gen_kwargs["forced_bos_token_id"] = self.forced_bos_token_id
+        with torch.inference_mode():
+            gen = self.model.generate(**enc, **gen_kwargs)
+        return [d.strip() for d in self.tokenizer.batch_decode(gen, skip_special_tokens=True)]
+
+    def translate(self, texts: list[str]) -> list[str]:
+        from cltx.mt.tcache import OomBackoff
 
         if not texts:
             return []
+        if not hasattr(self, "_oom"):
+            self._oom = OomBackoff()  # halves a batch on CUDA out-of-memory and remembers what fit
         inputs = [self.prefix + t for t in texts]
-        enc_all = self.tokenizer(inputs, add_special_tokens=True)["input_ids"]
-        lengths = [len(ids) for ids in enc_all]
-        out: list[str | None] = [None] * len(texts)
+        lengths = [len(ids) for ids in self.tokenizer(inputs, add_special_tokens=True)["input_ids"]]
+        out = [""] * len(texts)
         for batch in self._batches(lengths):
-            enc = self.tokenizer([inputs[i] for i in batch], return_tensors="pt", padding=True).to(self.device)
-            longest = max(lengths[i] for i in batch)
-            gen_kwargs: dict[str, Any] = {
-                "max_new_tokens": max(8, min(self.max_length, math.ceil(longest * 2) + 16)),
-                "num_beams": self.num_beams,
-                "do_sample": False,
-            }
-            if self.forced_bos_token_id is not None:
-                gen_kwargs["forced_bos_token_id"] = self.forced_bos_token_id
-            with torch.inference_mode():
-                gen = self.model.generate(**enc, **gen_kwargs)
-            decoded = self.tokenizer.batch_decode(gen, skip_special_tokens=True)
+            decoded = self._oom(self._generate, [inputs[i] for i in batch])
             for i, d in zip(batch, decoded, strict=True):
-                out[i] = d.strip()
-        return [o or "" for o in out]
+                out[i] = d
+        return out
 
 
 # --------------------------------------------------------------------------------------------
