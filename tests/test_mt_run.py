@@ -323,6 +323,12 @@ def test_bergamot_engine_on_a_few_sample_records(tmp_path):
     assert py3langid.classify(text)[0] == "pt"
     with pytest.raises(CltxError, match="en->pt and pt->en"):
         make_engine("bergamot", "en", "de")
+    # line breaks survive a sentence-level engine (it would join the lines otherwise)
+    from cltx.mt.pipeline import translate_records
+
+    rec = {"instruction": "List the steps.", "output": "1. Fill a pot with soil.\n2. Water it gently."}
+    got = translate_records([rec], eng, MTConfig(fields=FIELDS))[0]
+    assert got["output"].count("\n") == 1 and got["output"].startswith("1.")
 
 
 def test_utf8_bom_is_accepted(tmp_path):

@@ -290,6 +290,8 @@ class Pipeline:
             meta = {"line": w.line, "status": w.meta["status"]}
             meta.update({k: v for k, v in w.meta.items() if k not in meta})
             res = RecordResult(w.line, w.record, source, translated, meta)
+            if meta["status"] in ("fallback", "failed"):
+                logger.info("line %d: %s (%s)", w.line, meta["status"], meta.get("error") or meta.get("reason"))
             for hook in self.hooks:
                 hook(res)
             results.append(res)
