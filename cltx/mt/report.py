@@ -14,16 +14,18 @@ from pathlib import Path
 from cltx.errors import CltxError
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
+def _iter_jsonl(path: Path):
     with open(path, encoding="utf-8") as fh:
         for i, line in enumerate(fh, start=1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
+                    yield json.loads(line)
                 except json.JSONDecodeError as e:
                     raise CltxError(f"{path}:{i}: malformed JSON ({e.msg}); fix: repair the file") from e
-    return rows
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return list(_iter_jsonl(path))
 
 
 def reference_scores(outputs: list[dict], references: str | Path, fields: list[str]) -> dict:
@@ -76,18 +78,29 @@ def build_report(
     world_size: int = 1,
 ) -> dict:
     """The report dict (also written as JSON beside the output)."""
-    rows = _read_jsonl(output) if output.exists() else []
-    status = Counter(r.get("_mt", {}).get("status", "?") for r in rows)
-    reasons = Counter(
-        r["_mt"]["reason"].split(":")[0] if r["_mt"]["reason"].startswith("engine error") else r["_mt"]["reason"]
-        for r in rows
-        if r.get("_mt", {}).get("reason")
-    )
-    n_rejects = len(_read_jsonl(rejects)) if rejects.exists() else 0
+    # one streaming pass: counts only (the records are kept only when references are to be scored)
+    status: Counter = Counter()
+    reasons: Counter = Counter()
+    styles: Counter = Counter()
+    n_rows = n_split = 0
+    kept: list[dict] = []
+    for r in _iter_jsonl(output) if output.exists() else ():
+        mt = r.get("_mt", {})
+        n_rows += 1
+        status[mt.get("status", "?")] += 1
+        reason = mt.get("reason")
+        if reason:
+            reasons[reason.split(":")[0] if reason.startswith("engine error") else reason] += 1
+        if mt.get("it_style"):
+            styles[mt["it_style"]] += 1
+        n_split += bool(mt.get("split"))
+        if references is not None:
+            kept.append({k: v for k, v in r.items() if k in config.fields or k in ("id", "_mt")})
+    n_rejects = sum(1 for _ in _iter_jsonl(rejects)) if rejects.exists() else 0
     attempted = status["joint"] + status["fallback"] + (status["failed"] if config.mode == "joint" else 0)
     report = {
-        "input_records": len(rows) + n_rejects,
-        "records": len(rows),
+        "input_records": n_rows + n_rejects,
+        "records": n_rows,
         "rejected": n_rejects,
         "mode": config.mode,
         "engine": engine,
@@ -99,8 +112,8 @@ def build_report(
         "fallbacks": status["fallback"],
         "failures": status["failed"],
         "fallback_reasons": dict(reasons.most_common(10)),
-        "split_records": sum(1 for r in rows if r.get("_mt", {}).get("split")),
-        "it_styles": dict(Counter(r["_mt"]["it_style"] for r in rows if r.get("_mt", {}).get("it_style"))),
+        "split_records": n_split,
+        "it_styles": dict(styles),
         "session": {
             "records": session.get("records", 0),
             "seconds": round(elapsed, 3),
@@ -113,7 +126,7 @@ def build_report(
     }
     if references is not None:
         report["references"] = str(references)
-        report["scores"] = reference_scores(rows, references, config.fields)
+        report["scores"] = reference_scores(kept, references, config.fields)
     return report
 
 
