@@ -84,6 +84,9 @@ _WARNED_BUDGETS: set[int] = set()
 # The narrowest vocabulary slab of the recompute mode before it also splits the tokens (keeps the
 # products matmul-shaped); tests lower it to exercise both splits at small sizes.
 MIN_SLAB = 2048
+# The shortest token chunk worth the deferred plan with a trainable weight (each chunk adds a read and write
+# of the V × H partial sums; shorter rows are taken whole). A frozen weight has no such cost.
+DEFERRED_MIN_TOKENS = 1024
 
 
 def last_plan() -> ChunkPlan | None:
@@ -118,33 +121,44 @@ def plan_chunks(
     bytes_per_logit: int,
     budget_bytes: int,
     fixed_bytes: int = 0,
-    bytes_per_token: int = 0,
+    weight_grad_bytes: int | None = None,
     mode: str | None = None,
 ) -> ChunkPlan:
-    """Choose pair-held or recompute chunks so that the working buffers fit ``budget_bytes − fixed_bytes``.
+    """Choose the plan whose working buffers fit ``budget_bytes − fixed_bytes``.
 
-    * ``pair`` when one pair's full logits (2·T × V) fit: chunks of as many whole pairs as fit.
-    * ``recompute`` otherwise: all tokens × vocabulary slabs as wide as fit (each weight-gradient slab is
-      then one product over every token); only when a slab would be narrower than ``MIN_SLAB`` are the
-      tokens split too.
+    * ``pair`` when one pair's full logits (2·T × V) fit: chunks of as many whole pairs as fit (6·N·H·V).
+    * ``deferred`` otherwise, when the weight is frozen or its per-row partial gradients fit (one V × H buffer
+      for a single pair, two for several): token chunks whose d-logits are formed with a unit coefficient;
+      the products are scaled once each row's coefficient is known (6·N·H·V, no recompute).
+    * ``recompute`` otherwise: two passes over all tokens × vocabulary slabs as wide as fit (8·N·H·V); each
+      weight-gradient slab is one product over every token; only when a slab would be narrower than
+      ``MIN_SLAB`` are the tokens split too.
 
     Args:
         n_pairs: P. seq_len: T. vocab: V.
         bytes_per_logit: bytes one logit costs in the working buffer (storage plus any working copy).
         budget_bytes: the caller's memory budget.
         fixed_bytes: budget already spent elsewhere (a cast weight copy, accumulators).
-        bytes_per_token: per-token working memory besides logits (a gathered copy of hidden rows).
-        mode: force ``"pair"`` or ``"recompute"`` (tests); ``None`` chooses.
+        weight_grad_bytes: bytes of one weight-gradient buffer (V × H in the weight's dtype); 0 for a frozen
+            weight; ``None`` rules the deferred plan out.
+        mode: force ``"pair"``, ``"deferred"`` or ``"recompute"`` (tests); ``None`` chooses.
     """
     P, T, V = n_pairs, seq_len, vocab
     N = 2 * P * T
     # A small margin for library workspaces (cuBLAS) and per-token statistics.
     margin = min(32 << 20, budget_bytes // 16)
     avail = max(budget_bytes - fixed_bytes - margin, 0)
-    # Every pair in one chunk is one contiguous block of rows; fewer pairs need their rows gathered.
-    fit = N if avail // (V * bytes_per_logit) >= N else avail // (V * bytes_per_logit + bytes_per_token)
+    per_token = V * bytes_per_logit
+    fit = avail // per_token
+    extra = None if weight_grad_bytes is None else (1 if P == 1 else 2) * weight_grad_bytes
+    fit_deferred = 0 if extra is None else max(avail - extra, 0) // per_token
     if mode is None:
-        mode = "pair" if fit >= 2 * T else "recompute"
+        if fit >= 2 * T:
+            mode = "pair"
+        elif fit_deferred >= (min(T, DEFERRED_MIN_TOKENS) if weight_grad_bytes else 1):
+            mode = "deferred"
+        else:
+            mode = "recompute"
     if mode == "pair":
         k = max(1, min(P, fit // (2 * T)))
         chunks = []
@@ -152,8 +166,19 @@ def plan_chunks(
             i1 = min(P, i0 + k)
             chunks.append(_merge([(i0 * T, i1 * T), ((P + i0) * T, (P + i1) * T)]))
         return ChunkPlan("pair", tuple(chunks), ((0, V),), 2 * k * T, V, budget_bytes)
+    if mode == "deferred":
+        n = max(fit_deferred, MIN_CHUNK_TOKENS)
+        if weight_grad_bytes:  # row by row, pair by pair: chosen row i, then rejected row P+i
+            chunks = []
+            for i in range(P):
+                for r in (i, P + i):
+                    chunks += [((r * T + a, r * T + b),) for a, b in _even_split(T, n)]
+            chunks = tuple(chunks)
+        else:  # frozen weight: nothing kept per row but the hidden gradient, scaled at the end
+            chunks = tuple((r,) for r in _even_split(N, n))
+        return ChunkPlan("deferred", chunks, ((0, V),), max(b - a for ((a, b),) in chunks), V, budget_bytes)
     if mode != "recompute":
-        raise bad_arg("mode", mode, "use 'pair', 'recompute' or None")
+        raise bad_arg("mode", mode, "use 'pair', 'deferred', 'recompute' or None")
     min_slab = min(V, MIN_SLAB)
     cols = avail // (N * bytes_per_logit) if N else V
     if cols >= min_slab:
@@ -395,6 +420,8 @@ def fused_loss_and_grads(
     if need_w and weight.dtype != cdt:
         fixed += _WGRAD_SLAB * H * 4 + N * H * 4  # fp32-output slab products (or fp32 copies of the inputs)
     fixed += N * 4 * 8  # per-token statistics and coefficients
+    if need_b:
+        fixed += P2 * V * 4  # per-row bias partials of the deferred plan
     budget = int((DEFAULT_BUDGET_GIB if memory_budget_gib is None else memory_budget_gib) * 2**30)
     plan = plan_chunks(
         P,
@@ -403,6 +430,7 @@ def fused_loss_and_grads(
         bytes_per_logit=elt + extra_bytes_per_logit,
         budget_bytes=budget,
         fixed_bytes=fixed,
+        weight_grad_bytes=V * H * weight.element_size() if need_w else 0,
         mode=mode,
     )
     plan = dataclasses.replace(plan, path=path, dtype=str(cdt).replace("torch.", ""))
@@ -487,6 +515,57 @@ def fused_loss_and_grads(
                 coef = torch.where(lab_c != IGNORE_INDEX, coef, torch.zeros_like(coef))
                 row_grad_(z, lab_c, lse, coef, 0)
                 backprop(ci, ranges, z, 0, V)
+    elif plan.mode == "deferred":
+        # d logp_t / d logits with a unit coefficient; every product is scaled by its row's coefficient
+        # once the row's pair is scored: the hidden gradient in place at the end, the weight gradient from
+        # per-row partial sums (a_c, a_r) pair by pair.
+        unit = valid.to(acc)
+        a_c = a_r = None
+        if need_w:
+            a_c = gw if P == 1 else torch.empty_like(gw)
+            a_r = torch.empty_like(gw)
+        gb_rows = torch.zeros(P2, V, dtype=acc, device=dev) if need_b else None
+        started: set[int] = set()
+        for ((a, b),) in plan.chunks:
+            z = logits_into(((a, b),), 0, V)
+            lse, zl = row_stats(z, lab[a:b], 0)
+            tok_logp[a:b] = torch.where(valid[a:b], zl - lse, torch.zeros_like(lse))
+            if not any_grad:
+                continue
+            row_grad_(z, lab[a:b], lse, unit[a:b], 0)
+            if need_h:
+                torch.mm(z, wc, out=gh[a:b])
+            if need_b:
+                for r in range(a // T, (b - 1) // T + 1):
+                    r0, r1 = max(a, r * T), min(b, (r + 1) * T)
+                    gb_rows[r].add_(z[r0 - a : r1 - a].sum(0, dtype=acc))
+            if need_w:
+                r = a // T  # with a weight gradient, chunks never cross rows
+                target = a_c if r < P else a_r
+                _accumulate_weight_grad(target, z, h2[a:b], first=id(target) not in started)
+                started.add(id(target))
+                if r >= P and b == (r + 1) * T:  # pair i = r − P is scored: fold its partial sums into gw
+                    i = r - P
+                    sc = tok_logp[i * T : (i + 1) * T].sum().view(1)
+                    sr = tok_logp[r * T : (r + 1) * T].sum().view(1)
+                    cc, cr = coefficients(slice(i, i + 1), sc, sr)
+                    if P == 1:
+                        gw.mul_(cc)
+                    elif i == 0:
+                        torch.mul(a_c, cc, out=gw)
+                    else:
+                        gw.add_(a_c.mul_(cc))
+                    gw.add_(a_r.mul_(cr))
+                    started.clear()
+        if any_grad:
+            rows = tok_logp.view(P2, T).sum(1)
+            cc, cr = coefficients(slice(0, P), rows[:P], rows[P:])
+            coef_row = torch.cat([cc, cr])
+            if need_h:
+                gh.view(P2, T, H).mul_(coef_row.view(P2, 1, 1))
+            if need_b:
+                gb.copy_((gb_rows * coef_row.unsqueeze(1)).sum(0))
+        del a_c, a_r
     else:
         # Pass 1: log-sum-exp merged across vocabulary slabs, label logit from the slab that holds it.
         lse_all = torch.empty(N, dtype=acc, device=dev)

@@ -210,6 +210,18 @@ def test_reference_recompute_token_chunks_and_vocab_slabs(monkeypatch, budget, m
     compare(got, run_oracle(inp, upstream=1.3), torch.float64)
 
 
+@pytest.mark.parametrize("P", [1, 3])
+@pytest.mark.parametrize("need", [("hidden", "weight", "bias"), ("hidden",), ("weight",), ("hidden", "bias")])
+def test_reference_deferred_plan(P, need):
+    inp = make_inputs(P, 37, 8, 29, dtype=torch.float64, bias=True, seed=19)
+    got = run(clo_loss_reference, inp, upstream=-1.1, memory_budget_gib=1e-7, mode="deferred", need=need)
+    plan = last_plan()
+    assert plan.mode == "deferred" and len(plan.chunks) > 2 * P  # rows split into several chunks
+    if "weight" in need:  # chunks stay within rows, rows in pair order
+        assert all((a // 37) == ((b - 1) // 37) for ((a, b),) in plan.chunks)
+    compare(got, run_oracle(inp, upstream=-1.1, need=need), torch.float64)
+
+
 def test_nll_mask_all_false_gives_zero_nll():
     inp = make_inputs(3, 6, 8, 31, dtype=torch.float64, seed=4)
     inp["nll_mask"] = torch.zeros(3, dtype=torch.bool)
@@ -301,18 +313,29 @@ def test_plan_pair_mode_fits_budget_and_covers_every_token():
         assert all((r + P if r < P else r - P) in rows for r in rows)
 
 
-def test_plan_recompute_when_one_pair_does_not_fit():
-    P, T, V = 1, 16384, 128256
+def test_plan_when_one_pair_does_not_fit():
+    P, T, V, H = 1, 16384, 128256, 4096
     budget = 2 << 30
+    wbytes = V * H * 2
+    # a trainable bf16 weight: one extra V × H buffer fits the default budget → deferred, no recompute
+    plan = plan_chunks(P, T, V, bytes_per_logit=2, budget_bytes=budget, weight_grad_bytes=wbytes)
+    assert plan.mode == "deferred"
+    assert plan.max_tokens * V * 2 + wbytes <= budget
+    assert sum(b - a for ((a, b),) in plan.chunks) == 2 * P * T
+    # without the deferred plan: recompute over vocabulary slabs spanning every token
     plan = plan_chunks(P, T, V, bytes_per_logit=2, budget_bytes=budget)
     assert plan.mode == "recompute"
     assert plan.max_tokens * plan.max_cols * 2 <= budget
     assert len(plan.chunks) == 1  # every token in each product: one weight-gradient product per slab
-    assert sum(b - a for ch in plan.chunks for a, b in ch) == 2 * P * T
     assert sum(b - a for a, b in plan.slabs) == V and plan.slabs[0][0] == 0 and plan.slabs[-1][1] == V
-    small = plan_chunks(P, T, V, bytes_per_logit=2, budget_bytes=1 << 26)  # 64 MiB: tokens split too
-    assert small.max_tokens * small.max_cols * 2 <= 1 << 26
-    assert len(small.chunks) > 1 and len(small.slabs) == math.ceil(V / reference_clo.MIN_SLAB)
+    # 0.25 GiB cannot hold a V × H buffer: recompute; a frozen weight needs none: deferred
+    small = plan_chunks(P, T, V, bytes_per_logit=2, budget_bytes=1 << 28, weight_grad_bytes=wbytes)
+    assert small.mode == "recompute" and small.max_tokens * small.max_cols * 2 <= 1 << 28
+    frozen = plan_chunks(P, T, V, bytes_per_logit=2, budget_bytes=1 << 28, weight_grad_bytes=0)
+    assert frozen.mode == "deferred" and frozen.max_tokens * V * 2 <= 1 << 28
+    tiny = plan_chunks(P, T, V, bytes_per_logit=2, budget_bytes=1 << 26)  # 64 MiB: tokens split too
+    assert tiny.max_tokens * tiny.max_cols * 2 <= 1 << 26
+    assert len(tiny.chunks) > 1 and len(tiny.slabs) == math.ceil(V / reference_clo.MIN_SLAB)
 
 
 @pytest.mark.parametrize(
@@ -425,6 +448,21 @@ def test_interpreter_recompute_with_token_chunks_and_slabs(monkeypatch):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize(("P", "wdtype"), [(1, None), (2, torch.float32)])
+def test_interpreter_deferred_plan(P, wdtype):
+    from cltx.kernels.clo_loss import clo_loss
+
+    inp = make_inputs(P, 40, 12, 300, dtype=torch.bfloat16, wdtype=wdtype, bias=True, seed=20)
+    got = run(clo_loss, inp, upstream=1.4, memory_budget_gib=1e-7, mode="deferred")
+    plan = last_plan()
+    assert plan.path == "triton" and plan.mode == "deferred" and len(plan.chunks) > 2 * P
+    ref_inp = inp
+    if wdtype is not None:
+        ref_inp = dict(inp, weight=inp["weight"].bfloat16().float(), bias=inp["bias"].bfloat16().float())
+    compare(got, run_oracle(ref_inp, upstream=1.4), torch.bfloat16, check_accuracy=False)
+
+
+@pytest.mark.interpreter
 def test_interpreter_frozen_weight_and_all_masked():
     from cltx.kernels.clo_loss import clo_loss
 
@@ -452,6 +490,8 @@ def test_interpreter_frozen_weight_and_all_masked():
         (torch.float32, None, "recompute"),
         (torch.bfloat16, None, None),
         (torch.bfloat16, torch.float32, "recompute"),
+        (torch.bfloat16, None, "deferred"),
+        (torch.float32, None, "deferred"),
     ],
 )
 def test_gpu_odd_shapes_match_formula(dtype, wdtype, mode):
@@ -462,6 +502,8 @@ def test_gpu_odd_shapes_match_formula(dtype, wdtype, mode):
     opts = {"mode": mode}
     if mode == "recompute":
         opts["memory_budget_gib"] = 64 * 5003 * 4 / 2**30  # ~64-token chunks, straddling rows
+    if mode == "deferred":
+        opts["memory_budget_gib"] = 1e-7  # 16-token chunks: every row in several
     got = run(clo_loss, inp, upstream=2.0, **opts)
     plan = last_plan()
     assert plan.path == "triton", f"the GPU tier must run the Triton path: {triton_failures()}"
@@ -474,7 +516,7 @@ def test_gpu_odd_shapes_match_formula(dtype, wdtype, mode):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", [None, "recompute"])
+@pytest.mark.parametrize("mode", [None, "recompute", "deferred"])
 def test_gpu_full_size_against_chunked_fp32_reference(mode):
     """8,192 tokens (4 pairs × 2 × 1,024), H 4096, V 128256, bf16, vs the fp32 reference on the same values."""
     from cltx.kernels.clo_loss import clo_loss
@@ -491,12 +533,12 @@ def test_gpu_full_size_against_chunked_fp32_reference(mode):
     ref_r = -torch.rand(P, device="cuda", generator=g) * 100 - 8000
     nll_mask = torch.tensor([True, False, True, True], device="cuda")
     h, w = hidden.clone().requires_grad_(), weight.clone().requires_grad_()
-    budget = 0.25 if mode == "recompute" else None
-    loss, metrics = clo_loss(h, w, labels, ref_c, ref_r, nll_mask, memory_budget_gib=budget)
+    budget = {None: None, "recompute": 0.25, "deferred": 3.5}[mode]
+    loss, metrics = clo_loss(h, w, labels, ref_c, ref_r, nll_mask, memory_budget_gib=budget, mode=mode)
     (loss * 2.0).backward()
     plan = last_plan()
     assert plan.path == "triton", triton_failures()
-    assert plan.mode == ("recompute" if mode else "pair")
+    assert plan.mode == (mode or "pair")
     h32, w32 = hidden.float().requires_grad_(), weight.float().requires_grad_()
     loss0, metrics0 = clo_loss_reference(h32, w32, labels, ref_c, ref_r, nll_mask, memory_budget_gib=4.0)
     (loss0 * 2.0).backward()
