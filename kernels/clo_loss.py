@@ -25,16 +25,24 @@ copy. Work per chunk:
    overwrites the logits with coef·(onehot − softmax) in place (one read, one write);
 4. grad_hidden = dz·W and grad_W += dzᵀ·h by cuBLAS (4·n·H·V flops).
 
-When whole pairs fit the budget (``pair`` mode) that is 6·N·H·V flops in all — the floor of any exact method
-(one forward product, two backward). When one pair does not fit (a very long pair, or a small budget), the
-``recompute`` mode walks (tokens × vocabulary slabs): pass 1 (steps 1–2 per slab, the slab log-sum-exps
-merged per token) keeps only each token's log-sum-exp and label logit (8 bytes per token); the coefficients
-follow; pass 2 recomputes each slab for steps 3–4: 8·N·H·V flops. Slabs span every token (tokens are split
-too only when a slab would be narrower than 2,048 columns), so each slab's weight gradient is one cuBLAS
-product over all tokens, and a long pair costs no more than many short ones. The row kernels make three
-passes over the logits in memory, a few per cent of the matmul time on an H100/H200. The plan (mode, token
-chunks, slabs) is chosen per call by :func:`cltx.kernels.reference_clo.plan_chunks`; :func:`last_plan`
-reports it.
+The DPO coefficient of a row is known only once its whole pair is scored. Three plans, chosen per call by
+:func:`cltx.kernels.reference_clo.plan_chunks` (:func:`last_plan` reports the one that ran):
+
+* ``pair`` — whole pairs' logits fit the budget: chunks of pairs are held, the coefficients are known before
+  step 3: 6·N·H·V flops, the floor of any exact method (one forward product, two backward).
+* ``deferred`` — a pair does not fit, but the weight is frozen or one (single pair) or two V × H partial-sum
+  buffers fit: step 3 uses a unit coefficient, so dz = onehot − softmax needs only the row's own
+  log-sum-exp; d-logits are linear in the coefficient, so the hidden gradient is scaled per row at the end
+  and the weight gradient is summed per row (a_c, a_r) and folded in, scaled, when the pair is complete:
+  still 6·N·H·V, no recompute. (A frozen LM head — attention-only CLO training — costs no extra memory.)
+* ``recompute`` — otherwise (small budgets): pass 1 (steps 1–2 over tokens × vocabulary slabs, the slab
+  log-sum-exps merged per token) keeps only each token's log-sum-exp and label logit; the coefficients
+  follow; pass 2 recomputes each slab for steps 3–4: 8·N·H·V flops. Slabs span every token (tokens are split
+  too only when a slab would be narrower than 2,048 columns), so each slab's weight gradient is one product
+  over all tokens.
+
+The row kernels make three passes over the logits in memory, a few per cent of the matmul time on an
+H100/H200.
 
 Precision: logits and d-logits are stored in the activations' dtype (bf16 under bf16 inputs); every
 reduction (log-sum-exp, softmax, sums, the products) accumulates in fp32. A gradient that takes several
