@@ -554,8 +554,8 @@ def fused_loss_and_grads(
                     elif i == 0:
                         torch.mul(a_c, cc, out=gw)
                     else:
-                        gw.add_(a_c.mul_(cc))
-                    gw.add_(a_r.mul_(cr))
+                        gw.addcmul_(a_c, cc)
+                    gw.addcmul_(a_r, cr)
                     started.clear()
         if any_grad:
             rows = tok_logp.view(P2, T).sum(1)
