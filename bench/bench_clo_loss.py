@@ -43,6 +43,7 @@ PRESETS = {
     "quick": {"P": 2, "T": 48, "H": 64, "V": 1003},
 }
 BETA, LAM = 0.1, 0.5
+FAILURES: list[str] = []
 ALL_PROVIDERS = ("cltx", "reference", "plain", "liger", "cce-exact", "cce-filtered")
 
 
@@ -173,9 +174,9 @@ def run_preset(name: str, args, device: str, dtype: torch.dtype, rate: float | N
             print("# WARNING: cltx ran the PyTorch reference, not the Triton kernels (see the log above)")
         ok = all(v <= tol for v in par.values())
         print(f"# {name} budget={budget}: parity cltx vs reference {par} -> {'ok' if ok else 'FAIL'}")
-        if not ok:
+        if not ok:  # recorded and reported (exit status 1), but the timings still come back
             harness.record("clo_loss", {"preset": name, "provider": "cltx", "budget_gib": budget, "parity": par})
-            raise SystemExit(f"parity failure at {name}, budget {budget}: {par}")
+            FAILURES.append(f"parity failure at {name}, budget {budget}: {par}")
         wanted = [p for p in args.providers if p in fns]
         if budget != args.budget[0]:  # the other budgets: only what the budget changes
             wanted = [p for p in wanted if p in ("cltx",)]
@@ -233,6 +234,8 @@ def run_preset(name: str, args, device: str, dtype: torch.dtype, rate: float | N
                 row["mode"] = last_plan().mode
                 row["path"] = last_plan().path
                 row.update(par if prov == "cltx" else {})
+                if row["peak_over_inputs_gib"] is not None:
+                    row["peak_within_budget"] = row["peak_over_inputs_gib"] <= grads_gib + budget
             rows.append(harness.record("clo_loss", row))
             print(
                 f"{name:5s} {prov:13s} budget={str(row['budget_gib']):5s} mode={str(row['mode']):9s} "
@@ -272,8 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.preset:
         rows += run_preset(name, args, device, dtype, rate)
     cols = ["preset", "provider", "budget_gib", "mode", "ms", "peak_over_inputs_gib", "grads_gib", "tflops", "x_floor"]
+    cols.append("peak_within_budget")
     print(harness.table([r for r in rows if "ms" in r], cols))
-    return 0
+    for f in FAILURES:
+        print(f"# FAIL: {f}")
+    return 1 if FAILURES else 0
 
 
 if __name__ == "__main__":
