@@ -27,6 +27,7 @@ def render_report(report: dict) -> None:
         ("records (output)", report["records"]),
         ("rejected (input)", report["rejected"]),
         ("joint success rate", "n/a (separate mode)" if rate is None else f"{rate:.1%}"),
+        ("  of which after an IT-style retry", report["joint_after_style_retry"]),
         ("fallbacks", report["fallbacks"]),
         ("failures", report["failures"]),
         ("records split for length", report["split_records"]),
@@ -80,6 +81,12 @@ def register(app: typer.Typer) -> None:
         it_styles: Annotated[
             str, typer.Option("--it-styles", help="Indicator-Token styles to try, in order: bracket,paren,...")
         ] = "bracket,paren,double_bracket,pipe",
+        style_retries: Annotated[
+            int,
+            typer.Option(
+                "--style-retries", help="Joint re-tries with the next IT style before falling back to fields."
+            ),
+        ] = 1,
         require_all: Annotated[
             bool, typer.Option("--require-all", help="Every record must have every named field (else: invalid).")
         ] = False,
@@ -133,7 +140,7 @@ def register(app: typer.Typer) -> None:
             raise FileNotFoundError(2, "no such file", str(references))
         config = MTConfig(
             fields=fields, src=src, tgt=tgt, mode=mode.value, styles=parse_styles(it_styles), catalyst=catalyst,
-            require_all=require_all, max_errors=max_errors, batch_records=batch_records,
+            require_all=require_all, max_errors=max_errors, batch_records=batch_records, style_retries=style_retries,
         )  # fmt: skip
         eng = make_engine(engine, src, tgt, options=parse_options(engine_option), keep_newlines=keep_newlines)
         rank, _ = dist_env()

@@ -195,6 +195,27 @@ def test_broken_markers_fall_back_and_lose_nothing(records, how):
             assert o["_source"][f] == rec[f]
 
 
+class BracketBreaker:
+    """Drops square-bracket markers (keeps parenthesised ones)."""
+
+    def translate(self, texts):
+        return [re.sub(r"\[\d+\]", "", t).upper() if "[1]" in t else t.upper() for t in texts]
+
+
+def test_failed_record_is_retried_with_the_next_style():
+    rec = {"question": "Who?", "answer": "Ana"}
+    out = translate_records([rec], BracketBreaker(), MTConfig(fields=FIELDS))[0]
+    assert out["_mt"]["status"] == "joint" and out["_mt"]["it_style"] == "paren" and out["_mt"]["style_retries"] == 1
+    assert "reason" not in out["_mt"]
+    assert out["question"] == "WHO?" and out["answer"] == "ANA"
+    out = translate_records([rec], BracketBreaker(), MTConfig(fields=FIELDS, style_retries=0))[0]
+    assert out["_mt"]["status"] == "fallback" and out["_mt"]["it_style"] == "bracket"
+    # text that already holds "(1)": the only other style is taken, so no retry is possible
+    rec2 = {"question": "Who (1)?", "answer": "Ana"}
+    out = translate_records([rec2], BracketBreaker(), MTConfig(fields=FIELDS, styles=(its.BRACKET, its.PAREN)))[0]
+    assert out["_mt"]["status"] == "fallback" and "markers" in out["_mt"]["reason"]
+
+
 def test_joint_mode_sends_one_sequence_per_record_with_catalyst():
     eng = Identity()
     recs = [

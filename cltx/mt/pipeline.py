@@ -9,8 +9,10 @@ Per record, in ``joint`` mode (the paper's method):
    a marker) into pieces, which are translated and glued back (``_mt.split``);
 4. the translation is split at the markers and validated (cltx.mt.markers.split); the text before
    the first marker — the translated CS — is dropped;
-5. a record that fails (or has no free IT style, or whose joint call raised) is translated field by
-   field instead: status ``fallback`` with ``_mt.reason``.
+5. a record whose markers did not come back intact is sent again with the next free IT style
+   (``style_retries`` times, default once; ``_mt.style_retries``);
+6. a record that still fails (or has no free IT style, or whose joint call raised) is translated
+   field by field instead: status ``fallback`` with ``_mt.reason`` (and ``_mt.it_styles_tried``).
 
 ``separate`` mode translates every field on its own (the paper's baseline). Engine calls are
 batched across records. An engine exception is isolated to the texts that raise it; a record
@@ -52,6 +54,8 @@ class MTConfig:
         require_all: a record lacking any named field is invalid (default: translate what it has).
         max_errors: records allowed to fail in the engine before the run stops.
         batch_records: records per engine round (also the unit of incremental writing).
+        style_retries: joint re-tries with the next free IT style for a record whose markers did not
+            come back intact, before it falls back to field by field (0: fall back at once).
     """
 
     fields: list[str]
@@ -63,6 +67,7 @@ class MTConfig:
     require_all: bool = False
     max_errors: int = 10
     batch_records: int = 32
+    style_retries: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.fields, str):
@@ -82,6 +87,8 @@ class MTConfig:
             raise bad_arg("--it-styles", self.styles, "give at least one style")
         if self.max_errors < 0:
             raise bad_arg("--max-errors", self.max_errors, "use 0 or more")
+        if self.style_retries < 0:
+            raise bad_arg("--style-retries", self.style_retries, "use 0 or more")
         if self.batch_records < 1:
             raise bad_arg("--batch-records", self.batch_records, "use 1 or more")
         for s in (self.src, self.tgt):
@@ -98,6 +105,7 @@ class MTConfig:
             "styles": [s.name for s in self.styles],
             "catalyst": self.catalyst,
             "require_all": self.require_all,
+            "style_retries": self.style_retries,
         }
 
 
@@ -224,41 +232,65 @@ class Pipeline:
         """
         cfg = self.config
         works = [_Work(line, rec, cfg.fields) for line, rec in items]
-        joint_jobs: list[_Job] = []
+        pending: list[_Work] = []
         for w in works:
             if not w.nonempty:
                 w.meta["status"] = "empty"
-                continue
-            if cfg.mode == "joint":
+            elif cfg.mode == "joint":
+                pending.append(w)
+        # Joint rounds: the first style the record allows, then (style_retries) the next ones for
+        # records whose markers did not come back intact. An engine error goes straight to fallback.
+        tried: dict[int, list[str]] = {}
+        for attempt in range(1 + cfg.style_retries):
+            jobs = []
+            for w in pending:
                 cores_ = [w.parts[f][1] for f in w.nonempty]
                 cs = catalyst_for(w.nonempty, cfg.catalyst)
-                style = its.choose_style([*cores_, cs or ""], cfg.styles)
+                allowed = tuple(s for s in cfg.styles if s.name not in tried.get(id(w), []))
+                style = its.choose_style([*cores_, cs or ""], allowed)
                 if style is None:
-                    w.meta["reason"] = "every IT style already occurs in the record"
+                    if attempt == 0:
+                        w.meta["reason"] = "every IT style already occurs in the record"
+                    w.joint = None
                     continue
+                tried.setdefault(id(w), []).append(style.name)
                 w.style = style
                 w.joint = _Job(its.join(cores_, style, cs), self.limit, self.length, before=style.regex)
-                joint_jobs.append(w.joint)
-        self._run_jobs(joint_jobs)
-
-        sep_jobs: list[_Job] = []
-        for w in works:
-            if w.meta.get("status") == "empty":
-                continue
-            if w.joint is not None:
+                jobs.append(w.joint)
+            self._run_jobs(jobs)
+            retry = []
+            for w in pending:
+                if w.joint is None:
+                    continue
                 w.meta["it_style"] = w.style.name  # type: ignore[union-attr]
                 if len(w.joint.pieces) > 1:
                     w.meta["split"] = {"joint": len(w.joint.pieces)}
+                else:
+                    w.meta.pop("split", None)
                 if w.joint.error is not None:
                     w.meta["reason"] = f"engine error: {w.joint.error}"
-                else:
-                    try:
-                        parts = its.split(w.joint.result(), len(w.nonempty), w.style)  # type: ignore[arg-type]
-                        w.translated = dict(zip(w.nonempty, parts, strict=True))
-                        w.meta["status"] = "joint"
-                        continue
-                    except its.DecompositionError as e:
-                        w.meta["reason"] = str(e)
+                    continue
+                try:
+                    parts = its.split(w.joint.result(), len(w.nonempty), w.style)  # type: ignore[arg-type]
+                except its.DecompositionError as e:
+                    w.meta["reason"] = str(e)
+                    retry.append(w)
+                    continue
+                w.translated = dict(zip(w.nonempty, parts, strict=True))
+                w.meta["status"] = "joint"
+                w.meta.pop("reason", None)
+                if attempt:
+                    w.meta["style_retries"] = attempt
+            pending = retry
+            if not pending:
+                break
+
+        sep_jobs: list[_Job] = []
+        for w in works:
+            if w.meta.get("status") in ("empty", "joint"):
+                continue
+            if len(tried.get(id(w), [])) > 1:
+                w.meta["it_styles_tried"] = tried[id(w)]
             for f in w.nonempty:
                 w.separate[f] = _Job(w.parts[f][1], self.limit, self.length)
                 sep_jobs.append(w.separate[f])

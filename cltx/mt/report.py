@@ -82,7 +82,7 @@ def build_report(
     status: Counter = Counter()
     reasons: Counter = Counter()
     styles: Counter = Counter()
-    n_rows = n_split = 0
+    n_rows = n_split = n_retried = 0
     kept: list[dict] = []
     for r in _iter_jsonl(output) if output.exists() else ():
         mt = r.get("_mt", {})
@@ -94,6 +94,7 @@ def build_report(
         if mt.get("it_style"):
             styles[mt["it_style"]] += 1
         n_split += bool(mt.get("split"))
+        n_retried += bool(mt.get("style_retries"))
         if references is not None:
             kept.append({k: v for k, v in r.items() if k in config.fields or k in ("id", "_mt")})
     n_rejects = sum(1 for _ in _iter_jsonl(rejects)) if rejects.exists() else 0
@@ -109,6 +110,7 @@ def build_report(
         "fields": config.fields,
         "status": dict(status),
         "joint_success_rate": round(status["joint"] / attempted, 4) if attempted else None,
+        "joint_after_style_retry": n_retried,
         "fallbacks": status["fallback"],
         "failures": status["failed"],
         "fallback_reasons": dict(reasons.most_common(10)),
