@@ -118,6 +118,8 @@ class MarkerForm:
 
 
 _RX_CACHE: dict[str, re.Pattern[str]] = {}
+_HAS_WORD = re.compile(r"[^\W_]")
+_SENT_END = re.compile(r"[.!?…。！？]")
 
 
 def _compiled(p: str) -> re.Pattern[str]:
@@ -175,10 +177,13 @@ class Masked:
         source: the unmasked text.
         pieces: the source text between spans (``len(spans) + 1`` pieces).
         pad: per span and side (before, after), the class of the source character the span touched
-            where :func:`mask` put a space beside the marker (span glued to its neighbour, or line
-            breaks absorbed): ``"w"`` word character, ``"p"`` anything else, ``""`` no space added.
+            where :func:`mask` put a space beside the marker (span glued to a word, or line breaks
+            absorbed): ``"w"`` word character, ``"p"`` anything else, ``""`` no space added.
             :func:`unmask` takes the engine's spacing out on that side when the engine's neighbour
             is of the same class (a dropped comma must not glue a URL to the next word).
+        suffix: source text held back from the engine and appended verbatim after translation:
+            trailing spans after the last sentence end, or the whole text when it is only spans and
+            punctuation (then ``text`` is empty; see :attr:`needs_engine`).
     """
 
     text: str
@@ -189,6 +194,12 @@ class Masked:
     source: str = ""
     pieces: list[str] = field(default_factory=list)
     pad: list[tuple[str, str]] = field(default_factory=list)
+    suffix: str = ""
+
+    @property
+    def needs_engine(self) -> bool:
+        """False when nothing is left to translate (the text is only spans and punctuation)."""
+        return bool(_HAS_WORD.search(self.text))
 
     @property
     def numbers(self) -> list[int]:
@@ -278,29 +289,54 @@ def mask(
         lb = b
         while lb > pos and text[lb - 1].isspace():
             lb -= 1
-        if "\n" in text[lb:b]:
+        absorbed_l = "\n" in text[lb:b]
+        if absorbed_l:
             b = lb
         nxt = found[k + 1][0] if k + 1 < len(found) else n
         re_ = e
         while re_ < nxt and text[re_].isspace():
             re_ += 1
-        if "\n" in text[e:re_]:
+        absorbed_r = "\n" in text[e:re_]
+        if absorbed_r:
             e = re_
-        # After absorbing, a non-space neighbour means the marker needs a space to stand alone as a
-        # word; unmask takes the engine's spacing on that side out again.
-        pad_l = _cls(text[b - 1]) if b > 0 and not text[b - 1].isspace() else ""
-        pad_r = _cls(text[e]) if e < n and not text[e].isspace() else ""
-        piece = text[pos:b]
-        pieces.append(piece)
-        out.append(piece)
-        out.append((" " if pad_l else "") + form.make(start + k) + (" " if pad_r else ""))
+        # A marker glued to a word would be read as part of it: give it a space. Glued to
+        # punctuation it stays glued (measured: "( XPH1X )" is dropped far more often than "(XPH1X)").
+        # Where line breaks were absorbed the marker gets a space too. unmask takes the engine's
+        # spacing out again on padded sides.
+        pad_l = pad_r = ""
+        if b > 0 and not text[b - 1].isspace() and (absorbed_l or _cls(text[b - 1]) == "w"):
+            pad_l = _cls(text[b - 1])
+        if e < n and not text[e].isspace() and (absorbed_r or _cls(text[e]) == "w"):
+            pad_r = _cls(text[e])
+        pieces.append(text[pos:b])
         originals.append(text[b:e])
         kinds.append(kind)
         pads.append((pad_l, pad_r))
         pos = e
     pieces.append(text[pos:])
-    out.append(text[pos:])
-    return Masked("".join(out), originals, kinds, form, start, text, pieces, pads)
+
+    # Hold back what the engine would only drop or garble: spans after the last sentence with no
+    # word after them ("… eighteen months. (https://…)" loses the marker), or a text that is
+    # nothing but spans and punctuation (nothing to translate). They are appended again verbatim.
+    suffix = ""
+    worded = [j for j, p in enumerate(pieces) if _HAS_WORD.search(p)]
+    if found and not worded:
+        return Masked("", [], [], form, start, text, [""], [], suffix=text)
+    if found and worded[-1] < len(found):
+        j = worded[-1]
+        last_word = max(m.end() for m in _HAS_WORD.finditer(pieces[j]))
+        end = _SENT_END.search(pieces[j], last_word)
+        if end is not None:
+            q = end.end()
+            suffix = pieces[j][q:] + "".join(originals[i] + pieces[i + 1] for i in range(j, len(originals)))
+            pieces = pieces[:j] + [pieces[j][:q]]
+            originals, kinds, pads = originals[:j], kinds[:j], pads[:j]
+
+    for k, (l_pad, r_pad) in enumerate(pads):
+        out.append(pieces[k])
+        out.append((" " if l_pad else "") + form.make(start + k) + (" " if r_pad else ""))
+    out.append(pieces[-1])
+    return Masked("".join(out), originals, kinds, form, start, text, pieces, pads, suffix)
 
 
 def check_markers(translated: str, masked: Masked) -> MarkerError | None:
@@ -329,7 +365,7 @@ def unmask(translated: str, masked: Masked) -> str:
         MarkerError: a marker is missing, occurs twice, or a marker number not in ``masked`` appears.
     """
     if not masked.spans:
-        return translated
+        return (translated if masked.needs_engine else "") + masked.suffix
     err = check_markers(translated, masked)
     if err is not None:
         raise err
@@ -350,6 +386,7 @@ def unmask(translated: str, masked: Masked) -> str:
         pos = m.end()
         glue_next = pad_r
     out.append(_glue_start(translated[pos:], glue_next))
+    out.append(masked.suffix)
     return "".join(out)
 
 
@@ -391,6 +428,7 @@ def translate_around(translate: Callable[[list[str]], list[str]], masked: Masked
     for k, s in enumerate(masked.spans):
         out.append(s)
         out.append(pieces[k + 1])
+    out.append(masked.suffix)
     return "".join(out)
 
 
