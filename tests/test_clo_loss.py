@@ -222,6 +222,14 @@ def test_reference_deferred_plan(P, need):
     compare(got, run_oracle(inp, upstream=-1.1, need=need), torch.float64)
 
 
+def test_reference_deferred_plan_bf16_casts():
+    inp = make_inputs(2, 40, 12, 300, dtype=torch.bfloat16, bias=True, seed=20)
+    got = run(clo_loss_reference, inp, upstream=1.4, memory_budget_gib=1e-7, mode="deferred")
+    assert last_plan().mode == "deferred"
+    assert all(g.dtype == torch.bfloat16 for g in got[2].values())
+    compare(got, run_oracle(inp, upstream=1.4), torch.bfloat16, check_accuracy=False)
+
+
 def test_nll_mask_all_false_gives_zero_nll():
     inp = make_inputs(3, 6, 8, 31, dtype=torch.float64, seed=4)
     inp["nll_mask"] = torch.zeros(3, dtype=torch.bool)
