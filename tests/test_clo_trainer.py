@@ -125,6 +125,20 @@ def test_reference_logps_computed_once_and_reused(tmp_path, tok, monkeypatch):
     assert len({tr.ref_info["key"], tr3.ref_info["key"], tr4.ref_info["key"]}) == 3
 
 
+def test_short_runs_compute_only_the_reference_they_use(tmp_path, tok, monkeypatch):
+    monkeypatch.setenv("CLTX_CACHE", str(tmp_path / "cache"))
+    calls = clo_trainer.REF_FORWARD_CALLS
+    short = CLOTrainer(tiny_llama(tok), _args(tmp_path, max_steps=3), _bins(tok, n=16), processing_class=tok)
+    assert short.ref_info["bins_needed"] == 3 and clo_trainer.REF_FORWARD_CALLS - calls == 3
+    short.train()
+    assert _logs(short, "rewards/margins")[0] == 0.0
+    # a longer run on the same model and data adds the 5 missing micro-batches to the same cache entry
+    longer = CLOTrainer(tiny_llama(tok), _args(tmp_path, max_steps=8), _bins(tok, n=16), processing_class=tok)
+    assert longer.ref_info["bins_computed"] == 5 and clo_trainer.REF_FORWARD_CALLS - calls == 8
+    again = CLOTrainer(tiny_llama(tok), _args(tmp_path, max_steps=8), _bins(tok, n=16), processing_class=tok)
+    assert again.ref_info["cache_hit"] and clo_trainer.REF_FORWARD_CALLS - calls == 8
+
+
 def test_resume_continues_the_same_run(tmp_path, tok):
     recs = tiny_records(8)
     common = dict(tokenizer=tok, max_steps=6, save_steps=3, batch_size=2, lr=5e-3, max_length=48, train_mode="full")

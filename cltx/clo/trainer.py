@@ -138,6 +138,9 @@ class EpochShuffleSampler(Sampler):
         return iter(torch.randperm(self.n, generator=g).tolist())
 
 
+_NOT_INPUTS = ("record_index", "ref_chosen_logps", "ref_rejected_logps")
+
+
 def _first(items: list[dict]) -> dict:
     return items[0]
 
@@ -248,67 +251,95 @@ class CLOTrainer(Trainer):
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
+    def needed_bins(self) -> list[int]:
+        """The micro-batches this run will use: all of them, unless ``max_steps`` ends the run
+        inside the first epoch (then the first ones of epoch 0's seeded order)."""
+        n = len(self.train_bins)
+        steps = self.args.max_steps
+        if steps is None or steps <= 0:
+            return list(range(n))
+        k = steps * self.args.gradient_accumulation_steps * self.accelerator.num_processes
+        if k >= n:
+            return list(range(n))
+        return sorted(list(iter(EpochShuffleSampler(n, self.args.seed)))[:k])
+
     def _prepare_reference(self) -> None:
-        """Fill every bin's ``ref_chosen_logps``/``ref_rejected_logps`` from the cache or one pass."""
+        """Fill the needed bins' ``ref_chosen_logps``/``ref_rejected_logps``: from the cache, and
+        one forward pass of the starting model for whatever the cache lacks (then cached too)."""
         global REF_FORWARD_CALLS
         key = self._ref_key()
         path = cache_dir() / "clo" / "ref" / f"{key}.pt"
-        self.ref_info = {"key": key, "path": str(path), "cache_hit": False, "bins_computed": 0, "seconds": 0.0}
+        needed = self.needed_bins()
+        self.ref_info = {
+            "key": key,
+            "path": str(path),
+            "cache_hit": False,
+            "bins_needed": len(needed),
+            "bins_computed": 0,
+            "seconds": 0.0,
+        }
+        stored: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.args.ref_cache and path.exists():
-            stored = torch.load(path, map_location="cpu", weights_only=True)
-            if len(stored["chosen"]) == len(self.train_bins):
-                self._attach_reference(stored["chosen"], stored["rejected"])
-                self.ref_info["cache_hit"] = True
-                logger.info("reference log-probs: cache hit %s", path)
-                return
-        t0 = time.perf_counter()
-        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+            try:
+                stored = torch.load(path, map_location="cpu", weights_only=True)["bins"]
+            except Exception as e:  # a damaged cache file is recomputed, never trusted
+                logger.warning("reference cache %s unreadable (%s); recomputing", path, e)
+        missing = [i for i in needed if i not in stored]
+        self.ref_info["cache_hit"] = not missing
+        if missing:
+            t0 = time.perf_counter()
+            world, rank = self.accelerator.num_processes, self.accelerator.process_index
+            mine = missing[rank::world]
+            local = self._reference_pass(mine)
+            if world > 1:
+                import torch.distributed as dist
+
+                gathered: list = [None] * world
+                dist.all_gather_object(gathered, local)
+                for part in gathered:
+                    local.update(part)
+            stored = {**stored, **local}
+            self.ref_info.update(bins_computed=len(mine), seconds=round(time.perf_counter() - t0, 3))
+            if self.args.ref_cache and self.accelerator.is_main_process:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                torch.save({"bins": stored}, tmp)
+                os.replace(tmp, path)
+            logger.info("reference log-probs: %d micro-batches in %.1fs", len(missing), self.ref_info["seconds"])
+        else:
+            logger.info("reference log-probs: cache hit %s", path)
+        for i in needed:
+            self.train_bins[i]["ref_chosen_logps"], self.train_bins[i]["ref_rejected_logps"] = stored[i]
+
+    def _reference_pass(self, indices: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        """Log-probs of the starting model on bins ``indices``, through the policy's own forward,
+        in the same grad mode and autocast as a training step: bit-identical at step 0."""
+        global REF_FORWARD_CALLS
         wrapper = self.accelerator.unwrap_model(self.model)
         was_training = wrapper.training
         wrapper.train()  # dropout is off; the same mode as the policy's forward
-        local: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         device = self.args.device
-        # Same grad mode and autocast as a training step: bit-identical log-probs at step 0.
-        mine = range(rank, len(self.train_bins), world)
-        self.progress.start("reference", total=len(mine), description="reference log-probs")
+        self.progress.start("reference", total=len(indices), description="reference log-probs")
         with torch.enable_grad(), self.accelerator.autocast():
-            for i in mine:
-                b = {k: v.to(device) for k, v in self.train_bins[i].items() if k != "record_index"}
+            for i in indices:
+                b = {k: v.to(device) for k, v in self.train_bins[i].items() if k not in _NOT_INPUTS}
                 _, m = wrapper(**b)
-                local[i] = (m["chosen_logps"].detach().float().cpu(), m["rejected_logps"].detach().float().cpu())
+                out[i] = (m["chosen_logps"].detach().float().cpu(), m["rejected_logps"].detach().float().cpu())
                 REF_FORWARD_CALLS += 1
                 del m
                 self.progress.advance("reference", 1)
         self.progress.finish("reference")
         wrapper.train(was_training)
-        if world > 1:
-            import torch.distributed as dist
-
-            gathered: list = [None] * world
-            dist.all_gather_object(gathered, local)
-            for part in gathered:
-                local.update(part)
-        chosen = [local[i][0] for i in range(len(self.train_bins))]
-        rejected = [local[i][1] for i in range(len(self.train_bins))]
-        self._attach_reference(chosen, rejected)
-        self.ref_info.update(bins_computed=len(mine))
-        self.ref_info["seconds"] = round(time.perf_counter() - t0, 3)
-        if self.args.ref_cache and self.accelerator.is_main_process:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            torch.save({"chosen": chosen, "rejected": rejected}, tmp)
-            os.replace(tmp, path)
-        logger.info("reference log-probs: %d bins in %.1fs", len(chosen), self.ref_info["seconds"])
-
-    def _attach_reference(self, chosen: list[torch.Tensor], rejected: list[torch.Tensor]) -> None:
-        for b, c, r in zip(self.train_bins, chosen, rejected, strict=True):
-            b["ref_chosen_logps"], b["ref_rejected_logps"] = c, r
+        return out
 
     # ---- loss -----------------------------------------------------------------------------------
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         inputs.pop("record_index", None)
+        if self.args.method == "clo" and "ref_chosen_logps" not in inputs:
+            raise RuntimeError("a micro-batch without reference log-probs reached the loss (needed_bins is wrong)")
         P = _pairs(inputs)
         n_nll = _nll_tokens(inputs)
         if num_items_in_batch is not None and self.model.training:
@@ -418,10 +449,11 @@ class CLOTrainer(Trainer):
 
 
 def step_zero_metrics(trainer: CLOTrainer) -> dict[str, float]:
-    """Metrics of the first bin with the starting model (rewards are exactly zero when the
+    """Metrics of the first used bin with the starting model (rewards are exactly zero when the
     reference came from the same forward)."""
     wrapper = trainer.accelerator.unwrap_model(trainer.model)
-    b = {k: v.to(trainer.args.device) for k, v in trainer.train_bins[0].items() if k != "record_index"}
+    i = trainer.needed_bins()[0]
+    b = {k: v.to(trainer.args.device) for k, v in trainer.train_bins[i].items() if k != "record_index"}
     with torch.enable_grad(), trainer.accelerator.autocast():
         _, m = wrapper(**b)
     return {k: v.detach().cpu() for k, v in m.items()}
