@@ -4,24 +4,16 @@
 * :func:`select_neighbors` — cosine similarity → sparsemax neighbour selection.
 * :func:`clo_loss` — fused linear paired log-prob loss (NLL + DPO-style CL) for CLO.
 
-Importing this package never imports transformers (a test asserts it).
+Importing this package never imports transformers (a test asserts it). The functions are bound
+eagerly: a submodule and its function share a name (``cltx.kernels.clo_loss``), and binding the
+function here, after the submodule has loaded, keeps ``from cltx.kernels import clo_loss`` the
+function however the submodule was imported first.
 """
 
 from __future__ import annotations
 
-import importlib
+from cltx.kernels.clo_loss import clo_loss
+from cltx.kernels.neighbors import select_neighbors
+from cltx.kernels.salt_fit import salt_fit
 
 __all__ = ["salt_fit", "select_neighbors", "clo_loss"]
-
-_LAZY = {
-    "salt_fit": "cltx.kernels.salt_fit",
-    "select_neighbors": "cltx.kernels.neighbors",
-    "clo_loss": "cltx.kernels.clo_loss",
-}
-
-
-def __getattr__(name: str):
-    # Lazy so that importing one kernel does not compile or import the others.
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'cltx.kernels' has no attribute {name!r}")
