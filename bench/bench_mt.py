@@ -5,7 +5,8 @@ file goes through :func:`cltx.mt.runner.run_file` (the same path as the CLI) ``-
 (modes alternate, to share the machine's noise); reported:
 
 * records/s and source characters/s (median over repeats), engine calls and texts sent;
-* decomposition success (joint mode: share of records whose ITs came back intact), fallbacks;
+* decomposition success (joint mode: share of records whose ITs came back intact, with and
+  without the one retry in the next IT style), fallbacks;
 * for the QA records, how often the translated answer still occurs in the translated passage
   (exact, and ignoring case) — the relation the joint method exists to keep;
 * BLEU / chrF per field against the hand-written references of the first 20 records
@@ -79,35 +80,41 @@ def main() -> None:
     base = make_engine("bergamot", "en", "pt", options=opts)
     base.translate(["Warm-up sentence."])  # loads the model: not part of the timing
 
-    runs: dict[str, list[dict]] = {"joint": [], "separate": []}
+    # name -> (mode, style_retries)
+    variants = {"joint": ("joint", 1), "joint_no_retry": ("joint", 0), "separate": ("separate", 0)}
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
     outputs: dict[str, list[dict]] = {}
     counts: dict[str, Counting] = {}
     for _ in range(args.repeats):
-        for mode in ("joint", "separate"):
+        for name, (mode, retries) in variants.items():
             eng = Counting(base)
-            out = tmp / f"{mode}.jsonl"
-            rep = run_file(sample, out, eng, MTConfig(fields=FIELDS, mode=mode), overwrite=True)
-            runs[mode].append(rep)
-            outputs[mode] = [json.loads(x) for x in out.read_text().splitlines()]
-            counts[mode] = eng
+            out = tmp / f"{name}.jsonl"
+            cfg = MTConfig(fields=FIELDS, mode=mode, style_retries=retries)
+            rep = run_file(sample, out, eng, cfg, overwrite=True)
+            runs[name].append(rep)
+            outputs[name] = [json.loads(x) for x in out.read_text().splitlines()]
+            counts[name] = eng
 
     rows = []
-    for mode in ("joint", "separate"):
-        reps = runs[mode]
+    for name, (mode, retries) in variants.items():
+        reps = runs[name]
         last = reps[-1]
-        exact, folded, n_qa = answer_in_passage(outputs[mode])
-        first20 = outputs[mode][:20]
+        exact, folded, n_qa = answer_in_passage(outputs[name])
+        first20 = outputs[name][:20]
         scores = reference_scores(first20, refs, FIELDS) if len(first20) == 20 else {}
         row = {
             "engine": "bergamot",
+            "variant": name,
             "mode": mode,
+            "style_retries": retries,
             "records": last["records"],
             "records_per_s": statistics.median(r["session"]["records_per_s"] for r in reps),
             "source_chars_per_s": statistics.median(r["session"]["source_chars_per_s"] for r in reps),
-            "engine_calls": counts[mode].calls,
-            "engine_texts": counts[mode].texts,
-            "engine_chars": counts[mode].chars,
+            "engine_calls": counts[name].calls,
+            "engine_texts": counts[name].texts,
+            "engine_chars": counts[name].chars,
             "decomposition_success": last["joint_success_rate"],
+            "joint_after_style_retry": last["joint_after_style_retry"],
             "fallbacks": last["fallbacks"],
             "failures": last["failures"],
             "fallback_reasons": last["fallback_reasons"],
@@ -124,12 +131,13 @@ def main() -> None:
         table(
             rows,
             [
-                "mode",
+                "variant",
                 "records",
                 "records_per_s",
                 "source_chars_per_s",
                 "engine_texts",
                 "decomposition_success",
+                "joint_after_style_retry",
                 "fallbacks",
                 "answer_in_passage",
                 "answer_in_passage_casefold",
@@ -138,7 +146,7 @@ def main() -> None:
     )
     for r in rows:
         sc = "  ".join(f"{f}: BLEU {v['bleu']:.1f} chrF {v['chrf']:.1f}" for f, v in r["ref_scores_first20"].items())
-        print(f"{r['mode']:>8} vs references (first 20 records): {sc}")
+        print(f"{r['variant']:>14} vs references (first 20 records): {sc}")
 
 
 if __name__ == "__main__":
