@@ -110,37 +110,48 @@ def _chunk_rows(k: int, d_in: int, chunk_size: int | None) -> int:
 
 
 def _solve(G: torch.Tensor, r: torch.Tensor, k_valid: torch.Tensor, ridge: float, eps: float, refine: int):
-    """Batched (G + ridge·I) α = r in float64 (minimum-norm limit for ridge = 0). G (c,k,k), r (c,k)."""
+    """Batched (G + ridge·I) α = r (minimum-norm limit for ridge = 0) in G's dtype. G (c,k,k), r (c,k).
+
+    Returns ``(alpha, converged)``: converged is False where the Cholesky failed or where the
+    refinement's geometric tail (‖δ_p‖·ρ/(1−ρ), ρ = ‖δ_p‖/‖δ_{p−1}‖: the steps are a power iteration
+    of μA⁻¹, so ρ estimates μ/(σ+μ) of the slowest direction) is still above 1e-6·‖α‖.
+    """
     k = G.shape[-1]
     tr = G.diagonal(dim1=-2, dim2=-1).sum(-1)
     mu = torch.clamp(eps * tr / k_valid.clamp(min=1), min=ridge)
     # A token with no neighbour (or only zero vectors) has G = 0 and r = 0: any μ > 0 gives α = 0.
     mu = torch.where(mu > 0, mu, torch.ones_like(mu))
-    A = G + mu[:, None, None] * torch.eye(k, dtype=G.dtype, device=G.device)
-    L, info = torch.linalg.cholesky_ex(A)
+    eye = torch.eye(k, dtype=G.dtype, device=G.device)
+    L, info = torch.linalg.cholesky_ex(G + mu[:, None, None] * eye)
     bad = info != 0
     if bool(bad.any()):
-        # Rounding made A indefinite (never seen at these ε; kept for robustness): an eigen-solve there.
-        w, V = torch.linalg.eigh(A[bad])
-        w = torch.where(w > 0, w, torch.full_like(w, float("inf")))
-        L[bad] = torch.eye(k, dtype=G.dtype, device=G.device)
-    rhs = r[:, :, None]
-    alpha = torch.cholesky_solve(rhs, L)
-    step = alpha
+        L[bad] = eye  # placeholder: these rows are reported unconverged (or solved by eigh below)
+    alpha = torch.cholesky_solve(r[:, :, None], L)
     shift = (mu - ridge)[:, None, None]
+    step, prev = alpha, alpha
     for _ in range(refine):
-        step = torch.cholesky_solve(shift * step, L)
+        prev, step = step, torch.cholesky_solve(shift * step, L)
         alpha = alpha + step
-    if bool(bad.any()):
-        Vb = V
-        inv = lambda b: Vb @ ((Vb.transpose(-1, -2) @ b) / w[:, :, None])  # noqa: E731
-        a = inv(rhs[bad])
-        s = a
+    alpha = alpha[:, :, 0]
+    s_norm, p_norm = step.norm(dim=(1, 2)), prev.norm(dim=(1, 2))
+    rho = torch.where(p_norm > 0, s_norm / p_norm.clamp(min=torch.finfo(G.dtype).tiny), torch.zeros_like(s_norm))
+    tail = torch.where(rho < 1, s_norm * rho / (1 - rho).clamp(min=1e-30), torch.full_like(s_norm, float("inf")))
+    converged = ~bad & (tail <= 1e-6 * alpha.norm(dim=1) + torch.finfo(G.dtype).tiny)
+    if refine == 0 or shift.abs().max() == 0:
+        converged = ~bad
+    if bool(bad.any()) and G.dtype == torch.float64:
+        # Rounding made A indefinite even in float64: an eigen-solve on those rows (never seen).
+        w, V = torch.linalg.eigh(G[bad] + mu[bad][:, None, None] * eye)
+        w = torch.where(w > 0, w, torch.full_like(w, float("inf")))
+        inv = lambda b: V @ ((V.transpose(-1, -2) @ b) / w[:, :, None])  # noqa: E731
+        a = inv(r[bad][:, :, None])
+        st = a
         for _ in range(refine):
-            s = inv(shift[bad] * s)
-            a = a + s
-        alpha[bad] = a
-    return alpha[:, :, 0]
+            st = inv(shift[bad] * st)
+            a = a + st
+        alpha[bad] = a[:, :, 0]
+        converged[bad] = True
+    return alpha, converged
 
 
 def salt_alpha_reference(
@@ -152,6 +163,10 @@ def salt_alpha_reference(
     chunk_size: int | None = None,
 ) -> torch.Tensor:
     """The per-token coefficients α_t (n, k) float32; 0 in unused slots and for tokens with no neighbour.
+
+    Precision: G, r and the solve run in fp32 (fast); a token whose fp32 solve has not converged
+    (ill-conditioned neighbour set, Cholesky failure) and every token of a set rank-deficient by
+    shape (k > d_in) is solved again from float64 G and r of the same rows.
 
     Args:
         x_query: (n, d_in) float32/bfloat16.
@@ -165,10 +180,10 @@ def salt_alpha_reference(
     """
     n, k = neighbors.shape
     d_in = x_query.shape[1]
-    gram_fp64 = k > d_in
-    acc = torch.float64 if gram_fp64 else torch.float32
-    eps, _, refine = regularisation(k, d_in, gram_fp64=gram_fp64)
-    refine = min(refine, 2)  # the float64 solve needs fewer steps than the kernel's fp32 one
+    eps32, _, refine32 = regularisation(k, d_in, gram_fp64=False)
+    eps64, _, refine64 = regularisation(k, d_in, gram_fp64=True)
+    all_fp64 = k > d_in
+    acc = torch.float64 if all_fp64 else torch.float32
     xb = x_basis.to(acc)
     alpha = torch.zeros(n, k, dtype=torch.float32, device=x_query.device)
     c = _chunk_rows(k, d_in, chunk_size)
@@ -177,11 +192,23 @@ def salt_alpha_reference(
         valid = idx >= 0
         rows = idx.shape[0]
         X = xb.index_select(0, idx.clamp(min=0).reshape(-1)).view(rows, k, d_in)
+        xq = x_query[s : s + c].to(acc)
         # Unused slots gathered row 0: mask them out of the small G and r (cheaper than masking X).
-        v = valid.double()
-        G = torch.bmm(X, X.transpose(1, 2)).double() * (v[:, :, None] * v[:, None, :])
-        r = torch.bmm(X, x_query[s : s + c].to(acc)[:, :, None])[:, :, 0].double() * v
-        a = _solve(G, r, valid.sum(-1).double(), float(ridge), eps, refine)
+        v = valid.to(acc)
+        G = torch.bmm(X, X.transpose(1, 2)) * (v[:, :, None] * v[:, None, :])
+        r = torch.bmm(X, xq[:, :, None])[:, :, 0] * v
+        if all_fp64:
+            a, ok = _solve(G, r, v.sum(-1), float(ridge), eps64, refine64)
+        else:
+            a, ok = _solve(G, r, v.sum(-1), float(ridge), eps32, min(refine32, 2))
+            if not bool(ok.all()):
+                redo = ~ok
+                X64, v64 = X[redo].double(), v[redo].double()
+                G64 = torch.bmm(X64, X64.transpose(1, 2)) * (v64[:, :, None] * v64[:, None, :])
+                r64 = torch.bmm(X64, xq[redo].double()[:, :, None])[:, :, 0] * v64
+                a64, _ = _solve(G64, r64, v64.sum(-1), float(ridge), eps64, refine64)
+                a = a.double()
+                a[redo] = a64
         alpha[s : s + c] = (a * valid).float()
     return alpha
 
