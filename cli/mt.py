@@ -75,7 +75,8 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 "--catalyst",
-                help="auto (template by field names) | none | kind:instruction|qa|nli|search | your own sentence.",
+                help="auto (template by field names) | none | kind:instruction|qa|nli|search | @FILE.json "
+                "(sentence per field list) | your own sentence.",
             ),
         ] = "auto",
         it_styles: Annotated[

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -99,6 +100,25 @@ def test_catalyst_templates_pick_by_fields():
     assert "premise" in catalyst_for(["premise"], "kind:nli")
     with pytest.raises(CltxError, match="--catalyst"):
         catalyst_for(["x"], "kind:poetry")
+    with pytest.raises(CltxError, match="--catalyst"):
+        MTConfig(fields=["x"], catalyst="kind:poetry")  # checked when the settings are made
+
+
+def test_catalyst_file_maps_field_lists(tmp_path):
+    f = tmp_path / "cs.json"
+    f.write_text(json.dumps({"question, answer": "Q then A.", "*": "Other."}))
+    eng = Identity()
+    cfg = MTConfig(fields=["question", "answer", "title"], catalyst=f"@{f}")
+    translate_records([{"question": "q", "answer": "a"}, {"title": "t"}], eng, cfg)
+    assert eng.calls[0] == ["Q then A. [1] q [2] a [3]", "Other. [1] t [2]"]
+    f.write_text(json.dumps({"question,answer": ""}))  # empty: no CS; no "*": the automatic template
+    assert catalyst_for(["question", "answer"], f"@{f}") is None
+    assert catalyst_for(["premise"], f"@{f}").startswith("The following are a premise")
+    f.write_text("[1, 2]")
+    with pytest.raises(CltxError, match="one JSON object"):
+        MTConfig(fields=["x"], catalyst=f"@{f}")
+    with pytest.raises(CltxError, match="is not a file"):
+        MTConfig(fields=["x"], catalyst=f"@{tmp_path}/nope.json")
 
 
 # ----------------------------------------------------------------------------------- segment

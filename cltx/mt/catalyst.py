@@ -76,14 +76,55 @@ def pick_template(fields: list[str]) -> Template | None:
     return best
 
 
-def catalyst_for(fields: list[str], setting: str = "auto") -> str | None:
+def load_catalyst_file(setting: str) -> dict[str, str]:
+    """``@FILE``: a JSON object mapping comma-joined field lists to sentences, ``"*"`` for the rest.
+
+    Example: ``{"question,passage,answer": "A question, a passage and its answer follow.", "*": "..."}``.
+    Without a ``"*"`` entry, other field combinations get the automatic template.
+    """
+    import json
+    from pathlib import Path
+
+    from cltx.errors import bad_arg
+
+    path = Path(setting[1:])
+    if not path.is_file():
+        raise bad_arg("--catalyst", setting, f"{path} is not a file; write @path/to/catalyst.json")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise bad_arg("--catalyst", setting, f"not valid JSON ({e})") from e
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise bad_arg("--catalyst", setting, 'the file must hold one JSON object of strings: {"a,b": "sentence"}')
+    return {",".join(f.strip() for f in k.split(",")) if k != "*" else k: v for k, v in data.items()}
+
+
+def check_setting(setting: str) -> None:
+    """Raise the user error for a bad ``--catalyst`` now, not at the first record."""
+    if setting.startswith("@"):
+        load_catalyst_file(setting)
+    elif setting.startswith("kind:"):
+        catalyst_for([], setting)
+
+
+def catalyst_for(fields: list[str], setting: str = "auto", table: dict[str, str] | None = None) -> str | None:
     """The CS for a record whose non-empty translated fields are ``fields`` (in join order).
 
     Args:
         fields: field names, in the order they appear in the joint sequence.
         setting: ``"auto"`` (template by field names), ``"none"`` (no CS), ``"kind:NAME"`` (force a
-            template), or any other text (used verbatim).
+            template), ``"@FILE"`` (sentences per field list, :func:`load_catalyst_file`; pass the
+            loaded ``table`` to avoid re-reading it), or any other text (used verbatim).
+        table: the loaded ``@FILE`` mapping.
     """
+    if setting.startswith("@"):
+        table = table if table is not None else load_catalyst_file(setting)
+        key = ",".join(fields)
+        if key in table:
+            return table[key] or None
+        if "*" in table:
+            return table["*"] or None
+        setting = "auto"
     if setting == "none":
         return None
     if setting == "auto":

@@ -189,8 +189,8 @@ class HFEngine:
       the tokenizer, the target code forced as first generated token.
     * M2M100: ``src_lang`` and the target's ``__pt__`` token forced as first token.
     * MADLAD-400 / T5 with ``<2xx>`` tokens: the target tag is prefixed to the input.
-    * Marian: one pair per model, no codes; multi-target Marian models get ``>>xxx<<`` (pass
-      ``tgt_code=``).
+    * Marian: one pair per model, no codes; multi-target Marian models get ``>>pt<<`` when the
+      vocabulary has it (other codes, e.g. ``>>por<<``: pass ``tgt_code=``).
 
     Inputs are sorted by length and batched so that (batch size × longest input) stays within
     ``batch_tokens``; generation runs greedy (or ``num_beams``) with ``max_new_tokens`` bounded by
@@ -267,6 +267,10 @@ class HFEngine:
             self.forced_bos_token_id = vocab[lang_tok]
         elif f"<2{tgt_code or _base_lang(tgt)}>" in vocab:  # MADLAD-400 style target tags
             self.prefix = f"<2{tgt_code or _base_lang(tgt)}> "
+        elif not tgt_code and any(f">>{c}<<" in vocab for c in (tgt, _base_lang(tgt))):
+            # multi-target Marian (opus-mt-en-ROMANCE style): >>pt<< / >>pt_br<< before the text
+            code = tgt if f">>{tgt}<<" in vocab else _base_lang(tgt)
+            self.prefix = f">>{code}<< "
         elif tgt_code:  # multi-target Marian (>>por<<) or any model wanting a target prefix
             self.prefix = tgt_code if tgt_code.endswith(" ") else tgt_code + " "
         if self.forced_bos_token_id is not None and self.forced_bos_token_id == tok.unk_token_id:

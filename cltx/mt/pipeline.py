@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from cltx.errors import CltxError, bad_arg
 from cltx.mt import markers as its
-from cltx.mt.catalyst import catalyst_for
+from cltx.mt.catalyst import catalyst_for, check_setting, load_catalyst_file
 from cltx.mt.engines import Engine, checked_translate, engine_name, input_limit
 from cltx.mt.segment import cores, pack, strip_parts, translate_pieces
 
@@ -87,6 +87,7 @@ class MTConfig:
             raise bad_arg("--it-styles", self.styles, "give at least one style")
         if self.max_errors < 0:
             raise bad_arg("--max-errors", self.max_errors, "use 0 or more")
+        check_setting(self.catalyst)
         if self.style_retries < 0:
             raise bad_arg("--style-retries", self.style_retries, "use 0 or more")
         if self.batch_records < 1:
@@ -188,6 +189,7 @@ class Pipeline:
         self.config = config
         self.hooks = list(hooks)
         self.limit, self.length = input_limit(engine)
+        self._cs_table = load_catalyst_file(config.catalyst) if config.catalyst.startswith("@") else None
         self.errors = 0
         self.last_error: str | None = None
 
@@ -245,7 +247,7 @@ class Pipeline:
             jobs = []
             for w in pending:
                 cores_ = [w.parts[f][1] for f in w.nonempty]
-                cs = catalyst_for(w.nonempty, cfg.catalyst)
+                cs = catalyst_for(w.nonempty, cfg.catalyst, self._cs_table)
                 allowed = tuple(s for s in cfg.styles if s.name not in tried.get(id(w), []))
                 style = its.choose_style([*cores_, cs or ""], allowed)
                 if style is None:
