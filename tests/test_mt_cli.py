@@ -104,3 +104,21 @@ def test_cli_existing_output_needs_resume_or_overwrite(files):
 def test_cli_missing_input_file(tmp_path):
     r = _run(tmp_path / "nope.jsonl", tmp_path / "o.jsonl", "--fields", "question")
     assert r.exit_code == 1 and "nope.jsonl" in _error_line(r)
+
+
+@pytest.mark.integration
+def test_readme_main_command_on_the_sample_data(tmp_path, monkeypatch):
+    """The README's main job, verbatim (output under tmp_path): every sample record translated."""
+    from cltx.paths import data_file
+
+    monkeypatch.chdir(tmp_path)
+    sample = data_file("sample_en.jsonl")
+    fields = "instruction,input,output,question,passage,answer"
+    r = _run(sample, "runs/sample_pt.jsonl", "--fields", fields, "--src", "en", "--tgt", "pt", "--engine", "bergamot")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp_path / "runs/sample_pt.jsonl").read_text().splitlines()]
+    src = [json.loads(x) for x in sample.read_text().splitlines()]
+    assert [x["id"] for x in rows] == [x["id"] for x in src]
+    rep = json.loads((tmp_path / "runs/sample_pt.report.json").read_text())
+    assert rep["failures"] == 0 and rep["joint_success_rate"] >= 0.8
+    assert all(x["_mt"]["status"] in ("joint", "fallback") for x in rows)
