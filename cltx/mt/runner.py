@@ -12,7 +12,9 @@ Sharding (several GPUs or processes). With ``WORLD_SIZE`` > 1 (set by ``torchrun
 ``accelerate launch``, or by hand with ``RANK``), rank r translates the records at positions
 r, r + W, r + 2W … of the valid input into ``OUTPUT.shard-r-of-W`` (and its own rejects), then
 drops a ``.done`` marker. Rank 0 waits for every marker and merges the shards in input order into
-OUTPUT (same bytes as a one-process run), writes the report and removes the shards.
+OUTPUT (same bytes as a one-process run), writes the report and removes the shards. Each rank
+removes its own stale ``.done`` marker when it starts; a sharded run that crashed leaves shard
+files and maybe markers behind — rerun all ranks together (with ``--resume`` to keep their work).
 """
 
 from __future__ import annotations
