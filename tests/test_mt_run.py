@@ -340,3 +340,28 @@ def test_utf8_bom_is_accepted(tmp_path):
     arr.write_bytes('\ufeff[{"question": "c"}]'.encode())
     run_file(arr, tmp_path / "o2.jsonl", Upper(), MTConfig(fields=["question"]))
     assert _rows(tmp_path / "o2.jsonl")[0]["question"] == "C"
+
+
+def test_sharded_resume_in_process(tmp_path):
+    """Ranks run one after the other in this process (rank 0 last: it merges)."""
+    inp = _sample(tmp_path, 17)
+    cfg = MTConfig(fields=FIELDS, batch_records=2)
+    ref = tmp_path / "ref.jsonl"
+    run_file(inp, ref, Upper(), cfg)
+    out = tmp_path / "out.jsonl"
+    assert run_file(inp, out, Upper(), cfg, rank=1, world_size=3) is None
+    assert run_file(inp, out, Upper(), cfg, rank=2, world_size=3) is None
+    with pytest.raises(KeyboardInterrupt):  # rank 0 dies half-way: nothing merged yet
+        run_file(inp, out, InterruptAt(4), cfg, rank=0, world_size=3)
+    assert not out.exists()
+    for rank in (1, 2):  # the finished ranks have nothing left to do
+        run_file(inp, out, InterruptAt(1), cfg, rank=rank, world_size=3, resume=True)
+    report = run_file(inp, out, Upper(), cfg, rank=0, world_size=3, resume=True, merge_timeout=30)
+    assert out.read_bytes() == ref.read_bytes()
+    assert report["records"] == 17
+    assert not [p.name for p in tmp_path.iterdir() if "shard" in p.name]
+    # resuming a finished sharded run changes nothing and translates nothing
+    for rank in (1, 2):
+        run_file(inp, out, InterruptAt(1), cfg, rank=rank, world_size=3, resume=True)
+    run_file(inp, out, InterruptAt(1), cfg, rank=0, world_size=3, resume=True, merge_timeout=30)
+    assert out.read_bytes() == ref.read_bytes()
