@@ -105,6 +105,7 @@ if triton is not None:
         order_ptr,
         out_ptr,
         alpha_ptr,
+        flag_ptr,
         k,
         d_in,
         d_out,
@@ -185,9 +186,22 @@ if triton is not None:
         alpha = -tl.sum(A * r[None, :], axis=1)
         shift = mu - ridge
         step = alpha
+        prev = alpha
         for _ in tl.static_range(REFINE):
+            prev = step
             step = -shift * tl.sum(A * step[None, :], axis=1)
             alpha += step
+        # Converged? The steps are a power iteration of μA⁻¹: ρ = |δ_p|/|δ_{p−1}| estimates
+        # μ/(σ+μ) of the slowest direction and |δ_p|·ρ/(1−ρ) the bias still left. A token whose
+        # fp32 solve has not converged (an ill-conditioned set) is flagged and re-solved by the
+        # reference in float64 (see salt_fit).
+        s_norm = tl.sqrt(tl.sum(step * step, axis=0))
+        p_norm = tl.sqrt(tl.sum(prev * prev, axis=0))
+        a_norm = tl.sqrt(tl.sum(alpha * alpha, axis=0))
+        rho = s_norm / tl.maximum(p_norm, 1e-30)
+        tail = s_norm * rho / tl.maximum(1.0 - rho, 1e-30)
+        unconverged = (rho >= 1.0) | (tail > 1e-5 * a_norm + 1e-30)
+        tl.store(flag_ptr + t, unconverged.to(tl.int8))
         beta = tl.where(first, alpha, 0.0)
         coef = beta * w  # the weight of each distinct neighbour row
         if WRITE_ALPHA:
@@ -219,7 +233,9 @@ def _salt_fit_triton(
     neighbors: torch.Tensor,
     ridge: float,
     return_alpha: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Launch the kernel; returns ``(out, alpha or None, flags)``, flags (n,) int8 = 1 where the
+    fp32 solve had not converged (the caller re-solves those tokens)."""
     n, d_in = x_query.shape
     k = neighbors.shape[1]
     d_out = y_basis.shape[1]
@@ -230,8 +246,9 @@ def _salt_fit_triton(
     nbr = neighbors.contiguous()
     out = torch.empty(n, d_out, dtype=y_basis.dtype, device=y_basis.device)
     alpha = torch.zeros(n, k, dtype=torch.float32, device=y_basis.device) if return_alpha else out
+    flags = torch.zeros(n, dtype=torch.int8, device=y_basis.device)
     if n == 0:
-        return out, (alpha if return_alpha else None)
+        return out, (alpha if return_alpha else None), flags
     cfg = _config(k, d_in, d_out, interpret=interpret)
     eps_full, eps_deficient, refine = regularisation(k, d_in, gram_fp64=False)
     # Tokens sharing their most similar neighbour run side by side (their Y rows stay in L2).
@@ -244,6 +261,7 @@ def _salt_fit_triton(
         order,
         out,
         alpha,
+        flags,
         k,
         d_in,
         d_out,
@@ -267,7 +285,7 @@ def _salt_fit_triton(
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
-    return out, (alpha if return_alpha else None)
+    return out, (alpha if return_alpha else None), flags
 
 
 # ---------------------------------------------------------------------------------------------
@@ -315,7 +333,15 @@ def salt_fit(
             logger.info("salt_fit: k=%d (d_in=%d) runs the reference path on %s", k, d_in, x_query.device)
         path = "reference"
     if path == "triton":
-        out, alpha = _salt_fit_triton(x_query, x_basis, y_basis, neighbors, float(ridge), return_alpha)
+        out, alpha, flags = _salt_fit_triton(x_query, x_basis, y_basis, neighbors, float(ridge), return_alpha)
+        redo = torch.nonzero(flags)[:, 0]
+        if redo.numel():
+            # Ill-conditioned neighbour sets: the reference re-solves them (fp32, then float64).
+            logger.debug("salt_fit: %d of %d tokens re-solved by the reference", redo.numel(), flags.numel())
+            a = salt_alpha_reference(x_query[redo], x_basis, neighbors[redo], ridge=ridge, chunk_size=chunk_size)
+            out[redo] = apply_alpha(a, neighbors[redo], y_basis)
+            if return_alpha:
+                alpha[redo] = a
         return (out, alpha) if return_alpha else out
     if return_alpha:
         alpha = salt_alpha_reference(x_query, x_basis, neighbors, ridge=ridge, chunk_size=chunk_size)

@@ -74,6 +74,8 @@ CASES = [
     ("odd_shapes", 37, 101, 45, 77, 13, 0.1, "fp32"),
     ("d_out_not_block_multiple", 11, 60, 32, 333, 8, 0.0, "fp32"),
     ("k_gt_d_in", 19, 80, 8, 36, 32, 0.05, "fp32_k_gt_d"),
+    # k = d_in: random square sets, cond(G) up to ~1e6; fp32 alone cannot, the float64 redo does.
+    ("square_ill_conditioned", 15, 80, 16, 30, 16, 0.0, "fp32"),
 ]
 
 
@@ -219,10 +221,23 @@ def test_interpreter_kernel_itself_on_k_gt_d_in():
 
     xq, xb, yb, nb = problem(15, 90, 6, 40, 32, pad=0.1, seed=21)
     nb[0, 5:] = nb[0, 4]  # duplicates on top
-    out, alpha = _salt_fit_triton(xq, xb, yb, nb, 0.0, True)
+    out, alpha, _ = _salt_fit_triton(xq, xb, yb, nb, 0.0, True)
     e, scale, a = oracle(xq, xb, yb, nb)
     assert torch.isfinite(out).all() and torch.isfinite(alpha).all()
     assert rel_err(out, e, scale) < TOL["fp32_k_gt_d"]
+
+
+@pytest.mark.interpreter
+def test_interpreter_flags_exactly_the_ill_conditioned_tokens():
+    from cltx.kernels.salt_fit import _salt_fit_triton
+
+    xq, xb, yb, nb = problem(16, 120, 16, 24, 16, seed=31)
+    nb[8:, 6:] = -1  # tokens 8..15: 6 neighbours in 16 dimensions, well conditioned
+    _, _, flags = _salt_fit_triton(xq, xb, yb, nb, 0.0, False)
+    assert flags[8:].sum() == 0
+    assert flags[:8].sum() >= 4  # square random sets: most are too ill-conditioned for fp32
+    e, scale, _ = oracle(xq, xb, yb, nb)
+    assert rel_err(_triton_only(xq, xb, yb, nb), e, scale) < TOL["fp32"]
 
 
 @pytest.mark.interpreter
