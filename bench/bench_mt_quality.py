@@ -168,14 +168,15 @@ def _survival(tr, form, records: list[list[str]]) -> dict:
         masks, start = [], 1
         for t in fields:
             mm = mask(t, form=form, start=start)
-            masks.append(mm)
             start = mm.end
-        if not any(mm.spans for mm in masks):
+            if mm.needs_engine:  # a field that is only spans is restored without the engine
+                masks.append(mm)
+        if len(masks) < 2 or not any(mm.spans for mm in masks):
             continue
         n_joint += 1
-        out = tr(join([mm.text for mm in masks], BRACKET, "The following texts belong to one example."))
+        out = tr(join([mm.text.strip() for mm in masks], BRACKET, "The following texts belong to one example."))
         try:
-            parts = split(out, len(fields), BRACKET)
+            parts = split(out, len(masks), BRACKET)
         except Exception:
             it_lost += 1  # decomposition failed: the pipeline falls back to per-field translation
             continue
