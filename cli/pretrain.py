@@ -39,6 +39,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Continue causal-LM training of MODEL on TEXT (packed blocks, transformers.Trainer), save to OUT."""
         setup_logging(verbose)
+        _quiet_transformers(verbose)
         from rich.table import Table
 
         from cltx.pretrain import pretrain
@@ -75,3 +76,12 @@ def register(app: typer.Typer) -> None:
             table.add_row("tokens/s", f"{rep['tokens_per_s']:.0f} ({rep['device']})")
         table.add_row("wall time", f"{rep['wall_s']:.1f} s")
         out.print(table)
+
+
+def _quiet_transformers(verbose: bool) -> None:
+    """transformers' own tqdm bars (weight loading, shard writing) would interleave with rich's."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if not verbose:
+        hf_logging.set_verbosity_error()

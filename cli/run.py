@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the pipeline in CONFIG (reusing finished stages) and write report.md, report.json and plots."""
         setup_logging(verbose)
+        _quiet_transformers(verbose)
         from rich.table import Table
 
         from cltx.run import build_stages, load_config, run_pipeline
@@ -63,3 +64,12 @@ def register(app: typer.Typer) -> None:
         out.print(
             f"report: {Path(cfg.run.out) / 'report.md'}  (json: report.json; plots: {', '.join(report['plots'])})"
         )
+
+
+def _quiet_transformers(verbose: bool) -> None:
+    """transformers' own tqdm bars (weight loading, shard writing) would interleave with rich's."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    if not verbose:
+        hf_logging.set_verbosity_error()

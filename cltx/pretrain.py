@@ -291,7 +291,7 @@ def pretrain(
         ``tokens_trained``, ``wall_s``, ``tokens_per_s`` and the options used.
     """
     import torch
-    from transformers import Trainer, default_data_collator, set_seed
+    from transformers import PrinterCallback, Trainer, default_data_collator, set_seed
 
     from cltx.models import load_causal_lm
 
@@ -329,6 +329,7 @@ def pretrain(
         processing_class=tok,
         callbacks=[trainer_callback(prog, "pretrain")],
     )
+    trainer.remove_callback(PrinterCallback)  # progress and logs go through cltx.progress, not print()
     resume_from = None
     if resume:
         ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))

@@ -99,25 +99,30 @@ def mt_section(results: dict[str, dict]) -> tuple[dict, list[dict]]:
                 lower_is_better=False,
             )
         )
-    sec["split"] = {k: joint.get(k) for k in ("train_records", "half_records", "heldout_records")}
+    sec["split"] = {k: joint.get(k) for k in ("train_records", "heldout_records")}
     return sec, claims
 
 
 def salt_section(results: dict[str, dict]) -> tuple[dict, list[dict]]:
-    salt = results.get("salt")
-    if not salt:
+    salt = results.get("salt") or {}
+    if not salt and not any(k.startswith("pretrain-") for k in results):
         return {}, []
     bpb = {m: _num(v) for m, v in (salt.get("bits_per_byte") or {}).items()}
-    sec: dict[str, Any] = {
-        "llm": salt.get("llm"),
-        "plm": salt.get("plm"),
-        "eval_text": salt.get("eval_text"),
-        "bits_per_byte_after_init": bpb,
-        "base_llm_bits_per_byte": _num(salt.get("base_bits_per_byte")),
-        "overlap": salt.get("overlap"),
-        "vocab_size": salt.get("vocab_size"),
-        "note": salt.get("note"),
-    }
+    sec: dict[str, Any] = (
+        {}
+        if not salt
+        else {
+            "llm": salt.get("llm"),
+            "plm": salt.get("plm"),
+            "eval_text": salt.get("eval_text"),
+            "bits_per_byte_after_init": bpb,
+            "base_llm_bits_per_byte": _num(salt.get("base_bits_per_byte")),
+            "overlap": salt.get("overlap"),
+            "vocab_size": salt.get("vocab_size"),
+            "new_tokens": salt.get("new_tokens"),
+            "note": salt.get("note"),
+        }
+    )
     claims = []
     for peer in ("focus", "random"):
         if "salt" in bpb and peer in bpb:
@@ -194,6 +199,7 @@ def clo_section(results: dict[str, dict]) -> tuple[dict, list[dict]]:
         curve = r.get("curve") or []
         sec["training"][name] = {
             "method": r.get("method"),
+            "input_records": r.get("input_records"),
             "records": r.get("records"),
             "pairs": r.get("pairs"),
             "steps": r.get("steps"),
@@ -391,7 +397,7 @@ def render_markdown(report: dict) -> str:
         ]
         tr = clo.get("training") or {}
         if tr:
-            cols = ["method", "records", "steps", "first_loss", "last_loss", "last_margin", "wall_s"]
+            cols = ["method", "input_records", "records", "steps", "first_loss", "last_loss", "last_margin", "wall_s"]
             md += ["", _table(["run"] + cols, [[n] + [r.get(c) for c in cols] for n, r in tr.items()])]
             md += ["", "![CLO vs SFT](clo_vs_sft.png)"]
     md += ["", "## Machine, versions, timings", ""]

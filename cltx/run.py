@@ -164,11 +164,13 @@ class CLOOptions:
     train: str = "attention"
     max_length: int = 256
     bf16: bool = False
+    train_records: int = 0
     compare_sft: bool = True
     half_pairs: bool = True
 
     def __post_init__(self):
         _choice("clo.train", self.train, ("attention", "full", "lora"))
+        _nonneg("clo.train_records", self.train_records)
         for name in ("max_steps", "batch_size", "grad_accum", "max_length"):
             _positive(f"clo.{name}", getattr(self, name))
         if not 0.0 <= self.lam <= 1.0:
@@ -733,14 +735,14 @@ def run_pipeline(
         if marker and marker.get("key") == s.key and s.name not in forced:
             ctx.results[s.name] = marker.get("result", {})
             timings[s.name] = {"reused": True, "wall_s": marker.get("wall_s"), "key": s.key}
-            prog.message(f"[{s.name}] reused (finished earlier, inputs and options unchanged)")
+            prog.message(f"stage {s.name}: reused (finished earlier, inputs and options unchanged)")
             prog.advance("run", 1)
             continue
         if d.exists():
             shutil.rmtree(d)
         d.mkdir(parents=True)
         why = "forced" if s.name in forced else ("options or inputs changed" if marker else "not run yet")
-        prog.message(f"[{s.name}] running ({why})")
+        prog.message(f"stage {s.name}: running ({why})")
         t0 = time.perf_counter()
         result = s.fn(ctx, s)
         wall = time.perf_counter() - t0
@@ -859,16 +861,14 @@ def _stage_mt(ctx: RunContext, st: Stage) -> dict[str, Any]:
             f"mt: only {len(train)} usable training records after holding out {n_held}; fix: raise mt.limit "
             "or lower mt.held_out"
         )
-    half = [usable[i] for i in sorted(order[n_held : n_held + max(1, len(train) // 2)])]
     _write_jsonl(d / "train.jsonl", train)
-    _write_jsonl(d / "train_half.jsonl", half)
     _write_jsonl(d / "heldout.jsonl", held)
     fields = o["fields"]
     for name, part in (("train", train), ("heldout", held or train[:2])):
         for side in ("source", "target"):
             docs = [_doc(r.get("_source") or {}, fields) if side == "source" else _doc(r, fields) for r in part]
             (d / f"{name}_{side}.txt").write_text("\n".join(x for x in docs if x) + "\n", encoding="utf-8")
-    result.update({"train_records": len(train), "half_records": len(half), "heldout_records": len(held)})
+    result.update({"train_records": len(train), "heldout_records": len(held)})
     return result
 
 
@@ -907,13 +907,169 @@ def _stage_pretrain(ctx: RunContext, st: Stage) -> dict[str, Any]:
     return rep
 
 
+OFFLINE_SALT_NOTE = (
+    "Offline, the PLM is MiniLM-L6 — an English, uncased, accent-stripping model — so this SALT stage is an "
+    "English vocabulary swap scored on English text, not a transfer to the target language. A real run points "
+    "salt.plm at a target-language PLM and sets salt.eval_text / pretrain.text to 'target'."
+)
+
+
 def _stage_salt(ctx: RunContext, st: Stage) -> dict[str, Any]:
-    raise CltxError("salt stage: waiting for the cltx.salt Python API")
+    from cltx.pretrain import read_documents
+    from cltx.salt import SaltConfig, VocabularyTransfer
+
+    o, d = st.options, ctx.dir(st.name)
+    eval_path = _text_file(ctx, o["eval_text"], "heldout")
+    docs = read_documents(eval_path)
+    methods = list(dict.fromkeys(o["methods"]))
+    scfg = SaltConfig(
+        llm=o["llm"],
+        plm=o["plm"],
+        method=methods[0] if len(methods) == 1 else "all",
+        vectors=o["vectors"] or None,
+        eval_text=str(eval_path),
+        seed=o["seed"],
+        device=ctx.cfg.device,
+    )
+    # The steps of cltx salt --method all, for the configured subset of methods: one matching,
+    # one neighbour computation, every init scored on the same held-out text before any training.
+    t = VocabularyTransfer(scfg, ctx.progress)
+    t.check()
+    t.load()
+    base = t.evaluate(docs, original=True)
+    t.neighbours()
+    result: dict[str, Any] = {
+        "llm": o["llm"],
+        "plm": o["plm"],
+        "eval_text": str(eval_path),
+        "base_bits_per_byte": base["bits_per_byte"],
+        "matching": t.matching.summary(),
+        "bits_per_byte": {},
+        "models": {},
+        "methods": {},
+    }
+    ctx.progress.start("salt", total=len(methods), description="salt inits")
+    for method in methods:
+        init = t.initialize(method)
+        t.apply(init)
+        ev = t.evaluate(docs)
+        target = d / method
+        t.save(init, target, extra={"eval": ev, "eval_text": str(eval_path)})
+        result["bits_per_byte"][method] = ev["bits_per_byte"]
+        result["models"][method] = str(target)
+        result["methods"][method] = {
+            "bits_per_byte": ev["bits_per_byte"],
+            "loss": ev["loss"],
+            "fallback_random": init.info.get("fallback_random", 0),
+            "init_seconds": init.info.get("init_seconds"),
+        }
+        ctx.progress.advance("salt", 1)
+    ctx.progress.finish("salt")
+    summary = result["matching"]
+    result["overlap"] = summary.get("overlap") if isinstance(summary, dict) else None
+    result["vocab_size"] = summary.get("plm_vocab_size") if isinstance(summary, dict) else None
+    result["new_tokens"] = summary.get("new_tokens") if isinstance(summary, dict) else None
+    result["timings"] = dict(t.timings)
+    if o["plm"] == "minilm-l6":
+        result["note"] = OFFLINE_SALT_NOTE
+    return result
+
+
+def _base_model(ctx: RunContext, name: str) -> str:
+    if name.startswith("pretrain:"):
+        return ctx.results[f"pretrain-{name.split(':', 1)[1]}"]["model_dir"]
+    return name
 
 
 def _stage_clo(ctx: RunContext, st: Stage) -> dict[str, Any]:
-    raise CltxError("clo stage: waiting for the cltx.clo Python API")
+    from cltx.clo import train_clo
+
+    o, d = st.options, ctx.dir(st.name)
+    rows = _read_jsonl(ctx.dir("mt") / "train.jsonl")
+    if o["train_records"]:
+        rows = rows[: o["train_records"]]
+    if o["pairs"] == "half":
+        rows = rows[: max(1, len(rows) // 2)]
+    data = d / "train.jsonl"
+    _write_jsonl(data, rows)
+    rep = train_clo(
+        _base_model(ctx, o["model"]),
+        data,
+        d / "model",
+        method=o["method"],
+        lam=o["lam"],
+        beta=o["beta"],
+        train_mode=o["train"],
+        max_steps=o["max_steps"],
+        batch_size=o["batch_size"],
+        grad_accum=o["grad_accum"],
+        lr=o["lr"],
+        max_length=o["max_length"],
+        bf16=o["bf16"] and ctx.cfg.device == "cuda",
+        seed=o["seed"],
+        logging_steps=1,
+        progress=ctx.progress,
+    )
+    curve = [
+        {
+            "step": int(h["step"]),
+            "loss": float(h["loss"]),
+            "nll": h.get("nll"),
+            "margin": h.get("rewards/margins"),
+            "accuracy": h.get("rewards/accuracies"),
+        }
+        for h in rep.get("log_history", [])
+        if "loss" in h and "step" in h
+    ]
+    used = (rep.get("data_report") or {}).get("used")
+    return {
+        "method": o["method"],
+        "pairs_from": o["pairs"],
+        "input_records": len(rows),
+        "records": used,
+        "pairs": 2 * used if isinstance(used, int) else None,
+        "steps": rep.get("steps"),
+        "tokens": rep.get("tokens"),
+        "tokens_per_s": rep.get("tokens_per_second"),
+        "wall_s": rep.get("train_seconds"),
+        "train_loss": rep.get("train_loss"),
+        "reference": rep.get("reference"),
+        "data_report": rep.get("data_report"),
+        "curve": curve,
+        "model_dir": str(d / "model"),
+    }
 
 
 def _stage_eval(ctx: RunContext, st: Stage) -> dict[str, Any]:
-    raise CltxError("eval stage: waiting for the cltx eval Python API")
+    from cltx.clo import evaluate_models
+
+    o, d = st.options, ctx.dir(st.name)
+    entries: list[tuple[str, str]] = []
+    if o["include_base"]:
+        entries.append(("base", _base_model(ctx, o["base_model"])))
+    for name in ("clo", "sft", "clo-half"):
+        if name in ctx.results:
+            entries.append((name, ctx.results[name]["model_dir"]))
+    res = evaluate_models(
+        [path for _, path in entries],
+        ctx.dir("mt") / "heldout.jsonl",
+        tgt=o["tgt"],
+        limit=o["prompts"],
+        max_new_tokens=o["max_new_tokens"],
+        max_length=o["max_length"],
+        out=d / "eval.json",
+        progress=ctx.progress,
+    )
+    models = {}
+    for (name, path), r in zip(entries, res["models"], strict=True):
+        models[name] = {
+            "path": path,
+            "target_prompt_share": r["tgt"]["in_prompt_language"],
+            "english_prompt_share": r["en"]["in_prompt_language"],
+            "nll_target": r["tgt"]["nll"],
+            "nll_english": r["en"]["nll"],
+            "prompts": r["tgt"]["prompts"],
+            "detected_target_prompts": r["tgt"]["detected"],
+            "detected_english_prompts": r["en"]["detected"],
+        }
+    return {"tgt": res["tgt"], "usable": res["usable"], "models": models, "samples": str(d / "eval.json")}

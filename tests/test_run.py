@@ -195,9 +195,6 @@ def test_interrupted_run_resumes_and_edits_rerun_downstream(tmp_path, tiny_llama
     assert rep["stages"]["pretrain-base"]["reused"]
 
 
-# ------------------------------------------------------------------------------ end to end
-
-
 def _finite_numbers(obj, path="") -> list[str]:
     """Paths of numbers that are not finite."""
     bad = []
@@ -210,6 +207,47 @@ def _finite_numbers(obj, path="") -> list[str]:
     elif isinstance(obj, float) and not math.isfinite(obj):
         bad.append(path)
     return bad
+
+
+def test_tiny_pipeline_wires_clo_sft_eval_and_report(tmp_path, tiny_llama):
+    """Every stage but salt on a tiny Llama: the report's CLO section and plots come from real runs."""
+    base = _small_config(tmp_path, tiny_llama, steps=2, limit=14).read_text()
+    cfg = base.replace("[clo]\nenabled = false", "").replace("[eval]\nenabled = false", "")
+    cfg += textwrap.dedent(
+        """
+        [clo]
+        model = "pretrain:base"
+        max_steps = 3
+        batch_size = 1
+        lr = 1e-3
+        max_length = 96
+        train = "full"
+        [eval]
+        prompts = 2
+        max_new_tokens = 3
+        """
+    )
+    p = tmp_path / "tiny.toml"
+    p.write_text(cfg)
+    rep = run_pipeline(p)
+    run = tmp_path / "out"
+    clo = rep["clo"]
+    assert set(clo["models"]) == {"base", "clo", "sft", "clo-half"}
+    for m in clo["models"].values():
+        assert 0.0 <= m["target_prompt_share"] <= 1.0 and math.isfinite(m["nll_target"])
+    tr = clo["training"]
+    assert [c["step"] for c in tr["clo"]["curve"]] == [1, 2, 3]
+    assert tr["clo-half"]["input_records"] == tr["clo"]["input_records"] // 2 == 5
+    assert all(c["margin"] is not None for c in tr["clo"]["curve"])
+    assert all(c["margin"] is None for c in tr["sft"]["curve"])
+    checks = {c["check"] for c in rep["claims"]}
+    assert {"clo > sft", "clo < sft", "clo-half > sft", "joint > separate"} <= checks
+    assert (run / "clo_vs_sft.png").stat().st_size > 1000 and (run / "pretrain_loss.png").exists()
+    assert "## CLO vs SFT" in (run / "report.md").read_text()
+    assert not _finite_numbers(json.loads((run / "report.json").read_text()))
+
+
+# ------------------------------------------------------------------------------ end to end
 
 
 @pytest.mark.integration
