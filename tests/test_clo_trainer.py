@@ -173,11 +173,17 @@ def test_sft_method_trains_on_both_directions(tmp_path, tok):
         CLOTrainer(tiny_llama(tok), _args(tmp_path, method="clo"), bins, processing_class=tok)
 
 
-def test_lora_trains_and_saves_a_merged_model(tmp_path, tok):
+def test_lora_trains_and_saves_a_merged_model(tmp_path, tok, monkeypatch):
+    monkeypatch.setenv("CLTX_CACHE", str(tmp_path / "cache"))
     model = tiny_llama(tok)
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    rep = train_clo(model, tiny_records(6), tmp_path / "lora", tokenizer=tok, train_mode="lora", max_steps=3, lr=2e-2)
-    assert rep["steps"] == 3
+    lora = dict(tokenizer=tok, train_mode="lora", logging_steps=1)
+    rep = train_clo(model, tiny_records(6), tmp_path / "lora", max_steps=3, lr=2e-2, **lora)
+    assert rep["steps"] == 3 and not rep["reference"]["cache_hit"]
+    assert rep["first_log"]["rewards/margins"] == 0.0
+    # the fresh adapter is not part of the starting function: the same base model hits the cache
+    rep2 = train_clo(tiny_llama(tok), tiny_records(6), tmp_path / "l2", max_steps=1, **lora)
+    assert rep2["reference"]["cache_hit"]
     saved = LlamaForCausalLM.from_pretrained(tmp_path / "lora").state_dict()
     assert not any("lora" in k for k in saved)
     assert any(not torch.equal(saved[k], start[k]) for k in saved if "q_proj" in k)

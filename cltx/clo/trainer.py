@@ -188,6 +188,9 @@ class CLOTrainer(Trainer):
         if isinstance(model, CLOModel):
             wrapper = model
         else:
+            from transformers import set_seed
+
+            set_seed(args.seed)  # a LoRA adapter's initial A matrices come from this seed
             policy = set_trainable(model, args.train_mode, lora_r=args.lora_r, lora_alpha=args.lora_alpha)
             disable_dropout(policy)
             wrapper = CLOModel(
@@ -435,6 +438,9 @@ class CLOTrainer(Trainer):
     def save_final(self, output_dir: str | os.PathLike) -> Path:
         """Save the trained model (LoRA merged) as safetensors with its tokenizer."""
         out = Path(output_dir)
+        if self.is_fsdp_enabled:  # every rank takes part in gathering the full state dict
+            self.save_model(str(out))
+            return out
         if not self.args.should_save:
             return out
         out.mkdir(parents=True, exist_ok=True)
