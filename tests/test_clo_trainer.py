@@ -215,3 +215,18 @@ def test_activation_checkpointing_gives_the_same_run(tmp_path, tok):
         torch.testing.assert_close(runs[1][k], v, rtol=1e-5, atol=1e-6)
         moved += "q_proj" in k and not torch.equal(v, tiny_llama(tok).state_dict()[k])
     assert moved == 2
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_run_through_the_triton_kernel(tmp_path, tok, monkeypatch):
+    monkeypatch.setenv("CLTX_CACHE", str(tmp_path / "cache"))
+    model = tiny_llama(tok, hidden=64)
+    args = _args(tmp_path, use_cpu=False, bf16=True, train_mode="full", max_steps=16)
+    tr = CLOTrainer(model, args, _bins(tok, n=16), processing_class=tok)
+    assert next(tr.model.parameters()).is_cuda
+    m = step_zero_metrics(tr)
+    assert torch.count_nonzero(m["margins"]) == 0 and torch.count_nonzero(m["rewards_chosen"]) == 0
+    tr.train()
+    loss = _logs(tr, "loss")
+    assert _logs(tr, "rewards/margins")[0] == 0.0
+    assert sum(loss[-4:]) / 4 < sum(loss[:4]) / 4 - 0.05
