@@ -34,6 +34,7 @@ from cltx.errors import CltxError, bad_arg
 from cltx.mt import markers as its
 from cltx.mt.catalyst import catalyst_for, check_setting, load_catalyst_file
 from cltx.mt.engines import Engine, checked_translate, engine_name, input_limit
+from cltx.mt.protect import MarkerError as ProtectMarkerError
 from cltx.mt.segment import cores, pack, strip_parts, translate_pieces
 
 logger = logging.getLogger(__name__)
@@ -56,6 +57,13 @@ class MTConfig:
         batch_records: records per engine round (also the unit of incremental writing).
         style_retries: joint re-tries with the next free IT style for a record whose markers did not
             come back intact, before it falls back to field by field (0: fall back at once).
+        protect: mask protected spans (code, URLs, e-mails, placeholders, markup) before translation
+            and restore them byte for byte after (cltx.mt.protect); a lost marker sends the record
+            down the fallback path (``_mt.reason``/``_mt.protect``).
+        protect_patterns: extra user regexes to protect (``--protect``), matched before the built-ins.
+        quality: run the quality checks (cltx.mt.quality) and record ``_mt.flags``.
+        on_flag: what a flagged record gets: ``keep`` (marked), ``retry`` (other mode, better kept)
+            or ``reject`` (to the rejects file).
     """
 
     fields: list[str]
@@ -68,6 +76,10 @@ class MTConfig:
     max_errors: int = 10
     batch_records: int = 32
     style_retries: int = 1
+    protect: bool = True
+    protect_patterns: tuple[str, ...] = ()
+    quality: bool = False
+    on_flag: str = "keep"
 
     def __post_init__(self) -> None:
         if isinstance(self.fields, str):
@@ -95,6 +107,13 @@ class MTConfig:
         for s in (self.src, self.tgt):
             if not s or not s.strip():
                 raise bad_arg("--src/--tgt", s, "give a language code such as en or pt")
+        from cltx.mt.protect import compile_patterns
+        from cltx.mt.quality import ON_FLAG
+
+        self.protect_patterns = tuple(self.protect_patterns)
+        compile_patterns(self.protect_patterns)  # a bad --protect regex fails before any work
+        if self.on_flag not in ON_FLAG:
+            raise bad_arg("--on-flag", self.on_flag, f"choose one of {', '.join(ON_FLAG)}")
 
     def fingerprint(self) -> dict:
         """What must match between a run and its ``--resume``."""
@@ -107,6 +126,10 @@ class MTConfig:
             "catalyst": self.catalyst,
             "require_all": self.require_all,
             "style_retries": self.style_retries,
+            "protect": self.protect,
+            "protect_patterns": list(self.protect_patterns),
+            "quality": self.quality,
+            "on_flag": self.on_flag,
         }
 
 
@@ -120,6 +143,8 @@ class RecordResult:
         source: ``{field: English text}`` for every translated field.
         translated: ``{field: translation}``.
         meta: becomes ``_mt`` (``status``, ``it_style``, ``split``, ``reason``, ``error`` …).
+        rejected: the quality gate sent it to the rejects file (``--on-flag reject``).
+        extras: not written; for hooks (``catalyst``: the English CS, ``catalyst_translated``).
     """
 
     line: int
@@ -127,6 +152,8 @@ class RecordResult:
     source: dict[str, str]
     translated: dict[str, str]
     meta: dict = field(default_factory=dict)
+    rejected: bool = False
+    extras: dict = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -168,6 +195,14 @@ class _Work:
         self.present = [f for f in fields if isinstance(record.get(f), str)]
         self.parts = {f: strip_parts(record[f]) for f in self.present}
         self.nonempty = [f for f in self.present if self.parts[f][1]]
+        # What goes to the engine: all non-empty fields as they are, unless protection masks them
+        # (then fields that are only protected spans are restored without the engine: ``direct``).
+        self.send = list(self.nonempty)
+        self.texts = {f: self.parts[f][1] for f in self.nonempty}
+        self.masks: dict = {}
+        self.direct: dict[str, str] = {}
+        self.cs: str | None = None
+        self.cs_translated: str | None = None
         self.meta: dict = {"line": line}
         self.translated: dict[str, str] = {}
         self.joint: _Job | None = None
@@ -184,14 +219,66 @@ class Pipeline:
         hooks: callables run on every :class:`RecordResult` before it is returned.
     """
 
-    def __init__(self, engine: Engine, config: MTConfig, hooks: Sequence[RecordHook] = ()) -> None:
+    def __init__(self, engine: Engine, config: MTConfig, hooks: Sequence[RecordHook] = (), *, quality=None) -> None:
+        from cltx.mt.protect import compile_patterns
+
         self.engine = engine
         self.config = config
         self.hooks = list(hooks)
+        self._patterns = compile_patterns(config.protect_patterns) if config.protect else None
+        if quality is None and config.quality:
+            from cltx.mt.quality import QualityConfig, QualityGate
+
+            quality = QualityGate(QualityConfig(src=config.src, tgt=config.tgt), config.on_flag)
+        self.quality = quality  # cltx.mt.quality.QualityGate or None
+        self._siblings: dict[str, Pipeline] = {}
         self.limit, self.length = input_limit(engine)
         self._cs_table = load_catalyst_file(config.catalyst) if config.catalyst.startswith("@") else None
         self.errors = 0
         self.last_error: str | None = None
+
+    def sibling(self, mode: str) -> Pipeline:
+        """A pipeline like this one in another ``mode`` (same engine; no hooks, no quality gate)."""
+        if mode not in self._siblings:
+            import dataclasses
+
+            cfg = dataclasses.replace(self.config, mode=mode, quality=False)
+            self._siblings[mode] = Pipeline(self.engine, cfg)
+        return self._siblings[mode]
+
+    # ---------------------------------------------------------------- protected spans
+    def _mask(self, w: _Work) -> None:
+        """Mask the record's protected spans; fields that are only spans skip the engine."""
+        from cltx.mt.protect import mask_record
+
+        if self._patterns is None or not w.nonempty:
+            return
+        cs = catalyst_for(w.nonempty, self.config.catalyst, self._cs_table)
+        masks = mask_record([w.parts[f][1] for f in w.nonempty], self._patterns, avoid=[cs or ""])
+        if not any(m.spans or m.suffix for m in masks):
+            return
+        w.masks = dict(zip(w.nonempty, masks, strict=True))
+        w.meta["protected"] = sum(len(m.spans) + bool(m.suffix) for m in masks)
+        w.send = [f for f in w.nonempty if w.masks[f].needs_engine]
+        w.texts = {f: w.masks[f].text.strip() for f in w.send}
+        w.direct = {f: w.masks[f].suffix for f in w.nonempty if not w.masks[f].needs_engine}
+
+    def _restore(self, w: _Work, field_name: str, out: str) -> str:
+        """The translation of one field with its protected spans back (raises MarkerError)."""
+        from cltx.mt.protect import unmask
+
+        m = w.masks.get(field_name)
+        return out if m is None else unmask(out, m)
+
+    def _restore_or_around(self, w: _Work, field_name: str, out: str) -> str:
+        """Field-by-field path: restore, or (marker lost) translate around the spans instead."""
+        from cltx.mt.protect import MarkerError, translate_around
+
+        try:
+            return self._restore(w, field_name, out)
+        except MarkerError as e:
+            w.meta.setdefault("protect", {})[field_name] = {**e.as_dict(), "fallback": "translated around the spans"}
+            return translate_around(lambda texts: checked_translate(self.engine, texts), w.masks[field_name])
 
     # ---------------------------------------------------------------- engine calls
     def _run_jobs(self, jobs: list[_Job]) -> None:
@@ -236,8 +323,12 @@ class Pipeline:
         works = [_Work(line, rec, cfg.fields) for line, rec in items]
         pending: list[_Work] = []
         for w in works:
+            self._mask(w)
             if not w.nonempty:
                 w.meta["status"] = "empty"
+            elif not w.send:  # only protected spans: nothing for the engine
+                w.meta["status"] = "empty"
+                w.translated = dict(w.direct)
             elif cfg.mode == "joint":
                 pending.append(w)
         # Joint rounds: the first style the record allows, then (style_retries) the next ones for
@@ -246,8 +337,9 @@ class Pipeline:
         for attempt in range(1 + cfg.style_retries):
             jobs = []
             for w in pending:
-                cores_ = [w.parts[f][1] for f in w.nonempty]
-                cs = catalyst_for(w.nonempty, cfg.catalyst, self._cs_table)
+                cores_ = [w.texts[f] for f in w.send]
+                cs = catalyst_for(w.send, cfg.catalyst, self._cs_table)
+                w.cs = cs
                 allowed = tuple(s for s in cfg.styles if s.name not in tried.get(id(w), []))
                 style = its.choose_style([*cores_, cs or ""], allowed)
                 if style is None:
@@ -272,13 +364,23 @@ class Pipeline:
                 if w.joint.error is not None:
                     w.meta["reason"] = f"engine error: {w.joint.error}"
                     continue
+                joint_out = w.joint.result()
                 try:
-                    parts = its.split(w.joint.result(), len(w.nonempty), w.style)  # type: ignore[arg-type]
+                    parts = its.split(joint_out, len(w.send), w.style)  # type: ignore[arg-type]
                 except its.DecompositionError as e:
                     w.meta["reason"] = str(e)
                     retry.append(w)
                     continue
-                w.translated = dict(zip(w.nonempty, parts, strict=True))
+                try:
+                    restored = {f: self._restore(w, f, p) for f, p in zip(w.send, parts, strict=True)}
+                except ProtectMarkerError as e:
+                    # a lost protected-span marker: straight to the field-by-field path, and say so
+                    w.meta["reason"] = "protected span marker lost"
+                    w.meta["protect"] = {"joint": e.as_dict()}
+                    continue
+                w.translated = {**restored, **w.direct}
+                first = w.style.regex.search(joint_out)  # type: ignore[union-attr]
+                w.cs_translated = joint_out[: first.start()].strip() if first and w.cs else None
                 w.meta["status"] = "joint"
                 w.meta.pop("reason", None)
                 if attempt:
@@ -293,8 +395,8 @@ class Pipeline:
                 continue
             if len(tried.get(id(w), [])) > 1:
                 w.meta["it_styles_tried"] = tried[id(w)]
-            for f in w.nonempty:
-                w.separate[f] = _Job(w.parts[f][1], self.limit, self.length)
+            for f in w.send:
+                w.separate[f] = _Job(w.texts[f], self.limit, self.length)
                 sep_jobs.append(w.separate[f])
         self._run_jobs(sep_jobs)
 
@@ -311,7 +413,8 @@ class Pipeline:
                     w.meta["error"] = "; ".join(f"{f}: {e}" for f, e in failed.items())[:500]
                     w.translated = {}
                 else:
-                    w.translated = {f: j.result() for f, j in w.separate.items()}
+                    done = {f: self._restore_or_around(w, f, j.result()) for f, j in w.separate.items()}
+                    w.translated = {**done, **w.direct}
             # put the outer whitespace back; empty fields stay as they were
             translated = {}
             for f in w.present:
@@ -324,11 +427,17 @@ class Pipeline:
             meta = {"line": w.line, "status": w.meta["status"]}
             meta.update({k: v for k, v in w.meta.items() if k not in meta})
             res = RecordResult(w.line, w.record, source, translated, meta)
+            if w.cs:
+                res.extras["catalyst"] = w.cs
+                res.extras["catalyst_translated"] = w.cs_translated
             if meta["status"] in ("fallback", "failed"):
                 logger.info("line %d: %s (%s)", w.line, meta["status"], meta.get("error") or meta.get("reason"))
+            results.append(res)
+        if self.quality is not None:
+            results = self.quality.process(results, self)
+        for res in results:
             for hook in self.hooks:
                 hook(res)
-            results.append(res)
         n_failed = sum(r.status == "failed" for r in results)
         if n_failed:
             self.errors += n_failed

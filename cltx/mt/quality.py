@@ -43,6 +43,8 @@ from cltx.errors import bad_arg
 
 __all__ = [
     "FLAG_NAMES",
+    "ON_FLAG",
+    "QualityGate",
     "base_lang",
     "language_probs",
     "summarize",
@@ -509,3 +511,91 @@ def summarize(all_flags: Iterable[tuple[Mapping[str, Mapping[str, object]], int]
     for flags, n in all_flags:
         s.add(flags, n)
     return s
+
+
+# --------------------------------------------------------------------------------------------- pipeline gate
+ON_FLAG = ("keep", "retry", "reject")
+
+
+class QualityGate:
+    """Runs the checks on each translated record of a pipeline batch and applies ``on_flag``.
+
+    * ``keep``: flags go to ``_mt.flags`` (``{field: {flag: detail}}``), nothing else changes.
+    * ``retry``: a flagged record is translated again in the other mode (joint ↔ separate); the
+      translation with fewer flags is kept (the first on a tie) and ``_mt.retry`` says what happened.
+    * ``reject``: a flagged record is marked ``rejected``; the runner writes it to the rejects file
+      instead of the output (every input line still lands exactly once).
+
+    The Catalyst Statement leftover check looks for the record's English CS and for every
+    translation of that CS seen so far in the run (the text before the first Indicator Token of
+    successful joint records).
+    """
+
+    def __init__(self, config: QualityConfig, on_flag: str = "keep") -> None:
+        if on_flag not in ON_FLAG:
+            raise bad_arg("--on-flag", on_flag, f"choose one of {', '.join(ON_FLAG)}")
+        self.config = config
+        self.on_flag = on_flag
+        self.summary = QualitySummary()
+        self.retried = 0
+        self.retry_kept = 0
+        self._cs: dict[str, set[str]] = {}
+
+    def _catalysts(self, res) -> list[str]:
+        cs, cs_tr = res.extras.get("catalyst"), res.extras.get("catalyst_translated")
+        if not cs:
+            return []
+        seen = self._cs.setdefault(cs, set())
+        if cs_tr and len(seen) < 8:
+            seen.add(cs_tr)
+        return [cs, *sorted(seen)]
+
+    def flags(self, res) -> dict[str, dict[str, dict]]:
+        if res.meta.get("status") in ("failed", "empty"):
+            return {}
+        sources = {f: v for f, v in res.source.items() if isinstance(v, str) and v.strip()}
+        return check_record(sources, res.translated, self.config, catalysts=self._catalysts(res))
+
+    def process(self, results: list, pipeline) -> list:
+        """Check ``results`` (cltx.mt.pipeline.RecordResult) in place; retry or mark them per ``on_flag``."""
+        flagged = []
+        for res in results:
+            f = self.flags(res)
+            if f:
+                res.meta["flags"] = f
+                flagged.append(res)
+        if flagged and self.on_flag == "retry":
+            self._retry(flagged, pipeline)
+        for res in results:
+            f = res.meta.get("flags", {})
+            self.summary.add(f, sum(1 for v in res.source.values() if isinstance(v, str) and v.strip()))
+            if f and self.on_flag == "reject":
+                res.rejected = True
+        return results
+
+    def _retry(self, flagged: list, pipeline) -> None:
+        other = "separate" if pipeline.config.mode == "joint" else "joint"
+        sibling = pipeline.sibling(other)
+        again = sibling.translate_batch([(r.line, r.record) for r in flagged])
+        for first, second in zip(flagged, again, strict=True):
+            self.retried += 1
+            f2 = self.flags(second) if second.meta.get("status") != "failed" else None
+            n1 = flag_count(first.meta["flags"])
+            info = {"mode": other, "flags_first": n1, "flags_retry": None if f2 is None else flag_count(f2)}
+            if f2 is not None and flag_count(f2) < n1:
+                self.retry_kept += 1
+                status = second.meta["status"]
+                if pipeline.config.mode == "joint" and status == "separate":
+                    status = "fallback"
+                meta = {**second.meta, "status": status, "retry": {**info, "kept": "retry"}}
+                if other == "separate":
+                    meta["reason"] = "quality flags: kept the field-by-field translation"
+                if f2:
+                    meta["flags"] = f2
+                else:
+                    meta.pop("flags", None)
+                first.translated = dict(second.translated)
+                first.meta = {"line": first.line, **{k: v for k, v in meta.items() if k != "line"}}
+                first.extras = dict(second.extras)
+            else:
+                first.meta["retry"] = {**info, "kept": "first"}
