@@ -1,0 +1,85 @@
+"""Turn a PLM's tokenizer into one fit for causal generation.
+
+A masked-LM tokenizer wraps every text as ``[CLS] text [SEP]``; a causal LM must not see an end
+marker after its prompt, and it needs an eos that generation stops on. The new tokenizer keeps the
+PLM's vocabulary, normaliser, pre-tokenizer, model and decoder, and replaces the post-processor:
+it prepends the bos exactly when the LLM's own tokenizer does, and never appends anything. Its
+bos/eos/pad/unk are the PLM's tokens that play those roles (BERT: ``[CLS]``, ``[SEP]``, ``[PAD]``,
+``[UNK]``), whose embedding rows come from the LLM's tokens of the same role.
+"""
+
+from __future__ import annotations
+
+from cltx.errors import CltxError
+
+
+def llm_adds_bos(llm_tokenizer) -> bool:
+    """Whether the LLM's tokenizer puts its bos in front of a plain text."""
+    bos = llm_tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = llm_tokenizer("a", add_special_tokens=True)["input_ids"]
+    return bool(ids) and ids[0] == bos
+
+
+def _max_length(llm_tokenizer, llm_config) -> int:
+    n = getattr(llm_tokenizer, "model_max_length", None)
+    if isinstance(n, int) and 0 < n < 10**8:
+        return n
+    text_config = llm_config.get_text_config() if hasattr(llm_config, "get_text_config") else llm_config
+    n = getattr(text_config, "max_position_embeddings", None)
+    return int(n) if n else 2048
+
+
+def causal_tokenizer(plm_tokenizer, llm_tokenizer, roles: dict[str, tuple[int, int]], llm_config):
+    """Build the new model's tokenizer.
+
+    Args:
+        plm_tokenizer: the PLM's fast tokenizer.
+        llm_tokenizer: the LLM's fast tokenizer (for bos behaviour, padding side, max length).
+        roles: ``{role: (plm_id, llm_id)}`` from :class:`cltx.salt.matching.Matching`.
+        llm_config: the LLM's config.
+
+    Returns:
+        A ``PreTrainedTokenizerFast`` with bos/eos/pad/unk set and no [CLS]/[SEP] wrapping.
+    """
+    from tokenizers import Tokenizer
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    if "eos" not in roles:
+        raise CltxError(
+            f"plm={getattr(plm_tokenizer, 'name_or_path', '?')!r}: its tokenizer has no eos or [SEP] token, so the "
+            "new model could not stop generating; fix: use a PLM whose tokenizer defines eos_token or sep_token"
+        )
+    backend = Tokenizer.from_str(plm_tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    convert = plm_tokenizer.convert_ids_to_tokens
+    bos = convert(roles["bos"][0]) if "bos" in roles else None
+    eos = convert(roles["eos"][0])
+    pad = convert(roles["pad"][0]) if "pad" in roles else eos
+    unk = convert(roles["unk"][0]) if "unk" in roles else None
+    if bos is not None and llm_adds_bos(llm_tokenizer):
+        backend.post_processor = TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A $B:1", special_tokens=[(bos, roles["bos"][0])]
+        )
+    else:
+        backend.post_processor = TemplateProcessing(single="$A", pair="$A $B:1", special_tokens=[])
+    kwargs = {}
+    mask = getattr(plm_tokenizer, "mask_token", None)
+    if mask:
+        kwargs["mask_token"] = mask
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        bos_token=bos,
+        eos_token=eos,
+        pad_token=pad,
+        unk_token=unk,
+        model_input_names=["input_ids", "attention_mask"],
+        padding_side=getattr(llm_tokenizer, "padding_side", "right"),
+        model_max_length=_max_length(llm_tokenizer, llm_config),
+        clean_up_tokenization_spaces=bool(getattr(plm_tokenizer, "clean_up_tokenization_spaces", False)),
+        **kwargs,
+    )
+    return tok
