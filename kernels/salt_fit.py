@@ -76,9 +76,22 @@ def _config(k: int, d_in: int, d_out: int, *, interpret: bool) -> dict:
     BLOCK_D: d_in tile of the Gram phase; BLOCK_N: d_out tile of the αᵀY phase.
     """
     K = max(16, triton.next_power_of_2(k))
+    # SPLIT (K ≥ 32): the fused kernel needs ~180-240 registers a thread there (one or two programs
+    # per SM), so the solve writes its (n, K) weights and a light kernel streams Y at full occupancy
+    # (K × 64 fp32 tile over 4 warps: 32 values a thread).
+    split = K >= 32
     if interpret:
         # The interpreter has no autotuner or driver: one fixed, small config.
-        return {"K": K, "BLOCK_D": 32, "BLOCK_N": 64, "num_warps": 4, "num_stages": 1}
+        return {
+            "K": K,
+            "BLOCK_D": 32,
+            "BLOCK_N": 64,
+            "num_warps": 4,
+            "num_stages": 1,
+            "SPLIT": split,
+            "APPLY_BLOCK_N": 64,
+            "apply_warps": 4,
+        }
     block_d = 64 if K <= 32 else 32
     block_n = 256 if K <= 16 else 128  # K × BLOCK_N fp32 Y tile: 32 registers a thread
     num_warps = 4 if K <= 32 else 8
@@ -88,6 +101,9 @@ def _config(k: int, d_in: int, d_out: int, *, interpret: bool) -> dict:
         "BLOCK_N": min(block_n, max(16, triton.next_power_of_2(d_out))),
         "num_warps": num_warps,
         "num_stages": 2,
+        "SPLIT": split,
+        "APPLY_BLOCK_N": min(64, max(16, triton.next_power_of_2(d_out))),
+        "apply_warps": 4,
     }
 
 
@@ -106,6 +122,7 @@ if triton is not None:
         out_ptr,
         alpha_ptr,
         flag_ptr,
+        coef_ptr,
         k,
         d_in,
         d_out,
@@ -124,6 +141,7 @@ if triton is not None:
         REFINE: tl.constexpr,
         UPCAST: tl.constexpr,
         WRITE_ALPHA: tl.constexpr,
+        SPLIT: tl.constexpr,
         PRECISION: tl.constexpr,
     ):
         # Programs run in an order where tokens sharing neighbours are adjacent (L2 reuse of Y rows).
@@ -210,17 +228,52 @@ if triton is not None:
             slot_alpha = tl.sum(tl.where(same & first[None, :], per_copy[None, :], 0.0), axis=1)
             tl.store(alpha_ptr + t * stride_alpha + offs_k, slot_alpha, mask=offs_k < k)
 
-        # 5. Stream d_out tiles of the distinct neighbours' Y rows: e_t = Σ coef_i · y_i.
-        offs_n = tl.arange(0, BLOCK_N)
-        for n0 in range(0, d_out, BLOCK_N):
-            nmask = (n0 + offs_n) < d_out
-            Y = tl.load(
-                yb_ptr + rows[:, None] * stride_y + (n0 + offs_n)[None, :],
-                mask=first[:, None] & nmask[None, :],
-                other=0.0,
-            ).to(tl.float32)
-            e = tl.sum(coef[:, None] * Y, axis=0)
-            tl.store(out_ptr + t * stride_out + n0 + offs_n, e.to(out_ptr.dtype.element_ty), mask=nmask)
+        if SPLIT:
+            # Large K: hand the (n, K) weights to _salt_apply_kernel, whose small register
+            # footprint keeps many programs per SM streaming Y (this one holds a K × K matrix).
+            tl.store(coef_ptr + t * K + offs_k, coef)
+        else:
+            # 5. Stream d_out tiles of the distinct neighbours' Y rows: e_t = Σ coef_i · y_i.
+            offs_n = tl.arange(0, BLOCK_N)
+            for n0 in range(0, d_out, BLOCK_N):
+                nmask = (n0 + offs_n) < d_out
+                Y = tl.load(
+                    yb_ptr + rows[:, None] * stride_y + (n0 + offs_n)[None, :],
+                    mask=first[:, None] & nmask[None, :],
+                    other=0.0,
+                ).to(tl.float32)
+                e = tl.sum(coef[:, None] * Y, axis=0)
+                tl.store(out_ptr + t * stride_out + n0 + offs_n, e.to(out_ptr.dtype.element_ty), mask=nmask)
+
+    @triton.jit
+    def _salt_apply_kernel(
+        coef_ptr,
+        nbr_ptr,
+        order_ptr,
+        yb_ptr,
+        out_ptr,
+        k,
+        d_out,
+        stride_nbr,
+        stride_y,
+        stride_out,
+        K: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+    ):
+        # One program per (token, d_out tile): e_t[tile] = Σ_i coef_ti · Y[nbr_ti, tile].
+        t = tl.load(order_ptr + tl.program_id(0)).to(tl.int64)
+        offs_k = tl.arange(0, K)
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        idx = tl.load(nbr_ptr + t * stride_nbr + offs_k, mask=offs_k < k, other=-1)
+        coef = tl.load(coef_ptr + t * K + offs_k)
+        use = (idx >= 0) & (coef != 0.0)  # repeats of a row carry coef 0: never re-read
+        rows = tl.where(use, idx, 0).to(tl.int64)
+        nmask = offs_n < d_out
+        Y = tl.load(
+            yb_ptr + rows[:, None] * stride_y + offs_n[None, :], mask=use[:, None] & nmask[None, :], other=0.0
+        ).to(tl.float32)
+        e = tl.sum(coef[:, None] * Y, axis=0)
+        tl.store(out_ptr + t * stride_out + offs_n, e.to(out_ptr.dtype.element_ty), mask=nmask)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,9 +300,10 @@ def _salt_fit_triton(
     out = torch.empty(n, d_out, dtype=y_basis.dtype, device=y_basis.device)
     alpha = torch.zeros(n, k, dtype=torch.float32, device=y_basis.device) if return_alpha else out
     flags = torch.zeros(n, dtype=torch.int8, device=y_basis.device)
+    cfg = _config(k, d_in, d_out, interpret=interpret)
+    coef = torch.empty(n if cfg["SPLIT"] else 1, cfg["K"], dtype=torch.float32, device=y_basis.device)
     if n == 0:
         return out, (alpha if return_alpha else None), flags
-    cfg = _config(k, d_in, d_out, interpret=interpret)
     eps_full, eps_deficient, refine = regularisation(k, d_in, gram_fp64=False)
     # Tokens sharing their most similar neighbour run side by side (their Y rows stay in L2).
     order = torch.argsort(nbr[:, 0]).to(torch.int32) if n > 1 else torch.zeros(1, dtype=torch.int32, device=nbr.device)
@@ -262,6 +316,7 @@ def _salt_fit_triton(
         out,
         alpha,
         flags,
+        coef,
         k,
         d_in,
         d_out,
@@ -281,10 +336,28 @@ def _salt_fit_triton(
         # The interpreter's bf16 arithmetic is wrong: upcast after loads there only.
         UPCAST=interpret and x_basis.dtype != torch.float32,
         WRITE_ALPHA=return_alpha,
+        SPLIT=cfg["SPLIT"],
         PRECISION="ieee",
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
+    if cfg["SPLIT"] and d_out > 0:
+        grid = (n, triton.cdiv(d_out, cfg["APPLY_BLOCK_N"]))
+        _salt_apply_kernel[grid](
+            coef,
+            nbr,
+            order,
+            yb,
+            out,
+            k,
+            d_out,
+            nbr.stride(0),
+            yb.stride(0),
+            out.stride(0),
+            K=cfg["K"],
+            BLOCK_N=cfg["APPLY_BLOCK_N"],
+            num_warps=cfg["apply_warps"],
+        )
     return out, (alpha if return_alpha else None), flags
 
 
