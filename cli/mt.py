@@ -9,11 +9,18 @@ from typing import Annotated
 import typer
 
 from cltx.cli._ui import RichProgress, out, setup_logging, user_errors
+from cltx.errors import bad_arg
 
 
 class Mode(str, Enum):
     joint = "joint"
     separate = "separate"
+
+
+class OnFlag(str, Enum):
+    keep = "keep"
+    retry = "retry"
+    reject = "reject"
 
 
 def render_report(report: dict) -> None:
@@ -43,6 +50,29 @@ def render_report(report: dict) -> None:
         for k, v in report["fallback_reasons"].items():
             r.add_row(k, str(v))
         out.print(r)
+    q = report.get("quality") or {}
+    if q.get("checked"):
+        qt = Table("quality flag", "fields", title=f"quality (--on-flag {q['on_flag']})", title_justify="left")
+        for k, v in q["by_flag"].items():
+            qt.add_row(k, str(v))
+        qt.add_row("records flagged", str(q["flagged_records"]))
+        if q["on_flag"] == "retry":
+            qt.add_row("records retried / retry kept", f"{q['retried']} / {q['retry_kept']}")
+        if q["on_flag"] == "reject":
+            qt.add_row("records rejected", str(q["rejected"]))
+        out.print(qt)
+    p = report.get("protect") or {}
+    if p.get("on"):
+        out.print(
+            f"protected spans: {p['records_with_spans']} records had some; "
+            f"{p['marker_lost_fallbacks']} lost a marker and took the fallback path"
+        )
+    c = report.get("cache")
+    if c:
+        out.print(
+            f"translation cache: {c['hits']} hits, {c['misses']} misses, {c['engine_calls']} engine calls "
+            f"({c['engine_texts']} texts) — {c['path']}"
+        )
     if report.get("scores"):
         sc = Table("field", "n", "BLEU", "chrF", title="against references", title_justify="left")
         for f, v in report["scores"].items():
@@ -119,6 +149,31 @@ def register(app: typer.Typer) -> None:
         keep_newlines: Annotated[
             bool, typer.Option(help="Translate line by line so line breaks survive (sentence-level engines).")
         ] = True,
+        on_flag: Annotated[
+            OnFlag,
+            typer.Option(
+                "--on-flag",
+                help="Records with quality flags: keep (marked in _mt.flags), retry (other mode, better kept), "
+                "reject (to the rejects file).",
+            ),
+        ] = OnFlag.keep,
+        no_checks: Annotated[bool, typer.Option("--no-checks", help="Skip the quality checks.")] = False,
+        protect: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--protect", help="Extra regex whose matches are never translated (repeatable; Python syntax)."
+            ),
+        ] = None,
+        no_protect: Annotated[
+            bool, typer.Option("--no-protect", help="Send code, URLs, placeholders and tags to the engine as they are.")
+        ] = False,
+        cache: Annotated[
+            Path | None,
+            typer.Option("--cache", help="Translation cache folder (default: the cltx cache dir, CLTX_CACHE)."),
+        ] = None,
+        no_cache: Annotated[
+            bool, typer.Option("--no-cache", help="Translate everything; read and write no cache.")
+        ] = False,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar, no table.")] = False,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log fallbacks and engine retries.")] = False,
     ) -> None:
@@ -128,6 +183,11 @@ def register(app: typer.Typer) -> None:
         `_mt` (status joint/fallback/separate/failed/empty, IT style, splits). A report is printed and
         written to OUTPUT-stem.report.json. Under torchrun/accelerate (WORLD_SIZE > 1) each rank
         translates its share and rank 0 merges in order.
+
+        Guards, on by default: protected spans (code, URLs, e-mails, placeholders, tags) are never
+        sent to the engine; every field gets quality flags (_mt.flags: wrong language, untranslated,
+        repetition, length ratio, leftover markers or Catalyst Statement); translations are cached in
+        SQLite, so a re-run translates only what changed.
         """
         setup_logging(verbose)
         from cltx.mt.engines import make_engine, parse_options
@@ -142,8 +202,19 @@ def register(app: typer.Typer) -> None:
         config = MTConfig(
             fields=fields, src=src, tgt=tgt, mode=mode.value, styles=parse_styles(it_styles), catalyst=catalyst,
             require_all=require_all, max_errors=max_errors, batch_records=batch_records, style_retries=style_retries,
+            protect=not no_protect, protect_patterns=tuple(protect or ()), quality=not no_checks,
+            on_flag=on_flag.value,
         )  # fmt: skip
+        if no_protect and protect:
+            raise bad_arg("--protect", protect, "cannot be combined with --no-protect; drop one of them")
         eng = make_engine(engine, src, tgt, options=parse_options(engine_option), keep_newlines=keep_newlines)
+        if not no_cache:
+            from cltx.mt.tcache import CachedEngine, TranslationCache, engine_identity
+
+            eid, eopts = engine_identity(engine, parse_options(engine_option), keep_newlines=keep_newlines)
+            eng = CachedEngine(eng, TranslationCache(cache), engine=eid, options=eopts, src=src, tgt=tgt)
+        elif cache is not None:
+            raise bad_arg("--cache", str(cache), "cannot be combined with --no-cache; drop one of them")
         rank, _ = dist_env()
         with RichProgress(disable=quiet or rank != 0) as progress:
             report = run_file(

@@ -76,13 +76,18 @@ def build_report(
     elapsed: float,
     references: str | Path | None = None,
     world_size: int = 1,
+    extra: dict | None = None,
 ) -> dict:
-    """The report dict (also written as JSON beside the output)."""
+    """The report dict (also written as JSON beside the output); ``extra`` is merged in (cache counters)."""
+    from cltx.mt.quality import FLAG_NAMES
+
     # one streaming pass: counts only (the records are kept only when references are to be scored)
     status: Counter = Counter()
     reasons: Counter = Counter()
     styles: Counter = Counter()
     n_rows = n_split = n_retried = 0
+    flag_counts: Counter = Counter()
+    n_flagged = n_protected = n_protect_fb = n_q_retried = n_q_kept = 0
     kept: list[dict] = []
     for r in _iter_jsonl(output) if output.exists() else ():
         mt = r.get("_mt", {})
@@ -95,9 +100,24 @@ def build_report(
             styles[mt["it_style"]] += 1
         n_split += bool(mt.get("split"))
         n_retried += bool(mt.get("style_retries"))
+        if mt.get("flags"):
+            n_flagged += 1
+            for per_field in mt["flags"].values():
+                flag_counts.update(per_field.keys())
+        n_protected += bool(mt.get("protected"))
+        n_protect_fb += bool(mt.get("protect"))
+        if mt.get("retry"):
+            n_q_retried += 1
+            n_q_kept += mt["retry"].get("kept") == "retry"
         if references is not None:
             kept.append({k: v for k, v in r.items() if k in config.fields or k in ("id", "_mt")})
-    n_rejects = sum(1 for _ in _iter_jsonl(rejects)) if rejects.exists() else 0
+    n_rejects = n_q_rejects = 0
+    for rj in _iter_jsonl(rejects) if rejects.exists() else ():
+        n_rejects += 1
+        if "flags" in rj:
+            n_q_rejects += 1
+            for per_field in rj["flags"].values():
+                flag_counts.update(per_field.keys())
     attempted = status["joint"] + status["fallback"] + (status["failed"] if config.mode == "joint" else 0)
     report = {
         "input_records": n_rows + n_rejects,
@@ -116,6 +136,20 @@ def build_report(
         "fallback_reasons": dict(reasons.most_common(10)),
         "split_records": n_split,
         "it_styles": dict(styles),
+        "quality": {
+            "checked": bool(getattr(config, "quality", False)),
+            "on_flag": getattr(config, "on_flag", "keep"),
+            "flagged_records": n_flagged + n_q_rejects,
+            "by_flag": {k: flag_counts.get(k, 0) for k in FLAG_NAMES},
+            "rejected": n_q_rejects,
+            "retried": n_q_retried,
+            "retry_kept": n_q_kept,
+        },
+        "protect": {
+            "on": bool(getattr(config, "protect", False)),
+            "records_with_spans": n_protected,
+            "marker_lost_fallbacks": n_protect_fb,
+        },
         "session": {
             "records": session.get("records", 0),
             "seconds": round(elapsed, 3),
@@ -126,6 +160,7 @@ def build_report(
         "output": str(output),
         "rejects": str(rejects) if n_rejects else None,
     }
+    report.update(extra or {})
     if references is not None:
         report["references"] = str(references)
         report["scores"] = reference_scores(kept, references, config.fields)

@@ -117,6 +117,17 @@ class _Writer:
         self._rej.write(dumps({"line": item.line, "error": item.error, "raw": item.raw}) + "\n")
         self._rej.flush()
 
+    def reject_result(self, res) -> None:
+        """A translated record the quality gate rejected (``--on-flag reject``): the record as it
+        would have been written, its flags and the reason."""
+        if self._rej is None:
+            self._rej = open(self.rejects, "a", encoding="utf-8")
+        flags = res.meta.get("flags", {})
+        why = "; ".join(f"{f}: {', '.join(v)}" for f, v in flags.items())
+        row = {"line": res.line, "error": f"quality flags ({why})", "flags": flags, "record": res.output()}
+        self._rej.write(dumps(row) + "\n")
+        self._rej.flush()
+
     def write(self, records: list[dict]) -> None:
         if records:
             self._out.write("".join(dumps(r) + "\n" for r in records))
@@ -233,8 +244,12 @@ def run_file(
             if not batch:
                 return
             results = pipe.translate_batch(batch)
-            writer.write([r.output() for r in results])
+            for r in results:  # rejects before the batch they belong to (see the module docstring)
+                if r.rejected:
+                    writer.reject_result(r)
+            writer.write([r.output() for r in results if not r.rejected])
             for r in results:
+                stats["quality_rejected"] = stats.get("quality_rejected", 0) + r.rejected
                 stats["records"] += 1
                 stats[r.status] = stats.get(r.status, 0) + 1
                 stats["source_chars"] += sum(len(v) for v in r.source.values())
@@ -296,9 +311,16 @@ def run_file(
                 p.unlink()
         elapsed = time.perf_counter() - t0
 
+    from cltx.mt.tcache import CachedEngine
+
+    extra = {}
+    if isinstance(engine, CachedEngine):
+        extra["cache"] = {"path": str(engine.cache.path), **engine.stats.as_dict()}
+        if world_size > 1:
+            extra["cache"]["note"] = "rank 0 only"
     report = build_report(
         out, final_rejects, config=config, engine=engine_name(engine), session=stats, elapsed=elapsed,
-        references=references, world_size=world_size,
+        references=references, world_size=world_size, extra=extra,
     )  # fmt: skip
     write_report(report, report_path(out))
     return report

