@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -225,3 +226,123 @@ def test_spans_roundtrip_through_the_embedded_engine():
         assert restored != text  # it was translated
     # Measured 99 % on the sample data (docs/readme/mt_quality.md); a form that stops surviving shows here.
     assert survived >= 0.8 * len(texts)
+
+
+# --------------------------------------------------------------------------------------------- in the pipeline
+class Upper:
+    """Upper-cases everything it gets (a translation that would break every span) and logs the texts."""
+
+    name = "upper"
+
+    def __init__(self, drop_markers: str = "") -> None:
+        self.sent: list[str] = []
+        self.drop = drop_markers  # "joint": drop markers in joint sequences; "all": everywhere
+
+    def translate(self, texts):
+        self.sent.extend(texts)
+        out = []
+        for t in texts:
+            u = t.upper()
+            if self.drop == "all" or (self.drop == "joint" and "[1]" in t):
+                u = re.sub(r"XPH\d+X", "", u)
+            out.append(u)
+        return out
+
+
+RECS = [
+    {"instruction": "Explain what `len(xs)` returns.", "input": "", "output": "It returns the size of {name}."},
+    {"question": "Where are the docs?", "passage": "See https://example.com/docs for details.", "answer": "online"},
+    {"question": "What is the address?", "answer": "https://example.com/docs"},
+]
+FIELDS = ["instruction", "input", "output", "question", "passage", "answer"]
+
+
+def test_pipeline_protects_spans_by_default():
+    from cltx.mt import MTConfig, translate_records
+
+    eng = Upper()
+    out = translate_records(RECS, eng, MTConfig(fields=FIELDS))
+    assert out[0]["instruction"] == "EXPLAIN WHAT `len(xs)` RETURNS." and out[0]["output"].endswith("{name}.")
+    assert out[1]["passage"] == "SEE https://example.com/docs FOR DETAILS."
+    assert [o["_mt"]["status"] for o in out] == ["joint", "joint", "joint"]
+    assert out[0]["_mt"]["protected"] == 2
+    # a field that is only a span never reaches the engine; the rest of the record is translated
+    assert out[2]["answer"] == "https://example.com/docs" and out[2]["question"] == "WHAT IS THE ADDRESS?"
+    assert not any("example.com" in t or "len(xs)" in t for t in eng.sent)
+
+
+def test_lost_marker_sends_the_record_down_the_fallback_path():
+    from cltx.mt import MTConfig, translate_records
+
+    out = translate_records(RECS[:2], Upper(drop_markers="joint"), MTConfig(fields=FIELDS))
+    for o in out:
+        assert o["_mt"]["status"] == "fallback" and o["_mt"]["reason"] == "protected span marker lost"
+        assert o["_mt"]["protect"]["joint"]["lost"]
+    assert out[0]["instruction"] == "EXPLAIN WHAT `len(xs)` RETURNS."
+    assert out[1]["passage"] == "SEE https://example.com/docs FOR DETAILS."
+
+
+def test_engine_that_always_loses_markers_gets_translated_around_the_spans():
+    from cltx.mt import MTConfig, translate_records
+
+    for mode in ("joint", "separate"):
+        out = translate_records(RECS[:2], Upper(drop_markers="all"), MTConfig(fields=FIELDS, mode=mode))
+        assert out[0]["output"] == "IT RETURNS THE SIZE OF {name}."
+        assert out[1]["passage"] == "SEE https://example.com/docs FOR DETAILS."
+        assert out[0]["_mt"]["protect"]["output"]["fallback"] == "translated around the spans"
+
+
+def test_no_protect_and_user_patterns():
+    from cltx.mt import MTConfig, translate_records
+
+    eng = Upper()
+    out = translate_records(RECS[:1], eng, MTConfig(fields=FIELDS, protect=False))
+    assert out[0]["output"] == "IT RETURNS THE SIZE OF {NAME}." and "protected" not in out[0]["_mt"]
+    eng = Upper()
+    rec = {"instruction": "Close ticket-42 today.", "output": "Done."}
+    out = translate_records([rec], eng, MTConfig(fields=FIELDS, protect_patterns=(r"ticket-\d+",)))
+    assert out[0]["instruction"] == "CLOSE ticket-42 TODAY." and not any("ticket-42" in t for t in eng.sent)
+    with pytest.raises(CltxError, match="--protect"):
+        MTConfig(fields=FIELDS, protect_patterns=("(",))
+
+
+def test_cli_protect_options(tmp_path):
+    from typer.testing import CliRunner
+
+    from cltx.cli.main import app
+
+    (tmp_path / "eng.py").write_text("def translate(texts):\n    return [t.upper() for t in texts]\n")
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"question": "Is TICKET-7 at {url} closed?", "answer": "yes"}\n')
+    eng = f"python:{tmp_path / 'eng.py'}:translate"
+    common = ["--fields", "question,answer", "--engine", eng, "--no-cache", "-q"]
+    r = CliRunner().invoke(app, ["mt", str(inp), str(tmp_path / "a.jsonl"), *common, "--protect", r"TICKET-\d+"])
+    assert r.exit_code == 0, r.output
+    row = json.loads((tmp_path / "a.jsonl").read_text())
+    assert row["question"] == "IS TICKET-7 AT {url} CLOSED?"
+    r = CliRunner().invoke(app, ["mt", str(inp), str(tmp_path / "b.jsonl"), *common, "--no-protect"])
+    assert json.loads((tmp_path / "b.jsonl").read_text())["question"] == "IS TICKET-7 AT {URL} CLOSED?"
+    r = CliRunner().invoke(app, ["mt", str(inp), str(tmp_path / "c.jsonl"), *common, "--protect", "("])
+    assert r.exit_code == 1 and "--protect" in r.output
+
+
+@pytest.mark.integration
+def test_embedded_engine_end_to_end_keeps_spans(tmp_path):
+    from cltx.mt import MTConfig, make_engine, translate_records
+
+    recs = [
+        {"instruction": "Write a function that prints {greeting} for user $USER.", "output": "Use `print()` here."},
+        {
+            "question": "Where can I read the manual?",
+            "passage": "The manual is at https://example.org/m.",
+            "answer": "at https://example.org/m",
+        },
+    ]
+    out = translate_records(recs, make_engine("bergamot", "en", "pt"), MTConfig(fields=FIELDS))
+    for rec, o in zip(recs, out, strict=True):
+        assert o["_mt"]["status"] in ("joint", "fallback")
+        for f, v in rec.items():
+            for span in ("{greeting}", "$USER", "`print()`", "https://example.org/m"):
+                if span in v:
+                    assert span in o[f], (f, o[f])
+            assert o[f] != v
