@@ -21,9 +21,12 @@ neighbour rows straight from the basis into registers (G and r accumulate with `
 tiles, full-fp32 products for fp32 inputs), inverts the k × k matrix in registers (Gauss–Jordan
 sweeps over ``tl.static_range(K)``, symmetric, pivot row picked out with a masked sum), and streams
 d_out tiles of the neighbours' Y rows to write αᵀY. No (n × k × d) tensor exists; peak memory is the
-inputs plus the output. Programs are ordered by their first (most similar) neighbour, so tokens
-that share neighbours run together and re-read those Y rows from L2 instead of HBM (the only way
-below the gather cost, 2.2 ms at k = 16 on an H200).
+inputs plus the output (for K ≥ 32 the solve hands its (n, K) weights — 7.7 MB at the paper
+shape — to a light second kernel that streams Y: the k × k solve needs ~180 registers a thread,
+which would leave one program per SM to stream memory). Programs are ordered by their first (most
+similar) neighbour, so tokens that share neighbours run together and re-read those Y rows from L2
+instead of HBM (the only way below the gather cost, 2.2 ms at k = 16 on an H200); duplicated
+indices are read once.
 
 Paths (``cltx.kernels._dispatch.choose``): CUDA → this kernel; CPU with ``TRITON_INTERPRET=1`` →
 this kernel in the interpreter; otherwise → :func:`cltx.kernels.reference_salt.salt_fit_reference`.
