@@ -210,3 +210,121 @@ def test_flags_fire_on_corrupted_embedded_output():
     assert "repetition" in check_field(src, good + " " + " ".join(words[-2:] * 5), CFG)
     assert "length_ratio" in check_field(src, " ".join(words[:3]), CFG)
     assert {"untranslated", "wrong_language"} <= set(check_field(src, src, CFG))
+
+
+# --------------------------------------------------------------------------------------------- in the pipeline
+class Looper:
+    """Upper-cases; sentences of joint sequences (those with Indicator Tokens) end in a word loop."""
+
+    name = "looper"
+
+    def __init__(self, loop_in: str = "joint") -> None:
+        self.loop_in = loop_in
+
+    def translate(self, texts):
+        out = []
+        for t in texts:
+            u = t.upper()
+            if self.loop_in == "all" or (self.loop_in == "joint" and "[1]" in t):
+                u = u.replace(".", " NA NA NA NA NA.")
+            out.append(u)
+        return out
+
+
+REP_ONLY = QualityConfig(src="en", tgt="pt", checks=frozenset({"repetition"}))
+RECS = [
+    {"instruction": "Say hello.", "output": "Hello there."},
+    {"instruction": "Name a colour", "output": "Blue"},  # no period: no loop
+    {"question": "Who came?", "passage": "Ana came home.", "answer": "Ana"},
+]
+FIELDS = ["instruction", "input", "output", "question", "passage", "answer"]
+
+
+def _pipe(engine, on_flag, mode="joint"):
+    from cltx.mt.pipeline import MTConfig, Pipeline
+    from cltx.mt.quality import QualityGate
+
+    gate = QualityGate(REP_ONLY, on_flag)
+    return Pipeline(engine, MTConfig(fields=FIELDS, mode=mode), quality=gate), gate
+
+
+def test_keep_marks_flagged_records():
+    pipe, gate = _pipe(Looper(), "keep")
+    res = pipe.translate_batch(list(enumerate(RECS, start=1)))
+    assert [r.status for r in res] == ["joint", "joint", "joint"]
+    assert set(res[0].meta["flags"]) == {"instruction", "output"}
+    assert res[0].meta["flags"]["output"]["repetition"]["ngram"] == "na"
+    assert "flags" not in res[1].meta and not any(r.rejected for r in res)
+    assert gate.summary.as_dict()["flagged_records"] == 2 and gate.summary.by_flag["repetition"] == 3
+
+
+def test_retry_uses_the_other_mode_and_keeps_the_better():
+    pipe, gate = _pipe(Looper("joint"), "retry")
+    res = pipe.translate_batch(list(enumerate(RECS, start=1)))
+    r0 = res[0]
+    assert r0.translated["output"] == "HELLO THERE." and "flags" not in r0.meta
+    assert r0.status == "fallback" and r0.meta["retry"] == {
+        "mode": "separate",
+        "flags_first": 2,
+        "flags_retry": 0,
+        "kept": "retry",
+    }
+    assert res[1].status == "joint" and "retry" not in res[1].meta
+    assert gate.retried == 2 and gate.retry_kept == 2
+    # both modes loop: the first translation is kept, still flagged
+    pipe, gate = _pipe(Looper("all"), "retry", mode="separate")
+    res = pipe.translate_batch([(1, RECS[0])])
+    assert res[0].meta["retry"]["kept"] == "first" and res[0].meta["retry"]["mode"] == "joint"
+    assert res[0].status == "separate" and res[0].meta["flags"]
+
+
+def test_reject_sends_flagged_records_to_the_rejects_file_and_loses_nothing(tmp_path, monkeypatch):
+    import cltx.mt.quality as q
+    from cltx.mt.pipeline import MTConfig
+    from cltx.mt.runner import run_file
+
+    inp = tmp_path / "in.jsonl"
+    lines = [json.dumps(r) for r in RECS * 3] + ["not json"]
+    inp.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out.jsonl"
+    # run_file builds its gate from the config: restrict the gate to the repetition check
+    full = q.QualityConfig
+    monkeypatch.setattr(q, "QualityConfig", lambda **kw: full(**{**kw, "checks": frozenset({"repetition"})}))
+    cfg = MTConfig(fields=FIELDS, quality=True, on_flag="reject", batch_records=2)
+    report = run_file(inp, out, Looper(), cfg, skip_invalid=True)
+    kept = [json.loads(x) for x in out.read_text().splitlines()]
+    rejects = [json.loads(x) for x in (tmp_path / "out.rejects.jsonl").read_text().splitlines()]
+    lines_out = [r["_mt"]["line"] for r in kept]
+    lines_rej = [r["line"] for r in rejects]
+    assert sorted(lines_out + lines_rej) == list(range(1, 11))  # every input line exactly once
+    assert lines_out == [2, 5, 8]
+    flagged = [r for r in rejects if "flags" in r]
+    assert len(flagged) == 6 and all(r["record"]["_mt"]["flags"] for r in flagged)
+    assert "quality flags" in flagged[0]["error"]
+    assert report["quality"]["rejected"] == 6 and report["quality"]["by_flag"]["repetition"] >= 6
+    assert report["rejected"] == 7 and report["records"] == 3
+
+
+def test_cli_on_flag_and_report(tmp_path):
+    from typer.testing import CliRunner
+
+    from cltx.cli.main import app
+
+    (tmp_path / "eng.py").write_text("def translate(texts):\n    return list(texts)\n")  # copies the source
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"instruction": LONG, "output": "Ok."}) + "\n")
+    eng = f"python:{tmp_path / 'eng.py'}:translate"
+    r = CliRunner().invoke(app, ["mt", str(inp), str(tmp_path / "o.jsonl"), "--fields", "instruction,output",
+                                 "--engine", eng, "--no-cache"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "quality" in r.output and "untranslated" in r.output
+    row = json.loads((tmp_path / "o.jsonl").read_text())
+    assert {"untranslated", "wrong_language"} <= set(row["_mt"]["flags"]["instruction"])
+    rep = json.loads((tmp_path / "o.report.json").read_text())
+    assert rep["quality"]["flagged_records"] == 1 and rep["quality"]["by_flag"]["untranslated"] == 1
+    r = CliRunner().invoke(app, ["mt", str(inp), str(tmp_path / "n.jsonl"), "--fields", "instruction,output",
+                                 "--engine", eng, "--no-cache", "--no-checks"])  # fmt: skip
+    assert "flags" not in json.loads((tmp_path / "n.jsonl").read_text())["_mt"]
+    r = CliRunner().invoke(app, ["mt", str(inp), str(tmp_path / "x.jsonl"), "--fields", "instruction",
+                                 "--engine", eng, "--on-flag", "drop"])  # fmt: skip
+    assert r.exit_code != 0
