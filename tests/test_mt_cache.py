@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import sqlite3
 import subprocess
@@ -215,3 +216,93 @@ def test_oom_on_one_item_and_other_errors_propagate():
         translate_with_oom_backoff(broken, ["a", "b"])
     assert is_cuda_oom(RuntimeError("CUDA out of memory. Tried to allocate"))
     assert not is_cuda_oom(RuntimeError("shape mismatch"))
+
+
+# --------------------------------------------------------------------------------------------- through cltx mt
+_LOGGING_ENGINE = textwrap.dedent(
+    """
+    import json, os
+
+    def translate(texts, tgt):
+        with open(os.environ["CLTX_TEST_CALL_LOG"], "a") as fh:
+            for t in texts:
+                fh.write(json.dumps(t) + "\\n")
+        return [tgt + ":" + t.upper() for t in texts]
+    """
+)
+
+
+def _records(n: int) -> list[dict]:
+    recs = []
+    for i in range(n):
+        if i % 2:
+            qa = {"question": f"Who wrote letter {i}?", "passage": f"Letter {i} was by Ana.", "answer": "Ana"}
+            recs.append({"id": i, **qa})
+        else:
+            recs.append({"id": i, "instruction": f"Count to {i}.", "input": "", "output": f"One to {i}."})
+    return recs
+
+
+def test_cli_rerun_makes_zero_engine_calls_and_an_edit_only_its_own(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cltx.cli.main import app
+
+    log = tmp_path / "calls.jsonl"
+    monkeypatch.setenv("CLTX_TEST_CALL_LOG", str(log))
+    (tmp_path / "eng.py").write_text(_LOGGING_ENGINE)
+    inp = tmp_path / "in.jsonl"
+    recs = _records(9)
+    inp.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    fields = "instruction,input,output,question,passage,answer"
+    args = ["--fields", fields, "--engine", f"python:{tmp_path / 'eng.py'}:translate", "--cache", str(tmp_path / "c")]
+
+    def run(out):
+        r = CliRunner().invoke(app, ["mt", str(inp), str(tmp_path / out), *args, "-q"])
+        assert r.exit_code == 0, r.output
+        return json.loads((tmp_path / out).with_suffix(".report.json").read_text())
+
+    def calls():
+        return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+
+    first = run("a.jsonl")
+    n_first = len(calls())
+    assert n_first == 9  # joint mode: one sequence per record
+    assert first["cache"]["misses"] == 9 and first["cache"]["engine_calls"] >= 1
+
+    second = run("b.jsonl")
+    assert len(calls()) == n_first  # zero engine calls
+    assert second["cache"]["engine_calls"] == 0 and second["cache"]["hits"] == 9
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+    recs[4]["output"] = "One, two, three, four."
+    inp.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    third = run("c.jsonl")
+    new = calls()[n_first:]
+    assert len(new) == 1 and "One, two, three, four." in new[0]  # exactly that record's sequence
+    assert third["cache"]["hits"] == 8 and third["cache"]["engine_texts"] == 1
+
+    r = CliRunner().invoke(app, ["mt", str(inp), str(tmp_path / "d.jsonl"), *args[:4], "--no-cache", "-q"])
+    assert r.exit_code == 0 and len(calls()) == n_first + 1 + 9
+
+
+@pytest.mark.integration
+def test_embedded_engine_rerun_from_cache(tmp_path):
+    from cltx.mt import MTConfig, make_engine
+    from cltx.mt.runner import run_file
+    from cltx.mt.tcache import engine_identity
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in _records(4)))
+    cfg = MTConfig(fields=["instruction", "input", "output", "question", "passage", "answer"])
+    eid, opts = engine_identity("bergamot", {}, keep_newlines=True)
+    engines = []
+    for name in ("a", "b"):
+        eng = CachedEngine(
+            make_engine("bergamot", "en", "pt"), TranslationCache(tmp_path / "c"), engine=eid, options=opts,
+            src="en", tgt="pt",
+        )  # fmt: skip
+        run_file(inp, tmp_path / f"{name}.jsonl", eng, cfg)
+        engines.append(eng)
+    assert engines[0].stats.engine_texts == 4 and engines[1].stats.engine_calls == 0
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
