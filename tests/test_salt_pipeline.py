@@ -1,0 +1,473 @@
+"""End to end ``cltx salt`` on tiny models built here: a Llama-style LLM with a byte-level BPE
+tokenizer and a BERT-style PLM with a lower-casing WordPiece tokenizer, both trained in the test.
+
+The oracle for the new rows is an independent float64 recomputation: numpy's pseudo-inverse on the
+neighbours the report names, with the overlap map rebuilt here from the two vocabularies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cltx.errors import CltxError
+
+WORDS = (
+    "the a of and to in is was for on with as by at from that this it he she they we you his her "
+    "house river city water stone light night day year time people world school market garden "
+    "window table letter teacher doctor village winter summer morning evening music story paper "
+    "green small large old new long short early late quick slow bright dark warm cold "
+    "walk read write open close carry bring build speak listen travel learn remember"
+).split()
+# Words only the PLM's corpus has (they become new tokens).
+PLM_ONLY = "harbour lantern meadow orchard chimney cathedral bicycle kettle ferry quarry".split()
+
+
+def corpus(seed: int, extra: list[str], n: int = 400, capitalise: bool = True) -> list[str]:
+    rng = random.Random(seed)
+    vocab = list(WORDS) + extra
+    lines = []
+    for _ in range(n):
+        words = [rng.choice(vocab) for _ in range(rng.randint(4, 12))]
+        if capitalise and rng.random() < 0.5:
+            words[0] = words[0].capitalize()
+        lines.append(" ".join(words) + rng.choice([".", ",", "!", "?", ";"]))
+    return lines
+
+
+def llm_tokenizer(vocab_size: int = 420, add_bos: bool = True):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tk.train_from_iterator(corpus(0, []), trainer=trainer)
+    if add_bos:
+        tk.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", tk.token_to_id("<s>"))]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+
+
+def plm_tokenizer(vocab_size: int = 260, words: list[str] | None = None):
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tk.decoder = decoders.WordPiece()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    lines = corpus(1, PLM_ONLY, capitalise=False) if words is None else [" ".join(words)] * 50
+    tk.train_from_iterator(lines, trainer=trainer)
+    cls, sep = tk.token_to_id("[CLS]"), tk.token_to_id("[SEP]")
+    tk.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        mask_token="[MASK]",
+    )
+
+
+def build_llm(path: Path, *, tied: bool = True, seed: int = 0, add_bos: bool = True) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = llm_tokenizer(add_bos=add_bos)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=tied,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # larger-than-default rows, so that fits are far from zero
+        model.get_input_embeddings().weight.normal_(0, 0.5)
+        if not tied:
+            model.get_output_embeddings().weight.normal_(0, 0.5)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def build_plm(path: Path, *, seed: int = 1, tokenizer=None, vocab_size: int | None = None, save_tokenizer=True) -> Path:
+    import torch
+    from transformers import BertConfig, BertModel
+
+    tok = tokenizer if tokenizer is not None else plm_tokenizer()
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=vocab_size or len(tok),
+        hidden_size=24,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        pad_token_id=tok.pad_token_id,
+    )
+    BertModel(cfg).save_pretrained(path)
+    if save_tokenizer:
+        tok.save_pretrained(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------ fixtures
+
+PUNCT = set(",.!?;")
+SPECIAL_MAP = {"[CLS]": "<s>", "[SEP]": "</s>", "[PAD]": "<pad>", "[UNK]": "<unk>"}
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("salt-models")
+    return {
+        "tied": build_llm(root / "llm-tied", tied=True),
+        "untied": build_llm(root / "llm-untied", tied=False, seed=3),
+        "plm": build_plm(root / "plm"),
+    }
+
+
+@pytest.fixture(scope="module")
+def eval_file(tmp_path_factory):
+    p = tmp_path_factory.mktemp("salt-eval") / "eval.txt"
+    p.write_text("\n".join(corpus(7, PLM_ONLY, n=12)) + "\n", encoding="utf-8")
+    return p
+
+
+def _run(llm: Path, plm: Path, out: Path, **kw):
+    from cltx.salt import SaltConfig, transfer_vocabulary
+
+    return transfer_vocabulary(SaltConfig(llm=str(llm), plm=str(plm), device="cpu", **kw), out)
+
+
+@pytest.fixture(scope="module")
+def salt_runs(models, tmp_path_factory):
+    """One SALT run per head type; the untied one forces more neighbours than PLM dimensions."""
+    root = tmp_path_factory.mktemp("salt-out")
+    runs = {}
+    for variant, kw in (("tied", {}), ("untied", {"k_min": 30, "k_max": 40})):
+        out = root / variant
+        _run(models[variant], models["plm"], out, **kw)
+        runs[variant] = out
+    return runs
+
+
+def _expected_overlap(llm_tok, plm_tok) -> dict[int, int]:
+    """The overlap map rebuilt independently for these ASCII tokenizers."""
+    llm_vocab = llm_tok.get_vocab()
+    out = {}
+    for tok, pid in plm_tok.get_vocab().items():
+        if tok in SPECIAL_MAP:
+            out[pid] = llm_vocab[SPECIAL_MAP[tok]]
+            continue
+        if tok == "[MASK]":
+            continue
+        if tok.startswith("##"):
+            llm_form = tok[2:]
+        elif tok in PUNCT:
+            llm_form = tok
+        else:
+            llm_form = "\u0120" + tok
+        if llm_form in llm_vocab:
+            out[pid] = llm_vocab[llm_form]
+    return out
+
+
+def _load(path: Path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _targets(model) -> np.ndarray:
+    """The LLM rows the fits predict: input embeddings, then output embeddings when untied."""
+    inp = model.get_input_embeddings().weight.detach().double().numpy()
+    out = model.get_output_embeddings().weight
+    if out.data_ptr() == model.get_input_embeddings().weight.data_ptr():
+        return inp
+    return np.concatenate([inp, out.detach().double().numpy()], axis=1)
+
+
+def _plm_embeddings(plm: Path) -> np.ndarray:
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(plm).get_input_embeddings().weight.detach().double().numpy()
+
+
+# ------------------------------------------------------------------------------------ tests
+
+
+@pytest.mark.parametrize("variant", ["tied", "untied"])
+def test_overlap_rows_exact_and_new_rows_match_float64_pinv(models, salt_runs, variant):
+    llm, llm_tok = _load(models[variant])
+    new, new_tok = _load(salt_runs[variant])
+    report = json.loads((salt_runs[variant] / "salt_report.json").read_text())
+    plm_tok = __import__("transformers").AutoTokenizer.from_pretrained(models["plm"])
+
+    overlap = _expected_overlap(llm_tok, plm_tok)
+    assert report["overlap"] == len(overlap)
+    assert sum(report["match_counts"].values()) == len(overlap)
+    assert report["tied_embeddings"] is (variant == "tied")
+    assert len(new_tok) == len(plm_tok) == report["new_model_vocab_size"]
+
+    y_llm, y_new = _targets(llm), _targets(new)
+    assert y_new.shape == (len(plm_tok), y_llm.shape[1])
+    pids, lids = list(overlap), list(overlap.values())
+    # Exactly the LLM's rows (bitwise), input and output.
+    assert np.array_equal(y_new[pids], y_llm[lids])
+
+    x = _plm_embeddings(models["plm"])
+    entries = [e for e in report["tokens"] if e["init"] == "salt"]
+    assert len(entries) == report["new_tokens"] > 20
+    over_d = 0
+    for e in entries:
+        nb = e["neighbors"]
+        assert nb and all(n in overlap for n in nb)
+        X, Y = x[nb], y_llm[[overlap[n] for n in nb]]
+        expected = x[e["id"]] @ np.linalg.pinv(X) @ Y
+        got = y_new[e["id"]]
+        scale = max(np.abs(expected).max(), 1.0)
+        np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3 * scale, err_msg=f"token {e['token']}")
+        over_d += len(nb) > x.shape[1]
+    if variant == "untied":
+        assert over_d == len(entries)  # k_min=30 > d_plm=24: every fit is over-determined
+
+
+def test_saved_folder_reloads_generates_and_stops_on_eos(salt_runs):
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    model, tok = _load(salt_runs["tied"])
+    assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == ("[CLS]", "[SEP]", "[PAD]", "[UNK]")
+    assert model.config.eos_token_id == model.generation_config.eos_token_id == tok.eos_token_id
+    assert model.config.bos_token_id == model.generation_config.bos_token_id == tok.bos_token_id
+    assert model.generation_config.pad_token_id == tok.pad_token_id
+    enc = tok("Walk to the harbour", return_tensors="pt")
+    ids = enc["input_ids"][0].tolist()
+    # The tiny LLM's tokenizer prepends its bos, so the new one does too; never a trailing [SEP].
+    assert ids[0] == tok.bos_token_id and tok.eos_token_id not in ids
+    assert "token_type_ids" not in enc
+    assert tok.decode(ids, skip_special_tokens=True) == "walk to the harbour"
+
+    class EosAt(LogitsProcessor):
+        def __init__(self, at: int):
+            self.at = at
+
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] == self.at:
+                scores[:] = -float("inf")
+                scores[:, tok.eos_token_id] = 0.0
+            else:
+                scores[:, tok.eos_token_id] = -float("inf")
+            return scores
+
+    n = len(ids)
+    with torch.no_grad():
+        never = LogitsProcessorList([EosAt(-1)])
+        free = model.generate(**enc, max_new_tokens=6, do_sample=False, logits_processor=never)
+        stop = model.generate(
+            **enc, max_new_tokens=12, do_sample=False, logits_processor=LogitsProcessorList([EosAt(n + 2)])
+        )
+    assert free.shape[1] == n + 6
+    assert isinstance(tok.decode(free[0, n:]), str)
+    # Generation ends at the eos from generation_config (not passed here): 2 tokens + eos.
+    assert stop.shape[1] == n + 3 and stop[0, -1].item() == tok.eos_token_id
+
+
+def test_every_method_finite_rules_hold_and_report_complete(models, eval_file, tmp_path):
+    from cltx.salt import METHODS
+
+    out = tmp_path / "all"
+    summary = _run(models["untied"], models["plm"], out, method="all", eval_text=str(eval_file))
+    llm, _ = _load(models["untied"])
+    y_llm = _targets(llm)
+    table = json.loads((out / "bits_per_byte.json").read_text())
+    assert set(table["methods"]) == set(METHODS) == set(summary["methods"])
+    assert math.isfinite(table["llm_bits_per_byte"]) and table["llm_bits_per_byte"] > 0
+    for method in METHODS:
+        folder = out / method
+        assert (folder / "model.safetensors").exists() and (folder / "tokenizer.json").exists()
+        rep = json.loads((folder / "salt_report.json").read_text())
+        for key in ("method", "llm_vocab_size", "plm_vocab_size", "overlap", "match_counts", "new_tokens", "timings"):
+            assert key in rep, key
+        assert rep["method"] == method
+        assert rep["eval"]["bits_per_byte"] == pytest.approx(table["methods"][method]["bits_per_byte"])
+        assert math.isfinite(rep["eval"]["bits_per_byte"]) and rep["eval"]["bits_per_byte"] > 0
+        assert len(rep["tokens"]) == rep["new_tokens"] + rep["unmapped_specials"]
+        model, _ = _load(folder)
+        y = _targets(model)
+        assert np.isfinite(y).all()
+        news = [e for e in rep["tokens"] if e["init"] == method]
+        assert news, method
+        rows = y[[e["id"] for e in news]]
+        if method == "mean":
+            np.testing.assert_allclose(rows, np.broadcast_to(y_llm.mean(0), rows.shape), rtol=1e-4, atol=1e-5)
+        elif method == "random":
+            assert np.unique(rows, axis=0).shape[0] == rows.shape[0]
+            # The draws follow the LLM rows' scale.
+            assert 0.5 < rows.std() / y_llm.std() < 2.0
+        else:
+            for e, row in zip(news, rows, strict=True):
+                if method == "focus":
+                    nb, w = e["neighbors"], np.array(e["weights"])
+                elif method == "wechsel":
+                    nb = e["neighbors"]
+                    s = np.array(e["similarities"]) / 0.1
+                    w = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+                    assert len(nb) == 10
+                elif method == "subword-mean":
+                    nb = e["llm_pieces"]
+                    w = np.full(len(nb), 1.0 / len(nb))
+                else:  # salt: checked against pinv elsewhere
+                    assert e["neighbors"]
+                    continue
+                src = y[nb] if method != "subword-mean" else y_llm[nb]
+                np.testing.assert_allclose(row, w @ src, rtol=1e-3, atol=1e-4)
+
+
+def test_vectors_file_is_the_similarity_space(models, tmp_path):
+    from transformers import AutoTokenizer
+
+    plm_tok = AutoTokenizer.from_pretrained(models["plm"])
+    rng = np.random.default_rng(0)
+    words = [t for t in plm_tok.get_vocab() if t.isalpha() and t not in PLM_ONLY]
+    vec = tmp_path / "w.vec"
+    vec.write_text(
+        f"{len(words)} 5\n" + "".join(w + " " + " ".join(f"{v:.4f}" for v in rng.normal(size=5)) + "\n" for w in words)
+    )
+    out = tmp_path / "v"
+    _run(models["tied"], models["plm"], out, vectors=str(vec))
+    rep = json.loads((out / "salt_report.json").read_text())
+    assert rep["similarity_space"] == "vectors"
+    by_init = {}
+    for e in rep["tokens"]:
+        by_init.setdefault(e["init"], []).append(e)
+    assert by_init["salt"] and by_init["random"]
+    with_vec = set(words)
+    for e in by_init["salt"]:
+        assert e["token"].removeprefix("##") in with_vec
+        assert all(plm_tok.convert_ids_to_tokens(n).removeprefix("##") in with_vec for n in e["neighbors"])
+    assert {e["token"] for e in by_init["random"]} >= {w for w in PLM_ONLY if w in plm_tok.get_vocab()}
+    assert rep["fallback_random"] == len(by_init["random"])
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+@pytest.fixture
+def no_heavy_work(monkeypatch):
+    """Fail loudly if a model's weights are loaded: the error must come before that."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    def boom(*a, **k):
+        raise AssertionError("model weights were loaded before the input was validated")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", boom)
+    monkeypatch.setattr(AutoModel, "from_pretrained", boom)
+
+
+def test_plm_without_tokenizer(models, tmp_path, no_heavy_work):
+    plm = tmp_path / "plm-notok"
+    build_plm(plm, save_tokenizer=False)
+    with pytest.raises(CltxError, match=r"plm=.*no tokenizer"):
+        _run(models["tied"], plm, tmp_path / "o")
+
+
+def test_plm_with_missing_embeddings(models, tmp_path, no_heavy_work):
+    tok = plm_tokenizer()
+    plm = build_plm(tmp_path / "plm-short", tokenizer=tok, vocab_size=len(tok) - 10)
+    with pytest.raises(CltxError, match=r"plm=.*embedding rows"):
+        _run(models["tied"], plm, tmp_path / "o")
+
+
+def test_empty_overlap(models, tmp_path, no_heavy_work):
+    greek = ["καλημερα", "θαλασσα", "ουρανος", "βιβλιο", "ποταμος", "σπιτι"]
+    plm = build_plm(tmp_path / "plm-greek", tokenizer=plm_tokenizer(vocab_size=80, words=greek))
+    with pytest.raises(CltxError, match=r"overlap is empty"):
+        _run(models["tied"], plm, tmp_path / "o")
+
+
+def test_vectors_of_the_wrong_width(models, tmp_path, no_heavy_work):
+    vec = tmp_path / "bad.vec"
+    vec.write_text("3 4\nthe 0.1 0.2 0.3 0.4\nriver 0.1 0.2 0.3\nhouse 1 2 3 4\n")
+    with pytest.raises(CltxError, match=r"vectors=.*line 3 has 3 numbers, expected 4"):
+        _run(models["tied"], models["plm"], tmp_path / "o", vectors=str(vec))
+    vec.write_text("3 4\nthe 0.1 0.2 0.3\n")
+    with pytest.raises(CltxError, match=r"header says 4 dimensions but the first vector has 3"):
+        _run(models["tied"], models["plm"], tmp_path / "o", vectors=str(vec))
+
+
+def test_bad_options_and_occupied_out(models, tmp_path):
+    from cltx.salt import SaltConfig
+
+    with pytest.raises(CltxError, match="method="):
+        SaltConfig(method="fancy")
+    with pytest.raises(CltxError, match="k_min="):
+        SaltConfig(k_min=9, k_max=4)
+    with pytest.raises(CltxError, match="temperature="):
+        SaltConfig(temperature=0)
+    with pytest.raises(CltxError, match="vectors="):
+        SaltConfig(vectors=str(tmp_path / "missing.vec"))
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "notes.txt").write_text("mine")
+    with pytest.raises(CltxError, match="out="):
+        _run(models["tied"], models["plm"], occupied)
+
+
+# ------------------------------------------------------------------------------------ CLI
+
+
+def test_cli_runs_and_reports(models, eval_file, tmp_path):
+    from typer.testing import CliRunner
+
+    from cltx.cli.main import app
+
+    out = tmp_path / "cli"
+    args = ["salt", "--llm", str(models["tied"]), "--plm", str(models["plm"]), "--out", str(out)]
+    res = CliRunner().invoke(app, [*args, "--method", "focus", "--eval-text", str(eval_file), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "bits/byte" in res.output and "focus" in res.output and "LLM, own" in res.output
+    assert json.loads((out / "salt_report.json").read_text())["method"] == "focus"
+    assert (out / "bits_per_byte.json").exists()
+
+
+def test_cli_bad_input_is_one_red_line(models, tmp_path):
+    from typer.testing import CliRunner
+
+    from cltx.cli.main import app
+
+    plm = build_plm(tmp_path / "plm-notok", save_tokenizer=False)
+    args = ["salt", "--llm", str(models["tied"]), "--plm", str(plm), "--out", str(tmp_path / "o")]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1
+    assert "error:" in res.output and "no tokenizer" in res.output and "Traceback" not in res.output
