@@ -166,9 +166,10 @@ def test_text_that_already_contains_a_marker_form_uses_the_next():
     m = mask(text)
     assert m.form.name != "xph"
     assert unmask(m.text, m) == text
-    assert choose_form([text, "N3N field"]).name == "hex"
+    assert choose_form([text, "a field"]).name == "hex"
+    assert choose_form([text, "hex 0x0001"]).name == "mkr"
     with pytest.raises(CltxError, match="no-protect"):
-        choose_form(["XPH1X N1N 0x0001"])
+        choose_form(["XPH1X MKR1MKR 0x0001"])
 
 
 def test_user_patterns_come_first_and_bad_ones_name_the_option():

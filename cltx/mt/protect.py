@@ -133,8 +133,8 @@ def _compiled(p: str) -> re.Pattern[str]:
 # Measured on the embedded engine (bench/bench_mt_quality.py --markers); see the module docstring.
 DEFAULT_FORMS: tuple[MarkerForm, ...] = (
     MarkerForm("xph", "XPH{i}X", r"(?i)XPH ?(\d+) ?X"),
-    MarkerForm("nxn", "N{i}N", r"(?<![A-Za-z0-9])[Nn] ?(\d+) ?[Nn](?![A-Za-z0-9])"),
     MarkerForm("hex", "0x{i:04X}", r"(?i)(?<![A-Za-z0-9])0x ?([0-9A-F]{4})(?![A-Za-z0-9])", 16),
+    MarkerForm("mkr", "MKR{i}MKR", r"(?i)MKR ?(\d+) ?MKR"),
 )
 """Marker forms in order of preference; each is tried in turn when a text already contains the previous ones."""
 
