@@ -229,9 +229,23 @@ def _plm_embeddings(plm: Path) -> np.ndarray:
 
 @pytest.mark.parametrize("variant", ["tied", "untied"])
 def test_overlap_rows_exact_and_new_rows_match_float64_pinv(models, salt_runs, variant):
+    _check_salt_rows(models, salt_runs[variant], variant)
+
+
+@pytest.mark.gpu
+def test_salt_on_cuda_matches_float64_pinv(models, tmp_path):
+    from cltx.salt import SaltConfig, transfer_vocabulary
+
+    out = tmp_path / "cuda"
+    cfg = SaltConfig(llm=str(models["untied"]), plm=str(models["plm"]), k_min=30, k_max=40, device="cuda")
+    transfer_vocabulary(cfg, out)
+    _check_salt_rows(models, out, "untied")
+
+
+def _check_salt_rows(models, out: Path, variant: str) -> None:
     llm, llm_tok = _load(models[variant])
-    new, new_tok = _load(salt_runs[variant])
-    report = json.loads((salt_runs[variant] / "salt_report.json").read_text())
+    new, new_tok = _load(out)
+    report = json.loads((out / "salt_report.json").read_text())
     plm_tok = __import__("transformers").AutoTokenizer.from_pretrained(models["plm"])
 
     overlap = _expected_overlap(llm_tok, plm_tok)
@@ -471,3 +485,26 @@ def test_cli_bad_input_is_one_red_line(models, tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 1
     assert "error:" in res.output and "no tokenizer" in res.output and "Traceback" not in res.output
+
+
+# ------------------------------------------------------------------------------------ integration
+
+
+@pytest.mark.integration
+def test_embedded_salt_beats_random_and_mean_in_bits_per_byte():
+    """SmolLM2-135M given MiniLM's (English, uncased) vocabulary: SALT starts lower than random and
+    mean. One matching and one neighbour computation serve the three methods."""
+    from cltx.paths import data_file
+    from cltx.pretrain import read_documents
+    from cltx.salt import SaltConfig, VocabularyTransfer
+
+    t = VocabularyTransfer(SaltConfig(holdout=0))
+    t.prepare()
+    assert t.matching.summary()["overlap"] > 10000
+    docs = read_documents(data_file("eval_en.txt"))
+    bpb = {}
+    for method in ("salt", "random", "mean"):
+        t.apply(t.initialize(method))
+        bpb[method] = t.evaluate(docs)["bits_per_byte"]
+    assert all(math.isfinite(v) for v in bpb.values())
+    assert bpb["salt"] < bpb["random"] and bpb["salt"] < bpb["mean"], bpb
