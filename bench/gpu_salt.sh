@@ -12,6 +12,6 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 echo "== salt: GPU tests"
 timeout 150 python -m pytest -q -p no:cacheprovider -m gpu tests/test_salt_fit.py tests/test_neighbors.py || status=1
 echo "== salt: benchmark (paper preset, fp32)"
-timeout 150 python bench/bench_salt_fit.py --device cuda --preset paper || status=1
+timeout 120 python bench/bench_salt_fit.py --device cuda --preset paper || status=1
 echo "== salt: done (status $status)"
 exit $status

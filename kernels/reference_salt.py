@@ -16,15 +16,19 @@ system ``(G + ridge·I) α = r`` by iterated Tikhonov: ``δ₀ = A⁻¹ r``, ``�
 ``(μ/(σ+μ))^(p+1)``, while exact null directions (duplicated neighbours, k > d_in) carry no part of
 ``r = X x`` and stay at zero: the minimum-norm answer, never NaN or inf. The one catch is rounding
 in G itself: fp32 G has errors ~1e-7·‖G‖ along the null directions, which a tiny μ amplifies. So
-this reference forms G and r in float64 when a set is rank-deficient by shape (k > d_in, where
-d_in is small and float64 is cheap), and in fp32 otherwise (exact duplicates give bit-identical
-rows of G and stay exact); the small solve is always float64.
+this reference forms G, r and the solve in float64 when a set is rank-deficient by shape (k > d_in,
+where d_in is small and float64 is cheap). Otherwise it works in fp32 and checks convergence: the
+refinement steps are a power iteration of μA⁻¹, so their ratio ρ estimates the slowest
+direction's μ/(σ+μ) and ‖δ_p‖·ρ/(1−ρ) the bias left; a token above 1e-6·‖α‖ (an ill-conditioned
+set, e.g. k ≈ d_in) is solved again from float64 G and r of the same rows.
 
 Speed (the CPU path must be fast, not a loop): tokens are processed in chunks; each chunk gathers
 its neighbour rows once (k × d_in per token, a few MB), forms G and r with one batched matmul,
-and solves with one batched Cholesky. Then ``E = A @ y_basis`` with A the (n × m) sparse matrix of
-the α's — one CSR × dense product that reads each basis row of Y once, instead of once per token
-that uses it (the gather floor): on CPU this is the largest win.
+and solves with one batched Cholesky (fp32, with a float64 redo of any token whose refinement
+has not converged: ill-conditioned sets). Then ``E = A @ y_basis`` with A the (n × m) sparse
+matrix of the α's — one CSR × dense product: no (n × k × d_out) gathered tensor is ever built,
+and neighbour rows shared by many tokens are served from cache (on CPU 5-20× faster than a
+gather + bmm).
 """
 
 from __future__ import annotations
@@ -180,43 +184,57 @@ def salt_alpha_reference(
     """
     n, k = neighbors.shape
     d_in = x_query.shape[1]
-    eps32, _, refine32 = regularisation(k, d_in, gram_fp64=False)
     eps64, _, refine64 = regularisation(k, d_in, gram_fp64=True)
+    # fp32 here is backed by the float64 redo of unconverged tokens, so one refinement step with a
+    # smaller ε suffices (bias (ε·trace/k/σ)² on a well-conditioned set).
+    eps32, refine32 = 1e-5, 1
     all_fp64 = k > d_in
     acc = torch.float64 if all_fp64 else torch.float32
     xb = x_basis.to(acc)
     alpha = torch.zeros(n, k, dtype=torch.float32, device=x_query.device)
     c = _chunk_rows(k, d_in, chunk_size)
-    for s in range(0, n, c):
-        idx = neighbors[s : s + c]
-        valid = idx >= 0
-        rows = idx.shape[0]
-        X = xb.index_select(0, idx.clamp(min=0).reshape(-1)).view(rows, k, d_in)
-        xq = x_query[s : s + c].to(acc)
-        # Unused slots gathered row 0: mask them out of the small G and r (cheaper than masking X).
+    # The batched solve runs on larger blocks than the gather (LAPACK's per-call overhead dominates
+    # small batches); its G block is at most 32 MB.
+    block = max(c, min(n, _CHUNK_BYTES // (4 * k * k)))
+    if chunk_size is not None:
+        block = c
+    for b0 in range(0, n, block):
+        b1 = min(n, b0 + block)
+        G = torch.empty(b1 - b0, k, k, dtype=acc, device=x_query.device)
+        r = torch.empty(b1 - b0, k, dtype=acc, device=x_query.device)
+        valid = neighbors[b0:b1] >= 0
         v = valid.to(acc)
-        G = torch.bmm(X, X.transpose(1, 2)) * (v[:, :, None] * v[:, None, :])
-        r = torch.bmm(X, xq[:, :, None])[:, :, 0] * v
+        for s in range(b0, b1, c):
+            e = min(b1, s + c)
+            idx = neighbors[s:e]
+            X = xb.index_select(0, idx.clamp(min=0).reshape(-1)).view(e - s, k, d_in)
+            torch.bmm(X, X.transpose(1, 2), out=G[s - b0 : e - b0])
+            r[s - b0 : e - b0] = torch.bmm(X, x_query[s:e].to(acc)[:, :, None])[:, :, 0]
+        # Unused slots gathered row 0: mask them out of the small G and r (cheaper than masking X).
+        G *= v[:, :, None] * v[:, None, :]
+        r *= v
         if all_fp64:
             a, ok = _solve(G, r, v.sum(-1), float(ridge), eps64, refine64)
         else:
-            a, ok = _solve(G, r, v.sum(-1), float(ridge), eps32, min(refine32, 2))
+            a, ok = _solve(G, r, v.sum(-1), float(ridge), eps32, refine32)
             if not bool(ok.all()):
-                redo = ~ok
-                X64, v64 = X[redo].double(), v[redo].double()
+                redo = torch.nonzero(~ok)[:, 0]
+                idx = neighbors[b0:b1][redo]
+                X64 = x_basis.index_select(0, idx.clamp(min=0).reshape(-1)).view(len(redo), k, d_in).double()
+                v64 = v[redo].double()
                 G64 = torch.bmm(X64, X64.transpose(1, 2)) * (v64[:, :, None] * v64[:, None, :])
-                r64 = torch.bmm(X64, xq[redo].double()[:, :, None])[:, :, 0] * v64
+                r64 = torch.bmm(X64, x_query[b0:b1][redo].double()[:, :, None])[:, :, 0] * v64
                 a64, _ = _solve(G64, r64, v64.sum(-1), float(ridge), eps64, refine64)
                 a = a.double()
                 a[redo] = a64
-        alpha[s : s + c] = (a * valid).float()
+        alpha[b0:b1] = (a * valid).float()
     return alpha
 
 
 def apply_alpha(alpha: torch.Tensor, neighbors: torch.Tensor, y_basis: torch.Tensor) -> torch.Tensor:
     """``E[t] = Σ_j α_tj · y_basis[neighbors[t, j]]`` as one sparse (n × m) @ (m × d_out) product.
 
-    Reads each basis row once (not once per token that uses it). Output in ``y_basis``'s dtype.
+    No gathered (n × k × d_out) tensor; duplicated indices in a row add up. Output in ``y_basis``'s dtype.
     """
     n, k = neighbors.shape
     m, d_out = y_basis.shape
