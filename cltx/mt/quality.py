@@ -7,9 +7,9 @@ small detail dict, recorded in the record's ``_mt.flags`` and counted in the run
   language less than ``max_tgt_prob`` while another language has at least ``min_lang_conf``.
   Proper nouns (capitalised words not starting a sentence), digits and protected spans are
   removed first, and texts with fewer than ``min_lang_letters`` letters left are not judged: names
-  and numbers are what fools a character-n-gram identifier. On the sample data (204 fields long
-  enough to judge) this fires on 0 of the embedded engine's Portuguese outputs and on 207 of 210
-  English sources.
+  and numbers are what fools a character-n-gram identifier. On the sample data (fields long
+  enough to judge) this fires on 0 of 235 of the embedded engine's Portuguese outputs and on 224
+  of 232 English sources.
 * ``untranslated`` — the output equals or nearly equals the source (word-level similarity ≥
   ``untranslated_similarity`` after case folding and punctuation removal), for sources with at
   least ``min_untranslated_words`` words (names, numbers and code are legitimately copied).
