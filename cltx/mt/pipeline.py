@@ -171,6 +171,14 @@ class RecordResult:
 RecordHook = Callable[[RecordResult], None]
 
 
+def _splits_back(cores: list[str], style: its.ITStyle, catalyst: str | None) -> bool:
+    """Whether the untranslated joint sequence of ``cores`` splits back into ``cores`` with ``style``."""
+    try:
+        return its.split(its.join(cores, style, catalyst), len(cores), style) == cores
+    except its.DecompositionError:
+        return False
+
+
 class _Job:
     """Texts of one unit of work (a joint sequence or one field) cut into pieces."""
 
@@ -342,6 +350,11 @@ class Pipeline:
                 w.cs = cs
                 allowed = tuple(s for s in cfg.styles if s.name not in tried.get(id(w), []))
                 style = its.choose_style([*cores_, cs or ""], allowed)
+                # A style whose markers the record's own text completes across a field boundary
+                # ("|0" + " |2|" reads as "|0 |") would fail even on a perfect engine: skip it.
+                while style is not None and not _splits_back(cores_, style, cs):
+                    allowed = tuple(s for s in allowed if s is not style)
+                    style = its.choose_style([*cores_, cs or ""], allowed)
                 if style is None:
                     if attempt == 0:
                         w.meta["reason"] = "every IT style already occurs in the record"
