@@ -169,7 +169,11 @@ def register(app: typer.Typer) -> None:
         ] = False,
         cache: Annotated[
             Path | None,
-            typer.Option("--cache", help="Translation cache folder (default: the cltx cache dir, CLTX_CACHE)."),
+            typer.Option(
+                "--cache",
+                help="Translation cache folder (default: the cltx cache dir, CLTX_CACHE). python: engines are "
+                "cached only when this is given.",
+            ),
         ] = None,
         no_cache: Annotated[
             bool, typer.Option("--no-cache", help="Translate everything; read and write no cache.")
@@ -208,13 +212,16 @@ def register(app: typer.Typer) -> None:
         if no_protect and protect:
             raise bad_arg("--protect", protect, "cannot be combined with --no-protect; drop one of them")
         eng = make_engine(engine, src, tgt, options=parse_options(engine_option), keep_newlines=keep_newlines)
-        if not no_cache:
+        if no_cache and cache is not None:
+            raise bad_arg("--cache", str(cache), "cannot be combined with --no-cache; drop one of them")
+        # bergamot and hf engines are cached by default: their identity (package version, weight
+        # files) is in the key. A python: engine may depend on what cltx cannot see (an API's model
+        # version, environment variables): cached only when --cache names a folder.
+        if not no_cache and (cache is not None or not engine.startswith("python:")):
             from cltx.mt.tcache import CachedEngine, TranslationCache, engine_identity
 
             eid, eopts = engine_identity(engine, parse_options(engine_option), keep_newlines=keep_newlines)
             eng = CachedEngine(eng, TranslationCache(cache), engine=eid, options=eopts, src=src, tgt=tgt)
-        elif cache is not None:
-            raise bad_arg("--cache", str(cache), "cannot be combined with --no-cache; drop one of them")
         rank, _ = dist_env()
         with RichProgress(disable=quiet or rank != 0) as progress:
             report = run_file(
