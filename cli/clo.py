@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -144,6 +145,8 @@ def register(app: typer.Typer) -> None:
                 memory_budget_gib=memory_budget_gib,
                 lora_r=lora_r,
             )
+        if os.environ.get("RANK", "0") != "0":  # torchrun / accelerate launch: rank 0 reports
+            return
         dr = rep["data_report"]
         table = Table("", "value", title=f"cltx clo ({rep['method']}, train {rep['train']}) → {out_dir}")
         table.add_row("records used", f"{dr['used']} of {dr['records']}")

@@ -210,7 +210,10 @@ def train_clo(
     result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - t0
     trainer.save_final(out)
-    world = trainer.accelerator.num_processes
+    tokens = torch.tensor(float(trainer.tokens_trained), device=trainer.args.device)
+    if trainer.accelerator.num_processes > 1:
+        tokens = trainer.accelerator.reduce(tokens, reduction="sum")
+    tokens = int(tokens.item())
     logs = [h for h in trainer.state.log_history if "loss" in h]
     report = {
         "model": model_name,
@@ -225,8 +228,8 @@ def train_clo(
         "reference": trainer.ref_info,
         "steps": trainer.state.global_step,
         "train_seconds": round(train_seconds, 3),
-        "tokens": trainer.tokens_trained * world,
-        "tokens_per_second": round(throughput(trainer.tokens_trained * world, result.metrics["train_runtime"]), 1),
+        "tokens": tokens,
+        "tokens_per_second": round(throughput(tokens, result.metrics["train_runtime"]), 1),
         "train_loss": result.metrics.get("train_loss"),
         "first_log": logs[0] if logs else None,
         "last_log": logs[-1] if logs else None,
