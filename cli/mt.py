@@ -161,7 +161,9 @@ def register(app: typer.Typer) -> None:
         protect: Annotated[
             list[str] | None,
             typer.Option(
-                "--protect", help="Extra regex whose matches are never translated (repeatable; Python syntax)."
+                "--protect",
+                metavar="PATTERN",
+                help="Extra regex whose matches are never translated (repeatable; Python syntax).",
             ),
         ] = None,
         no_protect: Annotated[
@@ -171,6 +173,7 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(
                 "--cache",
+                metavar="DIR",
                 help="Translation cache folder (default: the cltx cache dir, CLTX_CACHE). python: engines are "
                 "cached only when this is given.",
             ),
