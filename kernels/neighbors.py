@@ -61,6 +61,7 @@ def sparsemax_sorted(z: torch.Tensor, valid: torch.Tensor | None = None) -> tupl
     return p.float(), support
 
 
+@torch.no_grad()
 def select_neighbors(
     query: torch.Tensor,
     basis: torch.Tensor,

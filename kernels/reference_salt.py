@@ -158,6 +158,7 @@ def _solve(G: torch.Tensor, r: torch.Tensor, k_valid: torch.Tensor, ridge: float
     return alpha, converged
 
 
+@torch.no_grad()
 def salt_alpha_reference(
     x_query: torch.Tensor,
     x_basis: torch.Tensor,
@@ -231,6 +232,7 @@ def salt_alpha_reference(
     return alpha
 
 
+@torch.no_grad()
 def apply_alpha(alpha: torch.Tensor, neighbors: torch.Tensor, y_basis: torch.Tensor) -> torch.Tensor:
     """``E[t] = Σ_j α_tj · y_basis[neighbors[t, j]]`` as one sparse (n × m) @ (m × d_out) product.
 
@@ -257,6 +259,7 @@ def apply_alpha(alpha: torch.Tensor, neighbors: torch.Tensor, y_basis: torch.Ten
     return out
 
 
+@torch.no_grad()
 def salt_fit_reference(
     x_query: torch.Tensor,
     x_basis: torch.Tensor,

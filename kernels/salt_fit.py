@@ -367,6 +367,7 @@ def _salt_fit_triton(
 # ---------------------------------------------------------------------------------------------
 # 5. Public function (forward only: SALT initialises embeddings, nothing back-propagates through it).
 # ---------------------------------------------------------------------------------------------
+@torch.no_grad()
 def salt_fit(
     x_query: torch.Tensor,
     x_basis: torch.Tensor,

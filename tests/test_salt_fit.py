@@ -371,3 +371,13 @@ def test_kernels_compile_for_sm90(k, xdt, ydt):
         apply_ptrs = {"coef_ptr": "fp32", "nbr_ptr": "i64", "order_ptr": "i32", "yb_ptr": ydt, "out_ptr": ydt}
         apply_consts = {"K": cfg["K"], "BLOCK_N": cfg["APPLY_BLOCK_N"]}
         assert _aot_compile(_salt_apply_kernel, apply_ptrs, apply_consts, (), cfg["apply_warps"], 2).asm.get("cubin")
+
+
+def test_embedding_parameters_that_require_grad_are_fine():
+    """Callers pass model embedding weights (requires_grad=True): no autograd graph is built."""
+    xq, xb, yb, nb = problem(9, 30, 12, 10, 5, seed=13)
+    xq, xb, yb = (torch.nn.Parameter(t) for t in (xq, xb, yb))
+    out = salt_fit(xq, xb, yb, nb)
+    assert not out.requires_grad and out.grad_fn is None
+    e, scale, _ = oracle(xq.detach(), xb.detach(), yb.detach(), nb)
+    assert rel_err(out, e, scale) < TOL["fp32"]
