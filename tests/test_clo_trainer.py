@@ -230,3 +230,24 @@ def test_gpu_bf16_run_through_the_triton_kernel(tmp_path, tok, monkeypatch):
     loss = _logs(tr, "loss")
     assert _logs(tr, "rewards/margins")[0] == 0.0
     assert sum(loss[-4:]) / 4 < sum(loss[:4]) / 4 - 0.05
+
+
+@pytest.mark.integration
+def test_smollm2_one_step(tmp_path, monkeypatch):
+    """The embedded SmolLM2-135M with its chat template: one CLO step, rewards exactly zero at step 0."""
+    recs = [
+        {
+            "instruction": "Diga o nome da capital da França.",
+            "output": "A capital da França é Paris.",
+            "_source": {"instruction": "Name the capital of France.", "output": "The capital of France is Paris."},
+        },
+        {
+            "instruction": "Quantos dias tem uma semana?",
+            "output": "Uma semana tem sete dias.",
+            "_source": {"instruction": "How many days are in a week?", "output": "A week has seven days."},
+        },
+    ]
+    rep = train_clo("smollm2-135m", recs, tmp_path / "out", max_steps=1, batch_size=2, max_length=96, logging_steps=1)
+    assert rep["steps"] == 1 and rep["first_log"]["rewards/margins"] == 0.0
+    assert math.isfinite(rep["first_log"]["nll"]) and rep["first_log"]["cl"] == pytest.approx(math.log(2), abs=1e-6)
+    assert (tmp_path / "out" / "model.safetensors").exists() and (tmp_path / "out" / "tokenizer.json").exists()
