@@ -41,7 +41,7 @@ def corpus(seed: int, extra: list[str], n: int = 400, capitalise: bool = True) -
     return lines
 
 
-def llm_tokenizer(vocab_size: int = 420, add_bos: bool = True):
+def llm_tokenizer(vocab_size: int = 420, add_bos: bool = True, pad_is_eos: bool = False):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -60,7 +60,11 @@ def llm_tokenizer(vocab_size: int = 420, add_bos: bool = True):
             single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", tk.token_to_id("<s>"))]
         )
     return PreTrainedTokenizerFast(
-        tokenizer_object=tk, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+        tokenizer_object=tk,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="</s>" if pad_is_eos else "<pad>",
+        unk_token="<unk>",
     )
 
 
@@ -90,11 +94,11 @@ def plm_tokenizer(vocab_size: int = 260, words: list[str] | None = None):
     )
 
 
-def build_llm(path: Path, *, tied: bool = True, seed: int = 0, add_bos: bool = True) -> Path:
+def build_llm(path: Path, *, tied: bool = True, seed: int = 0, add_bos: bool = True, pad_is_eos: bool = False) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tok = llm_tokenizer(add_bos=add_bos)
+    tok = llm_tokenizer(add_bos=add_bos, pad_is_eos=pad_is_eos)
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(tok),
@@ -278,7 +282,7 @@ def _check_salt_rows(models, out: Path, variant: str) -> None:
 
 
 def test_saved_folder_reloads_generates_and_stops_on_eos(salt_runs):
-    from transformers import LogitsProcessor, LogitsProcessorList
+    from transformers import LogitsProcessorList
 
     model, tok = _load(salt_runs["tied"])
     assert (tok.bos_token, tok.eos_token, tok.pad_token, tok.unk_token) == ("[CLS]", "[SEP]", "[PAD]", "[UNK]")
@@ -292,29 +296,54 @@ def test_saved_folder_reloads_generates_and_stops_on_eos(salt_runs):
     assert "token_type_ids" not in enc
     assert tok.decode(ids, skip_special_tokens=True) == "walk to the harbour"
 
-    class EosAt(LogitsProcessor):
-        def __init__(self, at: int):
-            self.at = at
-
-        def __call__(self, input_ids, scores):
-            if input_ids.shape[1] == self.at:
-                scores[:] = -float("inf")
-                scores[:, tok.eos_token_id] = 0.0
-            else:
-                scores[:, tok.eos_token_id] = -float("inf")
-            return scores
-
     n = len(ids)
+    ends = [tok.eos_token_id]
+    assert model.generation_config.eos_token_id == tok.eos_token_id  # the tiny LLM's pad is its own token
     with torch.no_grad():
-        never = LogitsProcessorList([EosAt(-1)])
+        never = LogitsProcessorList([_ForceAt(-1, tok.eos_token_id, ends)])
         free = model.generate(**enc, max_new_tokens=6, do_sample=False, logits_processor=never)
-        stop = model.generate(
-            **enc, max_new_tokens=12, do_sample=False, logits_processor=LogitsProcessorList([EosAt(n + 2)])
-        )
+        forced = LogitsProcessorList([_ForceAt(n + 2, tok.eos_token_id, ends)])
+        stop = model.generate(**enc, max_new_tokens=12, do_sample=False, logits_processor=forced)
     assert free.shape[1] == n + 6
     assert isinstance(tok.decode(free[0, n:]), str)
     # Generation ends at the eos from generation_config (not passed here): 2 tokens + eos.
     assert stop.shape[1] == n + 3 and stop[0, -1].item() == tok.eos_token_id
+
+
+class _ForceAt:
+    """A logits processor: at sequence length ``at`` only ``token`` may follow; ``banned`` never otherwise."""
+
+    def __init__(self, at: int, token: int, banned: list[int]):
+        self.at, self.token, self.banned = at, token, banned
+
+    def __call__(self, input_ids, scores):
+        if input_ids.shape[1] == self.at:
+            scores[:] = -float("inf")
+            scores[:, self.token] = 0.0
+        else:
+            scores[:, self.banned] = -float("inf")
+        return scores
+
+
+def test_pad_that_is_the_llm_eos_also_ends_generation(models, tmp_path):
+    """SmolLM2's pad is its eos: the PLM's [PAD] then gets the eos row and must end generation too."""
+    from transformers import LogitsProcessorList
+
+    llm = build_llm(tmp_path / "llm-pad-eos", pad_is_eos=True)
+    out = tmp_path / "o"
+    _run(llm, models["plm"], out, method="mean")
+    model, tok = _load(out)
+    ends = [tok.eos_token_id, tok.pad_token_id]
+    assert model.generation_config.eos_token_id == ends
+    assert json.loads((out / "salt_report.json").read_text())["generation_eos_ids"] == ends
+    y = _targets(model)
+    assert np.array_equal(y[tok.pad_token_id], y[tok.eos_token_id])
+    enc = tok("walk to the river", return_tensors="pt")
+    n = enc["input_ids"].shape[1]
+    forced = LogitsProcessorList([_ForceAt(n + 1, tok.pad_token_id, ends)])
+    with torch.no_grad():
+        stop = model.generate(**enc, max_new_tokens=12, do_sample=False, logits_processor=forced)
+    assert stop.shape[1] == n + 2 and stop[0, -1].item() == tok.pad_token_id
 
 
 def test_every_method_finite_rules_hold_and_report_complete(models, eval_file, tmp_path):

@@ -590,6 +590,13 @@ class VocabularyTransfer:
         m = self.matching
         self.tokenizer = causal_tokenizer(self.plm_tokenizer, self.llm_tokenizer, m.roles, self.llm_config)
         model = self.model
+        # Every PLM token whose row is one of the LLM's end tokens ends generation: SmolLM2's pad is
+        # its eos, so the PLM's [PAD] gets the same row as [SEP] and is as likely to be generated.
+        llm_eos = _id_set(self.llm_tokenizer.eos_token_id)
+        llm_eos |= _id_set(getattr(_text_config(model.config), "eos_token_id", None))
+        llm_eos |= _id_set(getattr(model.generation_config, "eos_token_id", None))
+        eos = self.tokenizer.eos_token_id
+        self.eos_ids = [eos] + sorted(p for p, q in m.pairs.items() if q in llm_eos and p != eos)
         model.resize_token_embeddings(m.plm_size, mean_resizing=False)
         ids = {
             "bos_token_id": self.tokenizer.bos_token_id,
@@ -605,6 +612,7 @@ class VocabularyTransfer:
         if gen is not None:
             for k, v in ids.items():
                 setattr(gen, k, v)
+            gen.eos_token_id = self.eos_ids if len(self.eos_ids) > 1 else eos
             for k in ("decoder_start_token_id", "forced_bos_token_id", "forced_eos_token_id"):
                 if getattr(gen, k, None) is not None:
                     setattr(gen, k, None)
@@ -677,6 +685,7 @@ class VocabularyTransfer:
             "vectors_found": None if self.vectors is None else len(self.vectors),
             **m.summary(),
             "new_model_vocab_size": m.plm_size,
+            "generation_eos_ids": self.eos_ids,
             "tied_embeddings": self.tied,
             "d_llm": self.d_model,
             "d_plm": self.d_plm,
@@ -723,6 +732,12 @@ class VocabularyTransfer:
         res = bits_per_byte(self.model, tok, docs)
         res["seconds"] = time.perf_counter() - t0
         return res
+
+
+def _id_set(value) -> set[int]:
+    """Token ids from a config field that holds an id, a list of ids, or nothing."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return {int(v) for v in values if isinstance(v, int)}
 
 
 def _embedding_matrix(getter, arg: str, name: str):
