@@ -78,3 +78,9 @@ def test_cli_bad_input_is_one_red_line(files, tmp_path):
         res = CliRunner().invoke(app, ["clo", *flat, "--max-steps", "1"])
         assert res.exit_code == 1, (extra, res.output)
         assert msg in res.output and "Traceback" not in res.output, (extra, res.output)
+
+
+def test_max_length_is_bounded_by_the_model_context(files, tmp_path):
+    res = _clo(files, tmp_path / "ctx", "--max-length", "100000")
+    assert res.exit_code == 0, res.output
+    assert "context 256" in res.output

@@ -35,6 +35,13 @@ def checkpointing_field() -> str:
     return "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
 
 
+def model_context(model) -> int | None:
+    """The model's context length (``max_position_embeddings``), when its config states one."""
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
 def load_policy(name: str):
     """Load a causal LM (fp32 master weights) and its tokenizer; refuse a checkpoint whose LM head
     is missing (transformers would fill it with random weights)."""
@@ -153,6 +160,10 @@ def train_clo(
             raise bad_arg("tokenizer", None, "pass the tokenizer with an already loaded model")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    context = model_context(model)
+    if context and max_length > context:
+        progress.message(f"max_length {max_length} > the model's context {context}: using {context}")
+        max_length = context
     records = read_records(data) if isinstance(data, (str, Path)) else list(data)
     bins, data_report = prepare_bins(
         records,

@@ -208,9 +208,12 @@ def evaluate_models(
                 model.to("cuda")
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
+        from cltx.clo.api import model_context
+
         fmt = PromptFormatter(tok, use_chat_template=use_chat_template, system_prompt=system_prompt)
         rep = dataclass_copy(report)
-        tokenized = tokenize_examples(examples, fmt, max_length, rep)
+        limit_len = min(max_length, model_context(model) or max_length)
+        tokenized = tokenize_examples(examples, fmt, limit_len, rep)
         if not tokenized:
             raise CltxError(
                 f"data: no usable held-out records for {name} ({describe_skips(rep)}); "
