@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import sys
 from typing import Any
 
 import typer
@@ -74,7 +73,7 @@ class RichProgress:
             TimeRemainingColumn(),
             TextColumn("{task.fields[info]}"),
             console=console,
-            disable=disable or not sys.stderr.isatty() and False,
+            disable=disable,
             transient=False,
         )
         self._tasks: dict[str, Any] = {}
