@@ -46,8 +46,14 @@ def register(app: typer.Typer) -> None:
         )
         if check:
             return
-        with RichProgress() as prog:
-            report = run_pipeline(cfg, force=force, progress=prog)
+        from cltx.run import RunStopped
+
+        try:
+            with RichProgress() as prog:
+                report = run_pipeline(cfg, force=force, progress=prog)
+        except RunStopped as e:
+            console.print(f"[yellow]{e}[/]: finished stages are kept; run the same command again to resume")
+            raise typer.Exit(code=3) from None
 
         from cltx.report import summary_rows
 

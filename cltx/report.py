@@ -228,6 +228,18 @@ def clo_section(results: dict[str, dict]) -> tuple[dict, list[dict]]:
             compare(paper, "CLO's held-out English NLL is lower than SFT's (English is kept)",
                     "clo", m("clo", "nll_english"), "sft", m("sft", "nll_english"), lower_is_better=True),
         ]  # fmt: skip
+    if "clo" in models and "base" in models:
+        claims.append(
+            compare(
+                paper,
+                "CLO training raises the share of target-language answers to target prompts over the start model",
+                "clo",
+                m("clo", "target_prompt_share"),
+                "base",
+                m("base", "target_prompt_share"),
+                lower_is_better=False,
+            )
+        )
     if "clo-half" in models and "sft" in models:
         claims.append(
             compare(
@@ -405,8 +417,11 @@ def render_markdown(report: dict) -> str:
     md += [
         "",
         _table(
-            ["stage", "wall s", "reused"],
-            [[k, v.get("wall_s"), "yes" if v.get("reused") else "no"] for k, v in report["stages"].items()],
+            ["stage", "wall s", "process CPU s", "reused"],
+            [
+                [k, v.get("wall_s"), v.get("cpu_s"), "yes" if v.get("reused") else "no"]
+                for k, v in report["stages"].items()
+            ],
         ),
     ]
     return "\n".join(md) + "\n"

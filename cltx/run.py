@@ -734,7 +734,12 @@ def run_pipeline(
         marker = _read_marker(d)
         if marker and marker.get("key") == s.key and s.name not in forced:
             ctx.results[s.name] = marker.get("result", {})
-            timings[s.name] = {"reused": True, "wall_s": marker.get("wall_s"), "key": s.key}
+            timings[s.name] = {
+                "reused": True,
+                "wall_s": marker.get("wall_s"),
+                "cpu_s": marker.get("cpu_s"),
+                "key": s.key,
+            }
             prog.message(f"stage {s.name}: reused (finished earlier, inputs and options unchanged)")
             prog.advance("run", 1)
             continue
@@ -743,20 +748,27 @@ def run_pipeline(
         d.mkdir(parents=True)
         why = "forced" if s.name in forced else ("options or inputs changed" if marker else "not run yet")
         prog.message(f"stage {s.name}: running ({why})")
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         result = s.fn(ctx, s)
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         ctx.results[s.name] = result
         tmp = d / (MARKER + ".tmp")
         tmp.write_text(
             json.dumps(
-                {"stage": s.name, "key": s.key, "wall_s": wall, "finished": time.time(), "result": result},
+                {
+                    "stage": s.name,
+                    "key": s.key,
+                    "wall_s": wall,
+                    "cpu_s": cpu,
+                    "finished": time.time(),
+                    "result": result,
+                },
                 indent=2,
                 default=str,
             )
         )
         os.replace(tmp, d / MARKER)
-        timings[s.name] = {"reused": False, "wall_s": wall, "key": s.key}
+        timings[s.name] = {"reused": False, "wall_s": wall, "cpu_s": cpu, "key": s.key}
         prog.advance("run", 1)
         if stop_after and stop_after == s.name:
             raise RunStopped(f"stopped after stage {s.name!r} ({STOP_ENV} is set)")
