@@ -14,7 +14,19 @@ file goes through :func:`cltx.mt.runner.run_file` (the same path as the CLI) ``-
 
 Results: one row per mode in ``bench/results/mt.jsonl`` (harness ``record``).
 
-    python bench/bench_mt.py [--repeats 3] [--threads N] [--limit N]
+``--drops`` measures instead how often the engine loses a sentence, whole texts in one call
+(``sentences=False``, the engine's own behaviour) vs the wrapper's sentence-by-sentence translation
+(the default), in ``bench/results/mt_drops.jsonl``:
+
+* *probe*: 2-sentence texts, a first sentence of 29–278 characters then a short one carrying a
+  distinctive token (``See page 42.``, ``Ask Maria.`` …), joined by a space or a line break, with or
+  without final punctuation; a drop is the token missing from the output;
+* *sample*: every multi-sentence field of the sample data and every record's joint sequence (CS +
+  ITs); a text counts when its output has fewer sentences than its input (this also counts two
+  sentences merged into one with a comma), and as *lost* when some source sentence's own
+  translation shares under half of its content words (4+ letters) with the output.
+
+    python bench/bench_mt.py [--repeats 3] [--threads N] [--limit N] [--drops]
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ import json
 import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -56,12 +69,118 @@ def answer_in_passage(rows: list[dict]) -> tuple[float, float, int]:
     return exact / len(qa), folded / len(qa), len(qa)
 
 
+PROBE_FIRST = [
+    "The committee met on Tuesday.",
+    "The committee met on Tuesday to discuss the budget for the coming year.",
+    "The committee met on Tuesday to discuss the budget for the coming year, and after a long debate it approved "
+    "most of the proposals.",
+    "The committee met on Tuesday to discuss the budget for the coming year, and after a long debate about roads, "
+    "schools and the new hospital, it approved most of the proposals that the mayor had presented in March.",
+    "The committee met on Tuesday to discuss the budget for the coming year, and after a long debate about roads, "
+    "schools, parks and the new hospital on the east side of the city, it approved most of the proposals that the "
+    "mayor and her advisers had presented to the public in March.",
+]
+PROBE_LAST = {"See page 42.": "42", "Ask Maria.": "Maria", "Call Pedro now.": "Pedro", "It costs 90 euros.": "90"}
+
+
+def _sentences(text: str) -> list[str]:
+    from cltx.mt.engines import sentence_units
+
+    return [u.strip() for u in sentence_units(text) if u.strip()]
+
+
+def _content_words(text: str) -> set[str]:
+    import re
+
+    return {w.casefold() for w in re.findall(r"[^\W\d_]{4,}|\d+", text)}
+
+
+def measure_drops(threads: int | None, limit: int | None) -> None:
+    """Sentence drops of whole-text vs sentence-by-sentence translation (see the module docstring)."""
+    from cltx.mt import markers as its
+    from cltx.mt.catalyst import catalyst_for
+    from cltx.mt.engines import BergamotEngine
+    from cltx.paths import data_file
+
+    opts = {"threads": threads} if threads else {}
+    engines = {
+        "whole": BergamotEngine("en", "pt", sentences=False, **opts),
+        "by_sentence": BergamotEngine("en", "pt", **opts),
+    }
+    probe = []
+    for first in PROBE_FIRST:
+        for last, token in PROBE_LAST.items():
+            for sep, end in ((" ", "."), ("\n", "."), (" ", "")):
+                probe.append((first + sep + (last if end else last.rstrip(".")), token))
+    recs = [json.loads(x) for x in data_file("sample_en.jsonl").read_text().splitlines() if x.strip()][:limit]
+    fields, joints = [], []
+    for r in recs:
+        present = [f for f in FIELDS if isinstance(r.get(f), str) and r[f].strip()]
+        fields += [r[f].strip() for f in present if len(_sentences(r[f])) > 1]
+        joints.append(its.join([r[f].strip() for f in present], its.BRACKET, catalyst_for(present, "auto", None)))
+    # Each source sentence on its own: the reference for "lost" (its content words must reach the output).
+    singles = sorted({s for t in fields + joints for s in _sentences(t)})
+    alone = dict(zip(singles, engines["whole"].translate(singles), strict=True))
+    rows = []
+    for name, eng in engines.items():
+        t0 = time.perf_counter()
+        outs = eng.translate([t for t, _ in probe])
+        probe_s = time.perf_counter() - t0
+        probe_drops = sum(tok not in o for (_, tok), o in zip(probe, outs, strict=True))
+        row = {
+            "engine": "bergamot",
+            "variant": name,
+            "probe_texts": len(probe),
+            "probe_dropped": probe_drops,
+            "probe_s": round(probe_s, 2),
+        }
+        for kind, texts in (("fields", fields), ("joint", joints)):
+            t0 = time.perf_counter()
+            outs = eng.translate(texts)
+            secs = time.perf_counter() - t0
+            fewer = lost = 0
+            for src, out in zip(texts, outs, strict=True):
+                fewer += len(_sentences(out)) < len(_sentences(src))
+                got = _content_words(out)
+                lost += any((w := _content_words(alone[s])) and len(w & got) < len(w) / 2 for s in _sentences(src))
+            row.update(
+                {
+                    f"{kind}_texts": len(texts),
+                    f"{kind}_fewer_sentences": fewer,
+                    f"{kind}_lost": lost,
+                    f"{kind}_s": round(secs, 2),
+                }
+            )
+        row["threads"] = eng.threads
+        rows.append(record("mt_drops", row))
+    cols = [
+        "variant",
+        "probe_texts",
+        "probe_dropped",
+        "fields_texts",
+        "fields_fewer_sentences",
+        "fields_lost",
+        "joint_texts",
+        "joint_fewer_sentences",
+        "joint_lost",
+        "fields_s",
+        "joint_s",
+    ]
+    print(table(rows, cols))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="bergamot threads (default: min(4, cpus))")
     ap.add_argument("--limit", type=int, default=None, help="only the first N sample records")
+    ap.add_argument(
+        "--drops", action="store_true", help="measure sentence drops instead (bench/results/mt_drops.jsonl)"
+    )
     args = ap.parse_args()
+    if args.drops:
+        measure_drops(args.threads, args.limit)
+        return
 
     from cltx.mt.engines import make_engine
     from cltx.mt.pipeline import MTConfig
