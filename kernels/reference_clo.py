@@ -84,6 +84,8 @@ _WARNED_BUDGETS: set[int] = set()
 # The narrowest vocabulary slab of the recompute mode before it also splits the tokens (keeps the
 # products matmul-shaped); tests lower it to exercise both splits at small sizes.
 MIN_SLAB = 2048
+# Slab widths of the recompute plan are multiples of this many columns (aligned rows, whole GEMM tiles).
+SLAB_ALIGN = 256
 # The shortest token chunk worth the deferred plan with a trainable weight (each chunk adds a read and write
 # of the V × H partial sums; shorter rows are taken whole). A frozen weight has no such cost.
 DEFERRED_MIN_TOKENS = 1024
@@ -123,6 +125,8 @@ def plan_chunks(
     fixed_bytes: int = 0,
     weight_grad_bytes: int | None = None,
     mode: str | None = None,
+    row_bytes_per_token: int = 0,
+    hidden_size: int = 0,
 ) -> ChunkPlan:
     """Choose the plan whose working buffers fit ``budget_bytes − fixed_bytes``.
 
@@ -142,13 +146,15 @@ def plan_chunks(
         weight_grad_bytes: bytes of one weight-gradient buffer (V × H in the weight's dtype); 0 for a frozen
             weight; ``None`` rules the deferred plan out.
         mode: force ``"pair"``, ``"deferred"`` or ``"recompute"`` (tests); ``None`` chooses.
+        row_bytes_per_token: recompute plan: per-token bytes of the hidden-gradient accumulator (0: none).
+        hidden_size: H, for the recompute plan's traffic estimate.
     """
     P, T, V = n_pairs, seq_len, vocab
     N = 2 * P * T
     # A small margin for library workspaces (cuBLAS) and per-token statistics.
     margin = min(32 << 20, budget_bytes // 16)
     avail = max(budget_bytes - fixed_bytes - margin, 0)
-    per_token = V * bytes_per_logit
+    per_token = padded_cols(V) * bytes_per_logit
     fit = avail // per_token
     extra = None if weight_grad_bytes is None else (1 if P == 1 else 2) * weight_grad_bytes
     fit_deferred = 0 if extra is None else max(avail - extra, 0) // per_token
@@ -179,25 +185,71 @@ def plan_chunks(
         return ChunkPlan("deferred", chunks, ((0, V),), max(b - a for ((a, b),) in chunks), V, budget_bytes)
     if mode != "recompute":
         raise bad_arg("mode", mode, "use 'pair', 'deferred', 'recompute' or None")
+    return _plan_recompute(N, V, avail, bytes_per_logit, budget_bytes, row_bytes_per_token, hidden_size)
+
+
+def _round_cols(w: int, V: int) -> int:
+    """A slab width: the whole vocabulary, or a multiple of SLAB_ALIGN columns (8 for tiny widths), so that
+    every slab's logits rows start 16-byte aligned and the products get cuBLAS's tensor-core kernels (an odd
+    leading dimension, e.g. 14,251 bf16 columns, drops them to a several-times slower path)."""
+    if w >= V:
+        return V
+    for a in (SLAB_ALIGN, 8):
+        if w >= a:
+            return w // a * a
+    return w
+
+
+def padded_cols(w: int) -> int:
+    """Row stride (elements) of a logits buffer holding ``w`` columns: rounded up to 8 (16 bytes in bf16)."""
+    return -(-w // 8) * 8
+
+
+def _plan_recompute(
+    N: int, V: int, avail: int, bytes_per_logit: int, budget_bytes: int, row_bytes: int, H: int
+) -> ChunkPlan:
+    """Tiles of n tokens × w vocabulary columns for the two-pass plan.
+
+    Pass 2 runs token chunks outer, slabs inner: the hidden gradient of a chunk is summed over slabs in a
+    per-chunk accumulator (``row_bytes`` per token, fp32 under 16-bit products), the weight gradient of a
+    slab over token chunks in the gradient itself. Among the splits that fit, take the one with the least
+    accumulator traffic (token chunks × V·H·4 bytes for the weight gradient, slabs × N·H·8 for the hidden
+    gradient's fp32 accumulator, plus a per-product overhead), keeping products at least 2,048 tokens deep and
+    4,096 columns wide where the budget allows."""
     min_slab = min(V, MIN_SLAB)
-    cols = avail // (N * bytes_per_logit) if N else V
-    if cols >= min_slab:
-        n_tok, width = N, min(V, cols)
+    options = []
+    for k in range(1, max(1, N // MIN_CHUNK_TOKENS) + 1):
+        n = -(-N // k)
+        if k > 1 and n == -(-N // (k - 1)):
+            continue
+        per_tok = avail // n - row_bytes
+        if per_tok <= 0:
+            continue
+        w = _round_cols(per_tok // bytes_per_logit, V)
+        if padded_cols(w) * bytes_per_logit > per_tok:
+            w = _round_cols(w - 8, V)
+        if w < min_slab or w <= 0:
+            continue
+        n_slabs = -(-V // w)
+        cost = k * V * H * 4 + n_slabs * N * H * 8 * (row_bytes > 0) + k * n_slabs * (64 << 20)
+        options.append((n < min(N, 2048), w < min(V, 4096), cost, k, n, w))
+    if options:
+        *_, k, n, w = min(options)
     else:
-        width = min_slab
-        n_tok = avail // (width * bytes_per_logit)
-        if n_tok < MIN_CHUNK_TOKENS:
+        w = min_slab
+        n = avail // max(padded_cols(w) * bytes_per_logit + row_bytes, 1)
+        if n < MIN_CHUNK_TOKENS:
             if budget_bytes not in _WARNED_BUDGETS:
                 _WARNED_BUDGETS.add(budget_bytes)
                 logger.warning(
                     "clo_loss: memory budget %.3g GiB is too small for %d tokens × %d logits; using that much",
                     budget_bytes / 2**30,
                     MIN_CHUNK_TOKENS,
-                    width,
+                    w,
                 )
-            n_tok = MIN_CHUNK_TOKENS
-    chunks = tuple((r,) for r in _even_split(N, n_tok))
-    slabs = _even_split(V, width)
+            n = MIN_CHUNK_TOKENS
+    chunks = tuple((r,) for r in _even_split(N, n))
+    slabs = _aligned_split(V, w)
     return ChunkPlan(
         "recompute",
         chunks,
@@ -206,6 +258,16 @@ def plan_chunks(
         max(b - a for a, b in slabs),
         budget_bytes,
     )
+
+
+def _aligned_split(V: int, width: int) -> tuple[tuple[int, int], ...]:
+    """[0, V) in ceil(V / width) slabs of near-equal width, each a multiple of the alignment but the last."""
+    k = max(1, math.ceil(V / max(width, 1)))
+    if k == 1:
+        return ((0, V),)
+    a = SLAB_ALIGN if width >= SLAB_ALIGN else (8 if width >= 8 else 1)
+    w = min(width, -(-math.ceil(V / k) // a) * a)
+    return tuple((v, min(V, v + w)) for v in range(0, V, w))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -334,6 +396,48 @@ def _mm_f32_supported(device: torch.device) -> bool:
 
 
 _MM_F32: dict[str, bool] = {}
+_ADDMM_F32: dict[str, bool] = {}
+
+
+def _addmm_f32_supported(device: torch.device) -> bool:
+    """Whether ``torch.addmm(c32, a16, b16, out_dtype=torch.float32, out=c32)`` works (and adds) here."""
+    key = device.type
+    if key not in _ADDMM_F32:
+        ok = False
+        if device.type == "cuda":
+            try:
+                a = torch.ones(8, 8, device=device, dtype=torch.bfloat16)
+                c = torch.ones(8, 8, device=device, dtype=torch.float32)
+                torch.addmm(c, a, a, out_dtype=torch.float32, out=c)
+                ok = bool((c == 9).all())
+            except Exception:  # older torch, or no fp32-output kernel for this device
+                ok = False
+        _ADDMM_F32[key] = ok
+    return _ADDMM_F32[key]
+
+
+def _addmm_f32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
+    """acc (fp32) (+)= a · b for 16-bit a, b: one fp32-output product where supported, else a 16-bit product
+    added in fp32 (each slab's product rounded once, the sum over slabs kept in fp32)."""
+    if _addmm_f32_supported(acc.device):
+        if first:
+            acc.zero_()
+        try:
+            torch.addmm(acc, a, b, out_dtype=torch.float32, out=acc)
+            return
+        except (RuntimeError, TypeError):  # a layout without an fp32-output kernel: the fallback from now on
+            _ADDMM_F32[acc.device.type] = False
+    if a.dtype == acc.dtype:
+        if first:
+            torch.mm(a, b, out=acc)
+        else:
+            acc.addmm_(a, b)
+    elif first:
+        acc.copy_(torch.mm(a, b))
+    else:
+        acc.add_(torch.mm(a, b))
+
+
 _WGRAD_SLAB = 8192  # vocab rows per fp32-output weight-gradient product (mixed dtypes only)
 
 
@@ -423,6 +527,13 @@ def fused_loss_and_grads(
     if need_b:
         fixed += P2 * V * 4  # per-row bias partials of the deferred plan
     budget = int((DEFAULT_BUDGET_GIB if memory_budget_gib is None else memory_budget_gib) * 2**30)
+    # Recompute plan: a token chunk's hidden gradient is summed over vocabulary slabs in fp32 (16-bit products:
+    # one bf16 rounding at the end, not one per slab), through fp32-output cuBLAS products where available,
+    # else through a 16-bit product and an fp32 add (a temporary of the chunk's size).
+    acc_h = need_h and cdt in (torch.float16, torch.bfloat16)
+    row_bytes = 0
+    if acc_h:
+        row_bytes = H * 4 + (0 if _addmm_f32_supported(dev) else H * elt)
     plan = plan_chunks(
         P,
         T,
@@ -432,6 +543,8 @@ def fused_loss_and_grads(
         fixed_bytes=fixed,
         weight_grad_bytes=V * H * weight.element_size() if need_w else 0,
         mode=mode,
+        row_bytes_per_token=row_bytes,
+        hidden_size=H,
     )
     plan = dataclasses.replace(plan, path=path, dtype=str(cdt).replace("torch.", ""))
     _LAST_PLAN = plan
@@ -457,7 +570,11 @@ def fused_loss_and_grads(
         cr = d * sr
         return cc, cr
 
-    buf = torch.empty(plan.max_tokens * plan.max_cols, dtype=cdt, device=dev)
+    ld = padded_cols(plan.max_cols)
+    buf = torch.empty(plan.max_tokens * ld, dtype=cdt, device=dev)
+    gh_acc = None
+    if acc_h and plan.mode == "recompute" and len(plan.slabs) > 1:
+        gh_acc = torch.empty(plan.max_tokens, H, dtype=torch.float32, device=dev)
     gh = torch.empty_like(h2) if need_h else None
     gw = torch.empty(weight.shape, dtype=weight.dtype, device=dev) if need_w else None
     gb = torch.zeros(V, dtype=acc, device=dev) if need_b else None
@@ -467,7 +584,8 @@ def fused_loss_and_grads(
 
     def logits_into(ranges: tuple[tuple[int, int], ...], v0: int, v1: int) -> torch.Tensor:
         n = sum(b - a for a, b in ranges)
-        out = buf[: n * (v1 - v0)].view(n, v1 - v0)
+        # rows padded to a multiple of 8 columns: 16-byte aligned rows for cuBLAS and the row kernels
+        out = buf[: n * padded_cols(v1 - v0)].view(n, padded_cols(v1 - v0))[:, : v1 - v0]
         o = 0
         for a, b in ranges:  # a pair chunk is two blocks of rows (chosen, rejected) unless it holds all pairs
             if bc is None:
@@ -478,15 +596,31 @@ def fused_loss_and_grads(
         return out
 
     def backprop(ci: int, ranges: tuple[tuple[int, int], ...], dz: torch.Tensor, v0: int, v1: int) -> None:
+        if need_w and len(ranges) == 2 and need_h and ranges[0][0] + dz.shape[0] <= P * T:
+            # A pair chunk is two blocks of rows (chosen, rejected): two weight-gradient products would read
+            # and write all of gw twice. Rows ≥ this chunk's first chosen row in gh's chosen half are not
+            # written yet: gather the chunk's hidden rows there (no extra memory) for one product over both.
+            (a1, b1), (a2, b2) = ranges
+            s0 = a1
+            scratch = gh[s0 : s0 + dz.shape[0]]
+            scratch[: b1 - a1].copy_(h2[a1:b1])
+            scratch[b1 - a1 :].copy_(h2[a2:b2])
+            _accumulate_weight_grad(gw[v0:v1], dz, scratch, first=v0 not in gw_started)
+            gw_started.add(v0)
+            w_done = True
+        else:
+            w_done = False
         o = 0
         for a, b in ranges:
             d = dz[o : o + b - a]
             if need_h:
-                if ci in gh_started:
+                if gh_acc is not None:
+                    _addmm_f32_(gh_acc[: b - a], d, wc[v0:v1], first=ci not in gh_started)
+                elif ci in gh_started:
                     gh[a:b].addmm_(d, wc[v0:v1])
                 else:
                     torch.mm(d, wc[v0:v1], out=gh[a:b])
-            if need_w:
+            if need_w and not w_done:
                 _accumulate_weight_grad(gw[v0:v1], d, h2[a:b], first=v0 not in gw_started)
                 gw_started.add(v0)
             o += b - a
@@ -584,12 +718,16 @@ def fused_loss_and_grads(
             cc, cr = coefficients(slice(0, P), rows[:P], rows[P:])
             coef_tok = torch.cat([cc.repeat_interleave(T), cr.repeat_interleave(T)])
             coef_tok = torch.where(valid, coef_tok, torch.zeros_like(coef_tok))
+            # Token chunks outer, slabs inner: the chunk's hidden gradient is complete (and cast once) after
+            # its last slab; each slab's weight gradient gets one product per token chunk.
             for ci, ranges in enumerate(plan.chunks):
                 (a, b) = ranges[0]
                 for v0, v1 in plan.slabs:
                     z = logits_into(ranges, v0, v1)
                     row_grad_(z, lab[a:b], lse_all[a:b], coef_tok[a:b], v0)
                     backprop(ci, ranges, z, v0, v1)
+                if gh_acc is not None:
+                    gh[a:b].copy_(gh_acc[: b - a])
 
     # 3. The loss and metrics from the per-token log-probs.
     row_sum = tok_logp.view(P2, T).sum(1)

@@ -343,7 +343,25 @@ def test_plan_when_one_pair_does_not_fit():
     assert frozen.mode == "deferred" and frozen.max_tokens * V * 2 <= 1 << 28
     tiny = plan_chunks(P, T, V, bytes_per_logit=2, budget_bytes=1 << 26)  # 64 MiB: tokens split too
     assert tiny.max_tokens * tiny.max_cols * 2 <= 1 << 26
-    assert len(tiny.chunks) > 1 and len(tiny.slabs) == math.ceil(V / reference_clo.MIN_SLAB)
+    assert len(tiny.chunks) > 1 and len(tiny.slabs) > 1
+    assert all((b - a) % reference_clo.SLAB_ALIGN == 0 for a, b in tiny.slabs[:-1])
+
+
+@pytest.mark.parametrize("P", [4, 8])
+def test_plan_recompute_tiles_are_aligned_and_matmul_shaped(P):
+    """0.25 GiB, H 4096, V 128256, bf16 with an fp32 hidden-gradient accumulator: tiles of thousands of tokens
+    × slabs of thousands of columns, every slab row 16-byte aligned (an odd width such as 14,251 bf16 columns
+    takes cuBLAS off its tensor-core kernels), logits + accumulator within the budget."""
+    T, V, H = 1024 * (1 + (P == 8)), 128256, 4096
+    budget = 1 << 28
+    plan = plan_chunks(
+        P, T, V, bytes_per_logit=2, budget_bytes=budget, mode="recompute", row_bytes_per_token=H * 4, hidden_size=H
+    )
+    assert plan.max_tokens >= 2048 and plan.max_cols >= 4096
+    assert all((b - a) % 256 == 0 for a, b in plan.slabs)  # V = 501·256: every slab, the last too
+    assert plan.max_tokens * (plan.max_cols * 2 + H * 4) <= budget
+    assert [r for ch in plan.chunks for r in ch][-1][1] == 2 * P * T
+    assert plan.slabs[0][0] == 0 and plan.slabs[-1][1] == V
 
 
 @pytest.mark.parametrize(
