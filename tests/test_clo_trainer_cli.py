@@ -41,7 +41,8 @@ def _clo(files, out, *extra):
     return CliRunner().invoke(app, [*args, "--max-steps", "2", "--batch-size", "2", "--lr", "1e-3", *extra])
 
 
-def test_cli_clo_trains_and_saves(files, tmp_path):
+def test_cli_clo_trains_and_saves(files, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLTX_CACHE", str(tmp_path / "cache"))  # the first run must compute the reference
     res = _clo(files, tmp_path / "out", "--train", "attention", "--lam", "0.5", "--beta", "0.1", "--seed", "3")
     assert res.exit_code == 0, res.output
     for name in ("model.safetensors", "config.json", "tokenizer.json", "clo_report.json"):
