@@ -44,6 +44,7 @@ import types
 
 import torch
 
+from cltx.errors import bad_arg
 from cltx.kernels._dispatch import choose, interpreting
 from cltx.kernels.reference_salt import (
     apply_alpha,
@@ -72,17 +73,41 @@ _logged_exceptions: set[tuple[str, int, int]] = set()
 # ---------------------------------------------------------------------------------------------
 # 2. Configuration: every block size is picked here, never at the launch site.
 # ---------------------------------------------------------------------------------------------
-def _config(k: int, d_in: int, d_out: int, *, interpret: bool) -> dict:
+VARIANTS = ("v2", "v2-3xtf32", "v1")
+
+
+def _variant() -> str:
+    """The kernel variant, from ``CLTX_SALT_VARIANT`` (default ``v2``); see :func:`_config`."""
+    import os
+
+    v = os.environ.get("CLTX_SALT_VARIANT", "v2").strip() or "v2"
+    if v not in VARIANTS:
+        raise bad_arg("CLTX_SALT_VARIANT", v, f"use one of {', '.join(VARIANTS)} (or leave it unset)")
+    return v
+
+
+def _config(k: int, d_in: int, d_out: int, *, interpret: bool, variant: str = "v2") -> dict:
     """Block sizes and launch options for one call.
 
     K: neighbour slots padded to a power of two ≥ 16 (``tl.dot`` needs every dim ≥ 16).
-    BLOCK_D: d_in tile of the Gram phase; BLOCK_N: d_out tile of the αᵀY phase.
+    BLOCK_D: d_in tile of the Gram phase; BLOCK_N: d_out tile of the fused αᵀY phase (v1, K = 16).
+
+    Variants (``CLTX_SALT_VARIANT``):
+      v2 (default): the solve always hands its (n, K) weights to ``_salt_apply_kernel`` (SPLIT),
+        whose d_out-tile-major grid keeps the Y column slice it works on in L2 (Y then comes from
+        HBM about once instead of once per neighbour), TOKENS tokens a program; the K Gauss–Jordan
+        sweeps are a runtime loop (one body: ~2.5k SASS instructions at K = 64 instead of ~9.7k
+        straight-line ones, which overflowed the instruction cache on every program).
+      v2-3xtf32: v2 with the fp32 Gram on tensor cores split in three TF32 products (hi·hi + hi·lo +
+        lo·hi: fp32-accurate); bf16 inputs are unaffected.
+      v1: the kernel of the first H200 run (fused αᵀY at K = 16, unrolled sweeps, one token a
+        program in the apply kernel), kept for comparison.
     """
     K = max(16, triton.next_power_of_2(k))
-    # SPLIT (K ≥ 32): the fused kernel needs ~180-240 registers a thread there (one or two programs
-    # per SM), so the solve writes its (n, K) weights and a light kernel streams Y at full occupancy
-    # (K × 64 fp32 tile over 4 warps: 32 values a thread).
-    split = K >= 32
+    v1 = variant == "v1"
+    # SPLIT: v1 only at K ≥ 32, where the fused kernel needs ~180-240 registers a thread.
+    split = K >= 32 or not v1
+    apply_block_n = 64 if (v1 or K > 16) else 128  # K × BLOCK_N fp32 tile over 4 warps: ≤ 32 a thread
     if interpret:
         # The interpreter has no autotuner or driver: one fixed, small config.
         return {
@@ -92,12 +117,16 @@ def _config(k: int, d_in: int, d_out: int, *, interpret: bool) -> dict:
             "num_warps": 4,
             "num_stages": 1,
             "SPLIT": split,
+            "UNROLL": v1,
             "APPLY_BLOCK_N": 64,
+            "APPLY_TOKENS": 1 if v1 else 2,
             "apply_warps": 4,
         }
     block_d = 64 if K <= 32 else 32
     block_n = 256 if K <= 16 else 128  # K × BLOCK_N fp32 Y tile: 32 registers a thread
-    num_warps = 4 if K <= 32 else 8
+    # v2 at K = 64: 16 warps (102 registers a thread, no spill) instead of 8 (190): both leave one
+    # program per SM, but 16 warps split the Gram's FMAs and the sweeps over twice the threads.
+    num_warps = 4 if K <= 32 else (8 if v1 else 16)
     return {
         "K": K,
         "BLOCK_D": min(block_d, max(16, triton.next_power_of_2(d_in))),
@@ -105,7 +134,9 @@ def _config(k: int, d_in: int, d_out: int, *, interpret: bool) -> dict:
         "num_warps": num_warps,
         "num_stages": 2,
         "SPLIT": split,
-        "APPLY_BLOCK_N": min(64, max(16, triton.next_power_of_2(d_out))),
+        "UNROLL": v1,
+        "APPLY_BLOCK_N": min(apply_block_n, max(16, triton.next_power_of_2(d_out))),
+        "APPLY_TOKENS": 1 if v1 else 4,
         "apply_warps": 4,
     }
 
@@ -114,6 +145,21 @@ def _config(k: int, d_in: int, d_out: int, *, interpret: bool) -> dict:
 # 3. The kernel.
 # ---------------------------------------------------------------------------------------------
 if triton is not None:
+
+    @triton.jit
+    def _gauss_jordan_step(A, j, ii, jj, offs_k, mu):
+        # One symmetric Gauss–Jordan sweep on pivot j; after all K sweeps A holds -(G + μI)⁻¹.
+        row = tl.sum(tl.where(ii == j, A, 0.0), axis=0)  # row j (= column j: A stays symmetric)
+        piv = tl.sum(tl.where(offs_k == j, row, 0.0), axis=0)
+        inv_p = 1.0 / tl.maximum(piv, 0.5 * mu)  # pivots of G + μI are ≥ μ; guard rounding
+        rj = tl.where(offs_k == j, 0.0, row)
+        rj_col = rj[:, None]
+        rj_row = rj[None, :]
+        A = A - rj_col * rj_row * inv_p
+        A = tl.where(ii == j, rj_row * inv_p, A)
+        A = tl.where(jj == j, rj_col * inv_p, A)
+        A = tl.where((ii == j) & (jj == j), -inv_p, A)
+        return A
 
     @triton.jit
     def _salt_fit_fwd_kernel(
@@ -146,6 +192,7 @@ if triton is not None:
         WRITE_ALPHA: tl.constexpr,
         SPLIT: tl.constexpr,
         PRECISION: tl.constexpr,
+        UNROLL: tl.constexpr,
     ):
         # Programs run in an order where tokens sharing neighbours are adjacent (L2 reuse of Y rows).
         t = tl.load(order_ptr + tl.program_id(0)).to(tl.int64)
@@ -193,17 +240,12 @@ if triton is not None:
         mu = tl.maximum(eps * trace / tl.maximum(k_valid, 1.0), ridge)
         mu = tl.where(mu > 0.0, mu, 1.0)  # no neighbour (G = 0, r = 0): any μ gives α = 0
         A = G + tl.where(diag, mu, 0.0)
-        for j in tl.static_range(K):
-            row = tl.sum(tl.where(ii == j, A, 0.0), axis=0)  # row j (= column j: A stays symmetric)
-            piv = tl.sum(tl.where(offs_k == j, row, 0.0), axis=0)
-            inv_p = 1.0 / tl.maximum(piv, 0.5 * mu)  # pivots of G + μI are ≥ μ; guard rounding
-            rj = tl.where(offs_k == j, 0.0, row)
-            rj_col = rj[:, None]
-            rj_row = rj[None, :]
-            A = A - rj_col * rj_row * inv_p
-            A = tl.where(ii == j, rj_row * inv_p, A)
-            A = tl.where(jj == j, rj_col * inv_p, A)
-            A = tl.where((ii == j) & (jj == j), -inv_p, A)
+        if UNROLL:  # the run-1 kernel (variant v1): ~9.7k straight-line instructions at K = 64
+            for j in tl.static_range(K):
+                A = _gauss_jordan_step(A, j, ii, jj, offs_k, mu)
+        else:  # one loop body, reused K times: stays in the instruction cache
+            for j in range(K):
+                A = _gauss_jordan_step(A, j, ii, jj, offs_k, mu)
         alpha = -tl.sum(A * r[None, :], axis=1)
         shift = mu - ridge
         step = alpha
@@ -255,6 +297,7 @@ if triton is not None:
         order_ptr,
         yb_ptr,
         out_ptr,
+        n,
         k,
         d_out,
         stride_nbr,
@@ -262,21 +305,30 @@ if triton is not None:
         stride_out,
         K: tl.constexpr,
         BLOCK_N: tl.constexpr,
+        TOKENS: tl.constexpr,
     ):
-        # One program per (token, d_out tile): e_t[tile] = Σ_i coef_ti · Y[nbr_ti, tile].
-        t = tl.load(order_ptr + tl.program_id(0)).to(tl.int64)
+        # One program per (TOKENS tokens, d_out tile): e_t[tile] = Σ_i coef_ti · Y[nbr_ti, tile].
+        # The grid's first axis (tokens) runs fastest, so all programs in flight work on the same
+        # d_out tile: that column slice of Y (m × BLOCK_N, 5-10 MB at the paper shape) stays in L2
+        # and every gather after the first hits L2 instead of HBM. The TOKENS loads are independent
+        # (unrolled), so each program keeps TOKENS tiles in flight.
         offs_k = tl.arange(0, K)
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        idx = tl.load(nbr_ptr + t * stride_nbr + offs_k, mask=offs_k < k, other=-1)
-        coef = tl.load(coef_ptr + t * K + offs_k)
-        use = (idx >= 0) & (coef != 0.0)  # repeats of a row carry coef 0: never re-read
-        rows = tl.where(use, idx, 0).to(tl.int64)
         nmask = offs_n < d_out
-        Y = tl.load(
-            yb_ptr + rows[:, None] * stride_y + offs_n[None, :], mask=use[:, None] & nmask[None, :], other=0.0
-        ).to(tl.float32)
-        e = tl.sum(coef[:, None] * Y, axis=0)
-        tl.store(out_ptr + t * stride_out + offs_n, e.to(out_ptr.dtype.element_ty), mask=nmask)
+        for i in tl.static_range(TOKENS):
+            slot = tl.program_id(0) * TOKENS + i
+            # The last program may run past n: it redoes token n-1 and stores nothing.
+            live = (tl.zeros_like(offs_n) + slot) < n
+            t = tl.load(order_ptr + tl.minimum(slot, n - 1)).to(tl.int64)
+            idx = tl.load(nbr_ptr + t * stride_nbr + offs_k, mask=offs_k < k, other=-1)
+            coef = tl.load(coef_ptr + t * K + offs_k)
+            use = (idx >= 0) & (coef != 0.0)  # repeats of a row carry coef 0: never re-read
+            rows = tl.where(use, idx, 0).to(tl.int64)
+            Y = tl.load(
+                yb_ptr + rows[:, None] * stride_y + offs_n[None, :], mask=use[:, None] & nmask[None, :], other=0.0
+            ).to(tl.float32)
+            e = tl.sum(coef[:, None] * Y, axis=0)
+            tl.store(out_ptr + t * stride_out + offs_n, e.to(out_ptr.dtype.element_ty), mask=nmask & live)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +355,8 @@ def _salt_fit_triton(
     out = torch.empty(n, d_out, dtype=y_basis.dtype, device=y_basis.device)
     alpha = torch.zeros(n, k, dtype=torch.float32, device=y_basis.device) if return_alpha else out
     flags = torch.zeros(n, dtype=torch.int8, device=y_basis.device)
-    cfg = _config(k, d_in, d_out, interpret=interpret)
+    variant = _variant()
+    cfg = _config(k, d_in, d_out, interpret=interpret, variant=variant)
     coef = torch.empty(n if cfg["SPLIT"] else 1, cfg["K"], dtype=torch.float32, device=y_basis.device)
     if n == 0:
         return out, (alpha if return_alpha else None), flags
@@ -340,18 +393,21 @@ def _salt_fit_triton(
         UPCAST=interpret and x_basis.dtype != torch.float32,
         WRITE_ALPHA=return_alpha,
         SPLIT=cfg["SPLIT"],
-        PRECISION="ieee",
+        # Full fp32 products for fp32 inputs (never plain TF32); 3xTF32 is fp32-accurate.
+        PRECISION="tf32x3" if (variant == "v2-3xtf32" and not interpret and xb.dtype == torch.float32) else "ieee",
+        UNROLL=cfg["UNROLL"],
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
     if cfg["SPLIT"] and d_out > 0:
-        grid = (n, triton.cdiv(d_out, cfg["APPLY_BLOCK_N"]))
+        grid = (triton.cdiv(n, cfg["APPLY_TOKENS"]), triton.cdiv(d_out, cfg["APPLY_BLOCK_N"]))
         _salt_apply_kernel[grid](
             coef,
             nbr,
             order,
             yb,
             out,
+            n,
             k,
             d_out,
             nbr.stride(0),
@@ -359,6 +415,7 @@ def _salt_fit_triton(
             out.stride(0),
             K=cfg["K"],
             BLOCK_N=cfg["APPLY_BLOCK_N"],
+            TOKENS=cfg["APPLY_TOKENS"],
             num_warps=cfg["apply_warps"],
         )
     return out, (alpha if return_alpha else None), flags
