@@ -123,6 +123,11 @@ def provider_fns(inp: dict, budget: float | None) -> dict:
 
             return fn
 
+        # filter_eps=None: every gradient entry; "high" (the package default, bf16 eps/32 = 2.4e-4): skips
+        # (token × vocab) blocks whose |softmax − onehot| all fall below it. With these random inputs (logits
+        # of std ~2 over 128k columns) nearly every block has an entry above 2.4e-4, so nothing is skipped and
+        # the filtered run only adds its checks (measured: slightly slower than exact); on a trained model's
+        # peaked softmax most blocks are skipped.
         fns["cce-exact"] = cce(None)
         fns["cce-filtered"] = cce("high")
     except Exception as e:
@@ -139,8 +144,21 @@ def step(fn, inp: dict):
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest entry error relative to the largest entry (informative: in bf16 a few entries near the top of
+    the range carry several ulps of the reference's own rounding)."""
     a, b = a.detach().float(), b.detach().float()
     return ((a - b).abs().max() / b.abs().max().clamp(min=1e-30)).item()
+
+
+def norm_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """‖a − b‖ / ‖b‖ over the whole tensor: the parity gate (as in the GPU tests)."""
+    a, b = a.detach().float(), b.detach().float()
+    return ((a - b).norm() / b.norm().clamp(min=1e-30)).item()
+
+
+# Parity gates for bf16 (fp32: 1e-4 for both): norm-relative 1e-2 (bf16 logits/d-logits and one bf16 rounding of
+# each gradient give ~0.3-0.5%), largest-entry 6e-2 (several bf16 ulps of the largest entry).
+NORM_TOL, MAX_TOL = 1e-2, 6e-2
 
 
 def parity(fns: dict, inp: dict, name: str) -> dict:
@@ -152,6 +170,8 @@ def parity(fns: dict, inp: dict, name: str) -> dict:
         "err_loss": rel_err(loss, loss0),
         "err_grad_hidden": rel_err(inp["hidden"].grad, gh0),
         "err_grad_weight": rel_err(inp["weight"].grad, gw0),
+        "nrm_grad_hidden": norm_err(inp["hidden"].grad, gh0),
+        "nrm_grad_weight": norm_err(inp["weight"].grad, gw0),
     }
     del gh0, gw0
     return out
@@ -168,11 +188,11 @@ def run_preset(name: str, args, device: str, dtype: torch.dtype, rate: float | N
     rows = []
     for budget in args.budget:
         fns = provider_fns(inp, budget)
-        tol = 3e-2 if dtype != torch.float32 else 1e-4
+        ntol, mtol = (NORM_TOL, MAX_TOL) if dtype != torch.float32 else (1e-4, 1e-4)
         par = parity(fns, inp, "cltx")
         if device == "cuda" and last_plan().path != "triton":
             print("# WARNING: cltx ran the PyTorch reference, not the Triton kernels (see the log above)")
-        ok = all(v <= tol for v in par.values())
+        ok = all(v <= (ntol if k.startswith("nrm") or k == "err_loss" else mtol) for k, v in par.items())
         print(f"# {name} budget={budget}: parity cltx vs reference {par} -> {'ok' if ok else 'FAIL'}")
         if not ok:  # recorded and reported (exit status 1), but the timings still come back
             harness.record("clo_loss", {"preset": name, "provider": "cltx", "budget_gib": budget, "parity": par})
@@ -235,7 +255,9 @@ def run_preset(name: str, args, device: str, dtype: torch.dtype, rate: float | N
                 row["path"] = last_plan().path
                 row.update(par if prov == "cltx" else {})
                 if row["peak_over_inputs_gib"] is not None:
-                    row["peak_within_budget"] = row["peak_over_inputs_gib"] <= grads_gib + budget
+                    # peak over the inputs (allocated after the inputs, before the call) vs the gradients + budget
+                    row["budget_slack_gib"] = grads_gib + budget - row["peak_over_inputs_gib"]
+                    row["peak_within_budget"] = row["budget_slack_gib"] >= 0
             rows.append(harness.record("clo_loss", row))
             print(
                 f"{name:5s} {prov:13s} budget={str(row['budget_gib']):5s} mode={str(row['mode']):9s} "

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CLO loss on a GPU (≤ 4 minutes on an H200): the GPU test tier of tests/test_clo_loss.py (the Triton
+# CLO loss on a GPU (≤ 3.5 minutes on an H200): the GPU test tier of tests/test_clo_loss.py (the Triton
 # path for real, odd shapes vs a float64 oracle, 8,192 tokens × V 128256 vs the chunked fp32 reference),
 # then bench/bench_clo_loss.py on the issue-4 presets (8k, 32k, long; budgets 2 and 0.25 GiB) and the
 # peers when importable. Called by bench/gpu_check.sh from the repo root with cltx installed; rows append
@@ -12,10 +12,10 @@ status=0
 B="$PY bench/bench_clo_loss.py --warmup 2 --repeats 5 --max-seconds 2"
 echo "--- GPU tests (limit ${CLO_TEST_T:=60}s)"
 timeout "$CLO_TEST_T" "$PY" -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_clo_loss.py 2>&1 | tail -30 || status=1
-echo "--- bench: cltx, reference, plain PyTorch; budgets 2 and 0.25 GiB (limit ${CLO_BENCH_T:=90}s)"
+echo "--- bench: cltx, reference, plain PyTorch; budgets 2 and 0.25 GiB (limit ${CLO_BENCH_T:=85}s)"
 timeout "$CLO_BENCH_T" $B --preset 8k 32k long --budget 2 0.25 --providers cltx reference plain || status=1
-echo "--- bench: Cut Cross-Entropy exact / filtered (limit ${CLO_CCE_T:=50}s)"
+echo "--- bench: Cut Cross-Entropy exact / filtered (limit ${CLO_CCE_T:=35}s)"
 timeout "$CLO_CCE_T" $B --preset 8k 32k long --providers cltx cce-exact cce-filtered || status=1
-echo "--- bench: Liger fused DPO (torch.compile; limit ${CLO_LIGER_T:=40}s)"
+echo "--- bench: Liger fused DPO (torch.compile; limit ${CLO_LIGER_T:=30}s)"
 timeout "$CLO_LIGER_T" $B --preset 8k 32k --providers cltx liger || status=1
 exit $status
