@@ -265,6 +265,28 @@ def test_interpreter_return_alpha_and_kernel_equals_reference():
     torch.testing.assert_close(out, ref, rtol=1e-3, atol=1e-4)
 
 
+@pytest.mark.interpreter
+@pytest.mark.parametrize("variant", ["v2", "v2-3xtf32", "v1"])
+def test_interpreter_every_variant_matches_oracle(variant, monkeypatch):
+    """Every CLTX_SALT_VARIANT gives the oracle's answer (n = 7: not a multiple of the apply
+    kernel's tokens per program; K = 16 takes the fused path in v1, the split one in v2)."""
+    monkeypatch.setenv("CLTX_SALT_VARIANT", variant)
+    for k in (9, 40):
+        xq, xb, yb, nb = problem(7, 60, 96, 70, k, pad=0.2, seed=k)
+        nb[1, 3] = nb[1, 0]  # a duplicate
+        e, scale, _ = oracle(xq, xb, yb, nb)
+        assert rel_err(_triton_only(xq, xb, yb, nb), e, scale) < TOL["fp32"], (variant, k)
+
+
+def test_unknown_variant_is_a_clear_error(monkeypatch):
+    from cltx.errors import CltxError
+    from cltx.kernels.salt_fit import _variant
+
+    monkeypatch.setenv("CLTX_SALT_VARIANT", "v9")
+    with pytest.raises(CltxError, match="CLTX_SALT_VARIANT"):
+        _variant()
+
+
 # ---- GPU tier (full paper size against a chunked float64 oracle on sampled rows) ---------------
 def _gpu_problem(k, dtype):
     from cltx.kernels import select_neighbors
@@ -303,6 +325,19 @@ def test_gpu_full_size_matches_oracle(k, dtype):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["v1", "v2-3xtf32"])
+def test_gpu_other_variants_match_oracle(variant, monkeypatch):
+    """The kept run-1 kernel (v1) and the 3xTF32 Gram (v2-3xtf32) at full size, k = 64 (fp32)."""
+    monkeypatch.setenv("CLTX_SALT_VARIANT", variant)
+    xq, xb, yb, nb = _gpu_problem(64, torch.float32)
+    out = salt_fit(xq, xb, yb, nb)
+    rows = torch.randperm(30_000, generator=torch.Generator().manual_seed(2))[:128].tolist() + [29_999]
+    e, scale, _ = oracle(xq, xb, yb, nb, rows=rows)
+    assert torch.isfinite(out).all() and out[:50].abs().max() == 0
+    assert rel_err(out[rows], e, scale) < TOL["fp32"]
+
+
+@pytest.mark.gpu
 def test_gpu_kernel_agrees_with_reference_on_edge_cases():
     for case in CASES:
         name, n, m, d_in, d_out, k, pad, tol = case
@@ -336,8 +371,17 @@ def _aot_compile(fn, ptr_types, constexprs, floats, num_warps, num_stages):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k, xdt, ydt", [(16, "fp32", "fp32"), (32, "bf16", "bf16")])
-def test_kernels_compile_for_sm90(k, xdt, ydt):
+@pytest.mark.parametrize(
+    "k, xdt, ydt, variant",
+    [
+        (16, "fp32", "fp32", "v2"),
+        (32, "bf16", "bf16", "v2"),
+        (64, "fp32", "fp32", "v2"),
+        (64, "fp32", "fp32", "v2-3xtf32"),
+        (16, "fp32", "fp32", "v1"),
+    ],
+)
+def test_kernels_compile_for_sm90(k, xdt, ydt, variant):
     """The interpreter accepts code the GPU compiler rejects (dot shapes, layouts): compile the real
     launch configurations for an H100 here, so a CPU-only CI catches those before a GPU run."""
     import os
@@ -348,11 +392,12 @@ def test_kernels_compile_for_sm90(k, xdt, ydt):
         from cltx.kernels.salt_fit import _config, _salt_apply_kernel, _salt_fit_fwd_kernel
     except Exception as exc:  # pragma: no cover - triton missing
         pytest.skip(f"triton unavailable: {exc}")
-    cfg = _config(k, 768, 4096, interpret=False)
+    cfg = _config(k, 768, 4096, interpret=False, variant=variant)
     ptrs = {"xq_ptr": xdt, "xb_ptr": xdt, "yb_ptr": ydt, "nbr_ptr": "i64", "order_ptr": "i32", "out_ptr": ydt}
     ptrs.update({"alpha_ptr": "fp32", "flag_ptr": "i8", "coef_ptr": "fp32"})
-    consts = {name: cfg[name] for name in ("K", "BLOCK_D", "BLOCK_N", "SPLIT")}
-    consts.update({"REFINE": 3, "UPCAST": False, "WRITE_ALPHA": True, "PRECISION": "ieee"})
+    consts = {name: cfg[name] for name in ("K", "BLOCK_D", "BLOCK_N", "SPLIT", "UNROLL")}
+    precision = "tf32x3" if variant == "v2-3xtf32" and xdt == "fp32" else "ieee"
+    consts.update({"REFINE": 3, "UPCAST": False, "WRITE_ALPHA": True, "PRECISION": precision})
     try:
         compiled = _aot_compile(
             _salt_fit_fwd_kernel,
@@ -369,7 +414,7 @@ def test_kernels_compile_for_sm90(k, xdt, ydt):
     assert compiled.asm.get("cubin")
     if cfg["SPLIT"]:
         apply_ptrs = {"coef_ptr": "fp32", "nbr_ptr": "i64", "order_ptr": "i32", "yb_ptr": ydt, "out_ptr": ydt}
-        apply_consts = {"K": cfg["K"], "BLOCK_N": cfg["APPLY_BLOCK_N"]}
+        apply_consts = {"K": cfg["K"], "BLOCK_N": cfg["APPLY_BLOCK_N"], "TOKENS": cfg["APPLY_TOKENS"]}
         assert _aot_compile(_salt_apply_kernel, apply_ptrs, apply_consts, (), cfg["apply_warps"], 2).asm.get("cubin")
 
 
