@@ -198,15 +198,26 @@ def main() -> None:
     opts = {"threads": args.threads} if args.threads else {}
     base = make_engine("bergamot", "en", "pt", options=opts)
     base.translate(["Warm-up sentence."])  # loads the model: not part of the timing
+    engines = {True: base}
+    if args.compare_whole:
+        engines[False] = make_engine("bergamot", "en", "pt", options={**opts, "sentences": False})
+        engines[False].translate(["Warm-up sentence."])
 
-    # name -> (mode, style_retries)
-    variants = {"joint": ("joint", 1), "joint_no_retry": ("joint", 0), "separate": ("separate", 0)}
+    # name -> (mode, style_retries, sentence by sentence)
+    variants = {}
+    for by_sentence in engines:
+        suffix = "" if by_sentence else " (whole texts)"
+        variants.update({
+            "joint" + suffix: ("joint", 1, by_sentence),
+            "joint_no_retry" + suffix: ("joint", 0, by_sentence),
+            "separate" + suffix: ("separate", 0, by_sentence),
+        })  # fmt: skip
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     outputs: dict[str, list[dict]] = {}
     counts: dict[str, Counting] = {}
     for _ in range(args.repeats):
-        for name, (mode, retries) in variants.items():
-            eng = Counting(base)
+        for name, (mode, retries, by_sentence) in variants.items():
+            eng = Counting(engines[by_sentence])
             out = tmp / f"{name}.jsonl"
             cfg = MTConfig(fields=FIELDS, mode=mode, style_retries=retries)
             rep = run_file(sample, out, eng, cfg, overwrite=True)
@@ -215,7 +226,7 @@ def main() -> None:
             counts[name] = eng
 
     rows = []
-    for name, (mode, retries) in variants.items():
+    for name, (mode, retries, by_sentence) in variants.items():
         reps = runs[name]
         last = reps[-1]
         exact, folded, n_qa = answer_in_passage(outputs[name])
@@ -226,6 +237,7 @@ def main() -> None:
             "variant": name,
             "mode": mode,
             "style_retries": retries,
+            "sentences": by_sentence,
             "records": last["records"],
             "records_per_s": statistics.median(r["session"]["records_per_s"] for r in reps),
             "source_chars_per_s": statistics.median(r["session"]["source_chars_per_s"] for r in reps),
@@ -265,7 +277,7 @@ def main() -> None:
     )
     for r in rows:
         sc = "  ".join(f"{f}: BLEU {v['bleu']:.1f} chrF {v['chrf']:.1f}" for f, v in r["ref_scores_first20"].items())
-        print(f"{r['variant']:>14} vs references (first 20 records): {sc}")
+        print(f"{r['variant']:>28} vs references (first 20 records): {sc}")
 
 
 if __name__ == "__main__":

@@ -264,8 +264,9 @@ def translate_by_sentence(translate: Any, texts: list[str]) -> list[str]:
     Indicator-Token-like marker (``[2]``, ``(2)`` …); the markers at the start of a unit are kept
     out of the engine and put back verbatim in front of the unit's translation (the engine drops
     ``[1]`` before a very short sentence such as "Who?", and turns a lone ``(4)`` into ``4 -``).
-    All units of all texts go to ``translate`` in one call; each text is glued back with its own
-    whitespace (see :class:`BergamotEngine`).
+    The distinct units of all texts go to ``translate`` in one call (a sentence that occurs several
+    times is translated once); each text is glued back with its own whitespace (see
+    :class:`BergamotEngine`).
     """
     from cltx.mt.segment import _cut_before, strip_parts
 
@@ -288,8 +289,10 @@ def translate_by_sentence(translate: Any, texts: list[str]) -> list[str]:
                 elif unit:
                     plan.append(unit)
         plans.append(plan)
-    done = iter([o.strip() for o in translate(flat)] if flat else [])
-    return ["".join(p if isinstance(p, str) else p[0] + next(done) + p[2] for p in plan) for plan in plans]
+    # each distinct sentence once (a Catalyst Statement repeats in every record of a kind)
+    distinct = list(dict.fromkeys(flat))
+    done = dict(zip(distinct, [o.strip() for o in translate(distinct)] if distinct else [], strict=True))
+    return ["".join(p if isinstance(p, str) else p[0] + done[p[1]] + p[2] for p in plan) for plan in plans]
 
 
 def _base_lang(code: str) -> str:
