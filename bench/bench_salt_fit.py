@@ -1,7 +1,10 @@
 """Benchmark of the SALT per-token least-squares fit (issue 3).
 
 Providers:
-  cltx       cltx.kernels.salt_fit (the Triton kernel on CUDA; on CPU it is the reference path)
+  cltx       cltx.kernels.salt_fit (the Triton kernel on CUDA; on CPU it is the reference path),
+             the default variant (v2)
+  cltx_v1    the same with CLTX_SALT_VARIANT=v1 (the kernel of the first H200 run), CUDA only
+  cltx_3xtf32  CLTX_SALT_VARIANT=v2-3xtf32 (v2, fp32 Gram on tensor cores as 3 TF32 products), CUDA only
   reference  the chunked pure-PyTorch reference (batched Gram + Cholesky, sparse αᵀY)
   plain      plain PyTorch: gather X and Y per chunk, batched k × k solve (torch.linalg), bmm
   sklearn    scikit-learn Ridge fitted per token, on a sample of tokens, extrapolated to n
@@ -86,6 +89,27 @@ def oracle_rows(xq, xb, yb, nb, rows, ridge=0.0):
     return torch.stack(out)
 
 
+VARIANT_PROVIDERS = {"cltx_v1": "v1", "cltx_3xtf32": "v2-3xtf32"}
+
+
+def with_variant(fn, variant):
+    """Run ``fn`` with ``CLTX_SALT_VARIANT`` set (restored afterwards)."""
+    import os
+
+    def run():
+        old = os.environ.get("CLTX_SALT_VARIANT")
+        os.environ["CLTX_SALT_VARIANT"] = variant
+        try:
+            return fn()
+        finally:
+            if old is None:
+                os.environ.pop("CLTX_SALT_VARIANT", None)
+            else:
+                os.environ["CLTX_SALT_VARIANT"] = old
+
+    return run
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default="paper")
@@ -95,7 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=None, help="override the number of new tokens")
     ap.add_argument("--k", type=int, nargs="*", default=None, help="override the neighbour counts")
     ap.add_argument("--ridge", type=float, default=0.0)
-    ap.add_argument("--providers", default="cltx,reference,plain,sklearn")
+    ap.add_argument("--providers", default="cltx,cltx_v1,cltx_3xtf32,reference,plain,sklearn")
     ap.add_argument("--sklearn-sample", type=int, default=None, help="tokens scikit-learn fits (extrapolated)")
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args(argv)
@@ -115,8 +139,8 @@ def main(argv=None) -> int:
     warmup = 2 if cuda else 1
     sk_sample = args.sklearn_sample or (50 if cuda else 20)
     providers = [p for p in args.providers.split(",") if p]
-    if not cuda and "cltx" in providers:
-        providers.remove("cltx")  # on CPU salt_fit *is* the reference path; measured once as "reference"
+    if not cuda:  # on CPU salt_fit *is* the reference path; measured once as "reference"
+        providers = [p for p in providers if p != "cltx" and p not in VARIANT_PROVIDERS]
 
     g = torch.Generator(device=device).manual_seed(0)
     xq = torch.randn(n, d_in, device=device, generator=g).to(dtype)
@@ -146,20 +170,32 @@ def main(argv=None) -> int:
             "reference": lambda nb=nb: salt_fit_reference(xq, xb, yb, nb, ridge=args.ridge),
             "plain": lambda nb=nb: plain_pytorch(xq, xb, yb, nb, ridge=args.ridge),
         }
+        for name, variant in VARIANT_PROVIDERS.items():
+            fns[name] = with_variant(fns["cltx"], variant)
         # 1. Parity first: every provider against the float64 oracle on sampled rows.
         sample = torch.randperm(n, generator=torch.Generator().manual_seed(k))[:64].tolist()
         want = oracle_rows(xq, xb, yb, nb, sample, args.ridge)
         scale = want.norm(dim=1).clamp(min=1e-12)
         tol = 1e-3 if dtype == torch.float32 else 3e-2
+        timed = []
         for name in [p for p in providers if p in fns]:
-            got = fns[name]()[sample].double().cpu()
+            try:
+                got = fns[name]()[sample].double().cpu()
+            except Exception as exc:  # a comparison variant must not cost the default's numbers
+                if name not in VARIANT_PROVIDERS:
+                    raise
+                print(f"VARIANT FAILED {name} (k={k}): {type(exc).__name__}: {str(exc)[:300]}")
+                continue
             err = ((got - want).norm(dim=1) / scale).max().item()
             print(f"parity k={k} {name}: max rel err {err:.2e}")
             if not err < tol:
                 print(f"PARITY FAILED for {name} (k={k}): {err:.3e} >= {tol}")
+                if name in VARIANT_PROVIDERS:
+                    continue
                 return 1
+            timed.append(name)
         # 2. Timings.
-        for name in [p for p in providers if p in fns]:
+        for name in timed:
             if cuda:
                 torch.cuda.empty_cache()
             r = measure(fns[name], device=device, warmup=warmup, repeats=repeats, max_seconds=60)
@@ -225,12 +261,14 @@ def main(argv=None) -> int:
     # Issue-3 targets, judged on this run's rows only.
     for k in ks:
         by = {r["provider"]: r for r in rows if r["k"] == k}
-        if cuda and "cltx" in by and "plain" in by:
-            c = by["cltx"]
+        for name in ["cltx", *VARIANT_PROVIDERS]:
+            if not (cuda and name in by and "plain" in by):
+                continue
+            c = by[name]
             ok_t = c["ms"] <= 0.25 * by["plain"]["ms"]
             ok_m = c["peak_gib"] is not None and c["peak_gib"] <= 1.10 * c["io_gib"]
             print(
-                f"target k={k}: cltx {c['ms']:.2f} ms = {c['ms'] / by['plain']['ms']:.3f}x plain (<= 0.25: "
+                f"target k={k}: {name} {c['ms']:.2f} ms = {c['ms'] / by['plain']['ms']:.3f}x plain (<= 0.25: "
                 f"{'MET' if ok_t else 'MISSED'}); peak {c['peak_gib']:.3f} GiB vs inputs+output "
                 f"{c['io_gib']:.3f} GiB (<= +10%: {'MET' if ok_m else 'MISSED'})"
             )

@@ -325,9 +325,10 @@ def test_gpu_full_size_matches_oracle(k, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["v1", "v2-3xtf32"])
+@pytest.mark.parametrize("variant", ["v2-3xtf32"])
 def test_gpu_other_variants_match_oracle(variant, monkeypatch):
-    """The kept run-1 kernel (v1) and the 3xTF32 Gram (v2-3xtf32) at full size, k = 64 (fp32)."""
+    """The 3xTF32 Gram (v2-3xtf32) at full size, k = 64 (fp32). (v1, the run-1 kernel, passed the
+    full-size tests of the first H200 run; the benchmark checks its parity again.)"""
     monkeypatch.setenv("CLTX_SALT_VARIANT", variant)
     xq, xb, yb, nb = _gpu_problem(64, torch.float32)
     out = salt_fit(xq, xb, yb, nb)
