@@ -143,7 +143,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--engine-option",
                 help="KEY=VALUE passed to the engine (hf: device, dtype, batch_tokens, max_length, num_beams, "
-                "src_code, tgt_code; bergamot: threads, max_input_len). Repeatable.",
+                "src_code, tgt_code; bergamot: threads, max_input_len, sentences=false). Repeatable.",
             ),
         ] = None,
         keep_newlines: Annotated[
