@@ -32,6 +32,7 @@ The coefficient of a token needs its whole pair's log-probs, so the chunk plan h
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from collections.abc import Callable
@@ -149,6 +150,35 @@ def plan_chunks(
         row_bytes_per_token: recompute plan: per-token bytes of the hidden-gradient accumulator (0: none).
         hidden_size: H, for the recompute plan's traffic estimate.
     """
+    return _plan_cached(
+        n_pairs,
+        seq_len,
+        vocab,
+        bytes_per_logit,
+        budget_bytes,
+        fixed_bytes,
+        weight_grad_bytes,
+        mode,
+        row_bytes_per_token,
+        hidden_size,
+        MIN_SLAB,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_cached(
+    n_pairs: int,
+    seq_len: int,
+    vocab: int,
+    bytes_per_logit: int,
+    budget_bytes: int,
+    fixed_bytes: int,
+    weight_grad_bytes: int | None,
+    mode: str | None,
+    row_bytes_per_token: int,
+    hidden_size: int,
+    min_slab: int,
+) -> ChunkPlan:
     P, T, V = n_pairs, seq_len, vocab
     N = 2 * P * T
     # A small margin for library workspaces (cuBLAS) and per-token statistics.
@@ -185,7 +215,7 @@ def plan_chunks(
         return ChunkPlan("deferred", chunks, ((0, V),), max(b - a for ((a, b),) in chunks), V, budget_bytes)
     if mode != "recompute":
         raise bad_arg("mode", mode, "use 'pair', 'deferred', 'recompute' or None")
-    return _plan_recompute(N, V, avail, bytes_per_logit, budget_bytes, row_bytes_per_token, hidden_size)
+    return _plan_recompute(N, V, avail, bytes_per_logit, budget_bytes, row_bytes_per_token, hidden_size, min_slab)
 
 
 def _round_cols(w: int, V: int) -> int:
@@ -206,7 +236,7 @@ def padded_cols(w: int) -> int:
 
 
 def _plan_recompute(
-    N: int, V: int, avail: int, bytes_per_logit: int, budget_bytes: int, row_bytes: int, H: int
+    N: int, V: int, avail: int, bytes_per_logit: int, budget_bytes: int, row_bytes: int, H: int, min_slab: int
 ) -> ChunkPlan:
     """Tiles of n tokens × w vocabulary columns for the two-pass plan.
 
@@ -216,9 +246,11 @@ def _plan_recompute(
     accumulator traffic (token chunks × V·H·4 bytes for the weight gradient, slabs × N·H·8 for the hidden
     gradient's fp32 accumulator, plus a per-product overhead), keeping products at least 2,048 tokens deep and
     4,096 columns wide where the budget allows."""
-    min_slab = min(V, MIN_SLAB)
+    min_slab = min(V, min_slab)
     options = []
-    for k in range(1, max(1, N // MIN_CHUNK_TOKENS) + 1):
+    # at most 256 token chunks (shorter chunks make thin products); a few hundred candidates: planning costs
+    # well under a millisecond of host time (and plan_chunks is cached per shape and budget)
+    for k in range(1, min(max(1, N // MIN_CHUNK_TOKENS), 256) + 1):
         n = -(-N // k)
         if k > 1 and n == -(-N // (k - 1)):
             continue
