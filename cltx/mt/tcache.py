@@ -19,6 +19,7 @@ of memory (the ``hf`` engine calls it instead of dying).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -74,6 +75,22 @@ def _key(namespace: str, text: str) -> str:
     return h.hexdigest()
 
 
+@contextlib.contextmanager
+def _setup_lock(db: Path):
+    """Exclusive advisory lock on ``<db>.lock`` (no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - non-POSIX
+        yield
+        return
+    with open(str(db) + ".lock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class TranslationCache:
     """A SQLite key → translation store shared by processes.
 
@@ -118,7 +135,22 @@ class TranslationCache:
         # After fork the parent's connection must not be used (nor closed) in the child.
         self._conn = None
         try:
-            conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None, check_same_thread=False)
+            # Switching a new database to WAL and creating the schema take locks that SQLite's
+            # busy handler does not always wait for (SQLITE_BUSY at once when several processes
+            # open a fresh cache together): serialise the set-up with a file lock beside the db.
+            with _setup_lock(self.path):
+                conn = self._open_and_init()
+        except sqlite3.DatabaseError as exc:
+            raise CltxError(
+                f"--cache={str(self.path)!r}: the translation cache cannot be opened ({exc}); "
+                "delete the file to start a fresh cache, name another with --cache DIR, or pass --no-cache"
+            ) from None
+        self._conn, self._pid = conn, os.getpid()
+        return conn
+
+    def _open_and_init(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(str(self.path), timeout=self.timeout, isolation_level=None, check_same_thread=False)
+        try:
             conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -129,12 +161,9 @@ class TranslationCache:
             )
             conn.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
             conn.execute("INSERT OR IGNORE INTO meta (name, value) VALUES ('schema', ?)", (str(_SCHEMA_VERSION),))
-        except sqlite3.DatabaseError as exc:
-            raise CltxError(
-                f"--cache={str(self.path)!r}: the translation cache cannot be opened ({exc}); "
-                "delete the file to start a fresh cache, name another with --cache DIR, or pass --no-cache"
-            ) from None
-        self._conn, self._pid = conn, os.getpid()
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def close(self) -> None:
