@@ -121,12 +121,21 @@ def _config(k: int, d_in: int, d_out: int, *, interpret: bool, variant: str = "v
             "APPLY_BLOCK_N": 64,
             "APPLY_TOKENS": 1 if v1 else 2,
             "apply_warps": 4,
+            "maxnreg": None,
         }
     block_d = 64 if K <= 32 else 32
     block_n = 256 if K <= 16 else 128  # K × BLOCK_N fp32 Y tile: 32 registers a thread
-    # v2 at K = 64: 16 warps (102 registers a thread, no spill) instead of 8 (190): both leave one
-    # program per SM, but 16 warps split the Gram's FMAs and the sweeps over twice the threads.
-    num_warps = 4 if K <= 32 else (8 if v1 else 16)
+    num_warps = 4 if K <= 32 else 8
+    maxnreg = None
+    if K > 32 and variant == "v2":
+        # 8 warps capped at 128 registers (BLOCK_D 16: a 32-byte spill outside the sweep loop)
+        # give two programs per SM, whose latency chains (the sweeps are shuffle/barrier bound)
+        # overlap; uncapped it needs ~190 and one program per SM sits in each sweep's latency.
+        block_d, maxnreg = 16, 128
+    elif K > 32 and variant == "v2-3xtf32":
+        # The mma Gram needs ~200 registers at 8 warps; 16 warps with BLOCK_D 16 fit 128 (an 8-byte
+        # spill): one program per SM.
+        block_d, num_warps = 16, 16
     return {
         "K": K,
         "BLOCK_D": min(block_d, max(16, triton.next_power_of_2(d_in))),
@@ -138,6 +147,7 @@ def _config(k: int, d_in: int, d_out: int, *, interpret: bool, variant: str = "v
         "APPLY_BLOCK_N": min(apply_block_n, max(16, triton.next_power_of_2(d_out))),
         "APPLY_TOKENS": 1 if v1 else 4,
         "apply_warps": 4,
+        "maxnreg": maxnreg,
     }
 
 
@@ -398,6 +408,7 @@ def _salt_fit_triton(
         UNROLL=cfg["UNROLL"],
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
+        **({"maxnreg": cfg["maxnreg"]} if cfg["maxnreg"] else {}),
     )
     if cfg["SPLIT"] and d_out > 0:
         grid = (triton.cdiv(n, cfg["APPLY_TOKENS"]), triton.cdiv(d_out, cfg["APPLY_BLOCK_N"]))

@@ -352,7 +352,7 @@ def test_gpu_kernel_agrees_with_reference_on_edge_cases():
 
 
 # ---- GPU compile check without a GPU (ahead-of-time for sm_90, with the ptxas triton ships) -------
-def _aot_compile(fn, ptr_types, constexprs, floats, num_warps, num_stages):
+def _aot_compile(fn, ptr_types, constexprs, floats, num_warps, num_stages, maxnreg=None):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -367,7 +367,7 @@ def _aot_compile(fn, ptr_types, constexprs, floats, num_warps, num_stages):
         else:
             sig[name] = "fp32" if name in floats else "i32"
     src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in constexprs.items()})
-    options = {"num_warps": num_warps, "num_stages": num_stages}
+    options = {"num_warps": num_warps, "num_stages": num_stages, **({"maxnreg": maxnreg} if maxnreg else {})}
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
 
 
@@ -407,6 +407,7 @@ def test_kernels_compile_for_sm90(k, xdt, ydt, variant):
             ("ridge", "eps_full", "eps_deficient"),
             cfg["num_warps"],
             cfg["num_stages"],
+            cfg["maxnreg"],
         )
     except (FileNotFoundError, RuntimeError) as exc:
         if "ptxas" in str(exc).lower() and "error" not in str(exc).lower():
