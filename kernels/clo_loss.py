@@ -35,20 +35,23 @@ The DPO coefficient of a row is known only once its whole pair is scored. Three 
   log-sum-exp; d-logits are linear in the coefficient, so the hidden gradient is scaled per row at the end
   and the weight gradient is summed per row (a_c, a_r) and folded in, scaled, when the pair is complete:
   still 6·N·H·V, no recompute. (A frozen LM head — attention-only CLO training — costs no extra memory.)
-* ``recompute`` — otherwise (small budgets): pass 1 (steps 1–2 over tokens × vocabulary slabs, the slab
-  log-sum-exps merged per token) keeps only each token's log-sum-exp and label logit; the coefficients
-  follow; pass 2 recomputes each slab for steps 3–4: 8·N·H·V flops. Slabs span every token (tokens are split
-  too only when a slab would be narrower than 2,048 columns), so each slab's weight gradient is one product
-  over all tokens.
+* ``recompute`` — otherwise (small budgets): pass 1 (steps 1–2 over tiles of n tokens × w vocabulary columns,
+  the slab log-sum-exps merged per token) keeps only each token's log-sum-exp and label logit; the
+  coefficients follow; pass 2 recomputes each tile for steps 3–4: 8·N·H·V flops (1.33× the floor). w is a
+  multiple of 256 (aligned rows: cuBLAS's tensor-core kernels; an odd width such as 14,251 bf16 columns ran
+  the first H200 measurement at 8× the floor), n and w are chosen for the least accumulator traffic with
+  products ≥ 2,048 tokens deep and ≥ 4,096 columns wide where the budget allows. Pass 2 runs token chunks
+  outer: a chunk's hidden gradient is summed over slabs in an fp32 accumulator (in the budget) and cast once.
+* pair chunks are two blocks of rows (chosen, rejected): their hidden rows are gathered into not yet written
+  rows of the hidden gradient so each chunk's weight gradient is one product (one read and write of gw).
 
 The row kernels make three passes over the logits in memory, a few per cent of the matmul time on an
 H100/H200.
 
 Precision: logits and d-logits are stored in the activations' dtype (bf16 under bf16 inputs); every
-reduction (log-sum-exp, softmax, sums, the products) accumulates in fp32. A gradient that takes several
-products — the weight gradient over several pair chunks, the hidden gradient over several slabs — is summed
-in its own dtype between products (fp32 for an fp32 master weight, through fp32-output products when the
-activations are bf16).
+reduction (log-sum-exp, softmax, sums, the products) accumulates in fp32. The hidden gradient over several
+slabs is summed in fp32; the weight gradient over several token chunks is summed in its own dtype between
+products (fp32 for an fp32 master weight, through fp32-output products when the activations are bf16).
 """
 
 from __future__ import annotations

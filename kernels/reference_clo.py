@@ -25,8 +25,10 @@ The coefficient of a token needs its whole pair's log-probs, so the chunk plan h
 
 * ``pair``: chunks of whole pairs whose logits fit the budget are held; one matmul forward, two backward
   (6·N·H·V flops).
-* ``recompute``: a pair does not fit; pass 1 over token chunks keeps each token's log-sum-exp and label
-  logit, pass 2 recomputes the logits for the gradients (8·N·H·V flops).
+* ``deferred``: a pair does not fit but the weight is frozen or its per-row partial sums fit (6·N·H·V).
+* ``recompute``: otherwise; pass 1 over aligned (token chunk × vocabulary slab) tiles keeps each token's
+  log-sum-exp and label logit, pass 2 recomputes the tiles for the gradients (8·N·H·V flops), the hidden
+  gradient of a token chunk summed over slabs in fp32.
 """
 
 from __future__ import annotations
