@@ -175,6 +175,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="bergamot threads (default: min(4, cpus))")
     ap.add_argument("--limit", type=int, default=None, help="only the first N sample records")
     ap.add_argument(
+        "--compare-whole", action="store_true", help="also run each variant with whole texts (sentences=False)"
+    )
+    ap.add_argument(
         "--drops", action="store_true", help="measure sentence drops instead (bench/results/mt_drops.jsonl)"
     )
     args = ap.parse_args()
