@@ -753,11 +753,15 @@ def fused_loss_and_grads(
             coef_tok = torch.cat([cc.repeat_interleave(T), cr.repeat_interleave(T)])
             coef_tok = torch.where(valid, coef_tok, torch.zeros_like(coef_tok))
             # Token chunks outer, slabs inner: the chunk's hidden gradient is complete (and cast once) after
-            # its last slab; each slab's weight gradient gets one product per token chunk.
-            for ci, ranges in enumerate(plan.chunks):
+            # its last slab; each slab's weight gradient gets one product per token chunk. Pass 2 starts where
+            # pass 1 ended (last chunk, last slab): that tile's logits are still in the buffer, one product fewer.
+            last_tile = z
+            for k, ci in enumerate(reversed(range(len(plan.chunks)))):
+                ranges = plan.chunks[ci]
                 (a, b) = ranges[0]
-                for v0, v1 in plan.slabs:
-                    z = logits_into(ranges, v0, v1)
+                slabs = plan.slabs if k else (plan.slabs[-1], *plan.slabs[:-1])
+                for j, (v0, v1) in enumerate(slabs):
+                    z = last_tile if k == 0 and j == 0 else logits_into(ranges, v0, v1)
                     row_grad_(z, lab[a:b], lse_all[a:b], coef_tok[a:b], v0)
                     backprop(ci, ranges, z, v0, v1)
                 if gh_acc is not None:
