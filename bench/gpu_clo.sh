@@ -10,12 +10,12 @@ PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 status=0
 B="$PY bench/bench_clo_loss.py --warmup 2 --repeats 5 --max-seconds 2"
-echo "--- GPU tests (limit ${CLO_TEST_T:=60}s)"
+echo "--- GPU tests (limit ${CLO_TEST_T:=55}s)"
 timeout "$CLO_TEST_T" "$PY" -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_clo_loss.py 2>&1 | tail -30 || status=1
-echo "--- bench: cltx, reference, plain PyTorch; budgets 2 and 0.25 GiB (limit ${CLO_BENCH_T:=85}s)"
+echo "--- bench: cltx, reference, plain PyTorch; budgets 2 and 0.25 GiB (limit ${CLO_BENCH_T:=75}s)"
 timeout "$CLO_BENCH_T" $B --preset 8k 32k long --budget 2 0.25 --providers cltx reference plain || status=1
-echo "--- bench: Cut Cross-Entropy exact / filtered (limit ${CLO_CCE_T:=35}s)"
+echo "--- bench: Cut Cross-Entropy exact / filtered (limit ${CLO_CCE_T:=45}s)"
 timeout "$CLO_CCE_T" $B --preset 8k 32k long --providers cltx cce-exact cce-filtered || status=1
-echo "--- bench: Liger fused DPO (torch.compile; limit ${CLO_LIGER_T:=30}s)"
+echo "--- bench: Liger fused DPO (torch.compile; limit ${CLO_LIGER_T:=35}s)"
 timeout "$CLO_LIGER_T" $B --preset 8k 32k --providers cltx liger || status=1
 exit $status
