@@ -251,3 +251,22 @@ def test_smollm2_one_step(tmp_path, monkeypatch):
     assert rep["steps"] == 1 and rep["first_log"]["rewards/margins"] == 0.0
     assert math.isfinite(rep["first_log"]["nll"]) and rep["first_log"]["cl"] == pytest.approx(math.log(2), abs=1e-6)
     assert (tmp_path / "out" / "model.safetensors").exists() and (tmp_path / "out" / "tokenizer.json").exists()
+
+
+def test_every_record_once_per_epoch_reshuffled(tmp_path, tok, monkeypatch):
+    seen: list[list[int]] = []
+    real = CLOTrainer.compute_loss
+
+    def spy(self, model, inputs, *a, **kw):
+        seen.append(inputs["record_index"].tolist())
+        return real(self, model, inputs, *a, **kw)
+
+    monkeypatch.setattr(CLOTrainer, "compute_loss", spy)
+    bins = _bins(tok, n=12, batch=2)  # 6 micro-batches of whole records
+    tr = CLOTrainer(tiny_llama(tok), _args(tmp_path, max_steps=-1, num_train_epochs=2), bins, processing_class=tok)
+    tr.train()
+    assert len(seen) == 12
+    first, second = seen[:6], seen[6:]
+    assert sorted(i for b in first for i in b) == list(range(12)) == sorted(i for b in second for i in b)
+    assert sorted(map(tuple, first)) == sorted(map(tuple, second))  # the same whole-record micro-batches
+    assert first != second  # in another order
