@@ -23,5 +23,10 @@ if [ -z "${SKIP_CLO:-}" ]; then
   echo "=== clo_loss (limit ${CLO_T}s)"
   timeout "$CLO_T" bash bench/gpu_clo.sh 2>&1 | tee "$OUT/clo.log" || status=1
 fi
+if [ -z "${SKIP_MISC:-}" ]; then
+  echo "=== other GPU-tier tests: CLO trainer (bf16), hf MT engine (limit ${MISC_T:=90}s)"
+  timeout "$MISC_T" python3 -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_clo_trainer.py tests/test_mt_hf.py \
+    2>&1 | tail -15 || status=1
+fi
 cp bench/results/*.jsonl "$OUT/" 2>/dev/null || true
 exit $status
