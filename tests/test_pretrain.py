@@ -154,3 +154,22 @@ def test_pretrain_bad_input(tiny, tmp_path):
         pretrain(str(tiny), bad, tmp_path / "o", max_steps=0)
     with pytest.raises(CltxError, match="block_size"):
         pretrain(str(tiny), bad, tmp_path / "o", block_size=1)
+
+
+def test_cli_pretrain(tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from cltx.cli.main import app
+
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(TEXT[:12]), encoding="utf-8")
+    out = tmp_path / "o"
+    args = ["pretrain", "--model", str(tiny), "--text", str(text), "--out", str(out), "--max-steps", "2"]
+    res = CliRunner().invoke(app, [*args, "--block-size", "16", "--batch-size", "2", "--eval-text", str(text)])
+    assert res.exit_code == 0, res.output
+    assert "tokens trained" in res.output and "eval_after bits/byte" in res.output
+    assert (out / "model.safetensors").exists()
+    res = CliRunner().invoke(
+        app, ["pretrain", "--model", str(tiny), "--text", str(tmp_path / "nope.txt"), "--out", "x"]
+    )
+    assert res.exit_code == 1 and "text=" in res.output and "Traceback" not in res.output
