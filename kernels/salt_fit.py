@@ -19,14 +19,20 @@ PyTorch gathers (n × k × d_in) and (n × k × d_out) tensors — 7.9 GB at k =
 extra traffic and 1.5–4.9 GiB of peak memory — then solves. Here each program gathers its k
 neighbour rows straight from the basis into registers (G and r accumulate with ``tl.dot`` over d_in
 tiles, full-fp32 products for fp32 inputs), inverts the k × k matrix in registers (Gauss–Jordan
-sweeps over ``tl.static_range(K)``, symmetric, pivot row picked out with a masked sum), and streams
+sweeps, symmetric, pivot row picked out with a masked sum), and streams
 d_out tiles of the neighbours' Y rows to write αᵀY. No (n × k × d) tensor exists; peak memory is the
-inputs plus the output (for K ≥ 32 the solve hands its (n, K) weights — 7.7 MB at the paper
-shape — to a light second kernel that streams Y: the k × k solve needs ~180 registers a thread,
-which would leave one program per SM to stream memory). Programs are ordered by their first (most
-similar) neighbour, so tokens that share neighbours run together and re-read those Y rows from L2
-instead of HBM (the only way below the gather cost, 2.2 ms at k = 16 on an H200); duplicated
-indices are read once.
+inputs plus the output plus the (n, K) weights (7.7 MB at the paper shape at k = 64).
+
+Two kernels (variant v2, the default; ``CLTX_SALT_VARIANT``, see :func:`_config`): the solve kernel
+writes each token's weights, and ``_salt_apply_kernel`` forms αᵀY with a grid whose token axis runs
+fastest, so all programs in flight share one d_out tile: that column slice of Y stays in L2 and the
+per-neighbour gathers (7.9 GB at k = 16, 31 GB at k = 64) hit L2 while Y crosses HBM about once
+(the way below the HBM gather cost, 2.2 ms at k = 16 on an H200). The K Gauss–Jordan sweeps are a
+runtime loop (unrolled they were ~9.7k SASS instructions at K = 64, past the instruction cache).
+Programs are ordered by their first (most similar) neighbour, so tokens that share neighbours run
+together; duplicated indices are read once. Variant v1 (the first H200 run's kernel: αᵀY fused
+into the solve kernel at K = 16, unrolled sweeps) and v2-3xtf32 (the fp32 Gram on tensor cores as
+three TF32 products, fp32-accurate) stay selectable for comparison.
 
 Paths (``cltx.kernels._dispatch.choose``): CUDA → this kernel; CPU with ``TRITON_INTERPRET=1`` →
 this kernel in the interpreter; otherwise → :func:`cltx.kernels.reference_salt.salt_fit_reference`.
