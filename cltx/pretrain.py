@@ -319,7 +319,7 @@ def pretrain(
     eval_before = None
     if eval_docs:
         lm.to(device)
-        eval_before = bits_per_byte(lm, tok, eval_docs, max_length=max(cfg.block_size, 64))
+        eval_before = bits_per_byte(lm, tok, eval_docs, max_length=max(cfg.block_size, 512))
 
     trainer = Trainer(
         model=lm,
@@ -352,7 +352,9 @@ def pretrain(
                     "learning_rate": float(rec.get("learning_rate", cfg.learning_rate)),
                 }
             )
-    eval_after = bits_per_byte(trainer.model, tok, eval_docs, max_length=max(cfg.block_size, 64)) if eval_docs else None
+    eval_after = (
+        bits_per_byte(trainer.model, tok, eval_docs, max_length=max(cfg.block_size, 512)) if eval_docs else None
+    )
 
     lm = trainer.model
     lm.config.use_cache = True
