@@ -328,7 +328,7 @@ def load_config(
 
     Args:
         config: a TOML path, a shipped config's name (``default``, ``quick``) or an already parsed dict.
-        quick: apply the ``[quick.*]`` overrides (also switched on by ``quick = true`` in ``[run]``'s file).
+        quick: apply the ``[quick.*]`` overrides (also switched on by ``quick_mode = true`` in the file).
         out: overrides ``run.out``.
         device: ``cpu``/``cuda``; default: ``run.device`` (``auto``: the GPU when present).
         check_files: also check data files, model names/folders and engines exist.
@@ -700,6 +700,11 @@ def run_pipeline(
     """
     prog = ensure_progress(progress)
     cfg = config if isinstance(config, RunConfig) else load_config(config, quick=quick, out=out)
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise CltxError("run.device='cuda': no CUDA device is visible; fix: use device = 'auto' or 'cpu'")
     stages = build_stages(cfg)
     names = {s.name for s in stages}
     forced: set[str] = set()
