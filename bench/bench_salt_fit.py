@@ -2,8 +2,8 @@
 
 Providers:
   cltx       cltx.kernels.salt_fit (the Triton kernel on CUDA; on CPU it is the reference path),
-             the default variant (v2)
-  cltx_v1    the same with CLTX_SALT_VARIANT=v1 (the kernel of the first H200 run), CUDA only
+             the default variant (v1)
+  cltx_v2    the same with CLTX_SALT_VARIANT=v2 (split solve + L2-tiled αᵀY), CUDA only
   cltx_3xtf32  CLTX_SALT_VARIANT=v2-3xtf32 (v2, fp32 Gram on tensor cores as 3 TF32 products), CUDA only
   reference  the chunked pure-PyTorch reference (batched Gram + Cholesky, sparse αᵀY)
   plain      plain PyTorch: gather X and Y per chunk, batched k × k solve (torch.linalg), bmm
@@ -89,7 +89,7 @@ def oracle_rows(xq, xb, yb, nb, rows, ridge=0.0):
     return torch.stack(out)
 
 
-VARIANT_PROVIDERS = {"cltx_v1": "v1", "cltx_3xtf32": "v2-3xtf32"}
+VARIANT_PROVIDERS = {"cltx_v2": "v2", "cltx_3xtf32": "v2-3xtf32"}
 
 
 def with_variant(fn, variant):
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=None, help="override the number of new tokens")
     ap.add_argument("--k", type=int, nargs="*", default=None, help="override the neighbour counts")
     ap.add_argument("--ridge", type=float, default=0.0)
-    ap.add_argument("--providers", default="cltx,cltx_v1,cltx_3xtf32,reference,plain,sklearn")
+    ap.add_argument("--providers", default="cltx,cltx_v2,cltx_3xtf32,reference,plain,sklearn")
     ap.add_argument("--sklearn-sample", type=int, default=None, help="tokens scikit-learn fits (extrapolated)")
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args(argv)

@@ -23,7 +23,9 @@ sweeps, symmetric, pivot row picked out with a masked sum), and streams
 d_out tiles of the neighbours' Y rows to write αᵀY. No (n × k × d) tensor exists; peak memory is the
 inputs plus the output plus the (n, K) weights (7.7 MB at the paper shape at k = 64).
 
-Two kernels (variant v2, the default; ``CLTX_SALT_VARIANT``, see :func:`_config`): the solve kernel
+Variants (``CLTX_SALT_VARIANT``, see :func:`_config`). Default v1: measured fastest on an H200
+(2026-11-26, paper shape, fp32: v1 5.84 / 41.1 ms at k = 16 / 64, v2 7.16 / 43.1, v2-3xtf32 8.21 /
+41.9; plain PyTorch 13.1 / 80.9). In v2, two kernels: the solve kernel
 writes each token's weights, and ``_salt_apply_kernel`` forms αᵀY with a grid whose token axis runs
 fastest, so all programs in flight share one d_out tile: that column slice of Y stays in L2 and the
 per-neighbour gathers (7.9 GB at k = 16, 31 GB at k = 64) hit L2 while Y crosses HBM about once
@@ -79,14 +81,14 @@ _logged_exceptions: set[tuple[str, int, int]] = set()
 # ---------------------------------------------------------------------------------------------
 # 2. Configuration: every block size is picked here, never at the launch site.
 # ---------------------------------------------------------------------------------------------
-VARIANTS = ("v2", "v2-3xtf32", "v1")
+VARIANTS = ("v1", "v2", "v2-3xtf32")
 
 
 def _variant() -> str:
-    """The kernel variant, from ``CLTX_SALT_VARIANT`` (default ``v2``); see :func:`_config`."""
+    """The kernel variant, from ``CLTX_SALT_VARIANT`` (default ``v1``, measured fastest); see :func:`_config`."""
     import os
 
-    v = os.environ.get("CLTX_SALT_VARIANT", "v2").strip() or "v2"
+    v = os.environ.get("CLTX_SALT_VARIANT", "v1").strip() or "v1"
     if v not in VARIANTS:
         raise bad_arg("CLTX_SALT_VARIANT", v, f"use one of {', '.join(VARIANTS)} (or leave it unset)")
     return v
