@@ -303,12 +303,13 @@ def _plots(report: dict, out: Path) -> list[str]:
     training = (report.get("clo") or {}).get("training") or {}
     if training:
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4.0))
-        for name, r in training.items():
-            curve = r["curve"]
-            ax1.plot([c["step"] for c in curve], [c["loss"] for c in curve], marker="o", ms=2.5, label=name)
+        for i, (name, r) in enumerate(training.items()):
+            curve, color = r["curve"], f"C{i}"  # one colour per run in both panels
+            xs, ys = [c["step"] for c in curve], [c["loss"] for c in curve]
+            ax1.plot(xs, ys, marker="o", ms=2.5, label=name, color=color)
             margins = [(c["step"], c["margin"]) for c in curve if c.get("margin") is not None]
             if margins:
-                ax2.plot(*zip(*margins, strict=True), marker="o", ms=2.5, label=name)
+                ax2.plot(*zip(*margins, strict=True), marker="o", ms=2.5, label=name, color=color)
         ax1.set_xlabel("step")
         ax1.set_ylabel("training loss")
         ax1.set_title("CLO vs SFT: loss")
