@@ -24,7 +24,10 @@ out = Console()
 
 def fail(message: str) -> None:
     """One red line on stderr, exit code 1 (user mistakes: no traceback)."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.text import Text
+
+    # The message is plain text: brackets in it ("[clo]", "[1]") must not be read as rich markup.
+    console.print(Text("error: ", style="bold red") + Text(message), highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
 
 
