@@ -27,6 +27,20 @@ def _fmt(v, spec: str = ".4f") -> str:
     return format(v, spec) if isinstance(v, (int, float)) else "—"
 
 
+def data_spec(prompt_fields, response_field, en_key, tgt_key, en_suffix, tgt_suffix):
+    """The :class:`cltx.clo.data.DataSpec` of the data-layout options shared by ``clo`` and ``eval``."""
+    from cltx.clo.data import DataSpec
+
+    return DataSpec(
+        prompt_fields=prompt_fields,
+        response_field=response_field,
+        en_key=en_key or None,
+        tgt_key=tgt_key or None,
+        en_suffix=en_suffix,
+        tgt_suffix=tgt_suffix,
+    )
+
+
 def register(app: typer.Typer) -> None:
     @app.command("clo")
     @user_errors
@@ -105,16 +119,8 @@ def register(app: typer.Typer) -> None:
         hf_logging.disable_progress_bar()  # rich draws the progress
 
         from cltx.clo.api import train_clo
-        from cltx.clo.data import DataSpec
 
-        spec = DataSpec(
-            prompt_fields=prompt_fields,
-            response_field=response_field,
-            en_key=en_key or None,
-            tgt_key=tgt_key or None,
-            en_suffix=en_suffix,
-            tgt_suffix=tgt_suffix,
-        )
+        spec = data_spec(prompt_fields, response_field, en_key, tgt_key, en_suffix, tgt_suffix)
         with RichProgress() as prog:
             rep = train_clo(
                 model,

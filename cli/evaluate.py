@@ -50,17 +50,10 @@ def register(app: typer.Typer) -> None:
 
         hf_logging.disable_progress_bar()  # rich draws the progress
 
-        from cltx.clo.data import DataSpec
+        from cltx.cli.clo import data_spec
         from cltx.clo.evaluate import evaluate_models, summary_rows
 
-        spec = DataSpec(
-            prompt_fields=prompt_fields,
-            response_field=response_field,
-            en_key=en_key or None,
-            tgt_key=tgt_key or None,
-            en_suffix=en_suffix,
-            tgt_suffix=tgt_suffix,
-        )
+        spec = data_spec(prompt_fields, response_field, en_key, tgt_key, en_suffix, tgt_suffix)
         with RichProgress() as prog:
             res = evaluate_models(
                 model,
