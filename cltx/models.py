@@ -144,7 +144,75 @@ def resolve_model(name: str, *, argument: str = "model") -> str:
             f"{argument}={name!r}: no such folder; fix: pass an existing model folder, a hub id, "
             f"or one of the embedded names {sorted(EMBEDDED)}"
         )
+    _check_hub_id(name, argument)
     return name
+
+
+def _hub_offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on") for v in _OFFLINE_VARS)
+
+
+_OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_HUB_PROBE: dict[str, bool] = {}
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub endpoint opens within ``timeout`` seconds (cached per process).
+
+    Without this probe an unknown name on an offline machine fails only after the hub client's retries
+    (~45 s); with it, at once. The probe runs in a daemon thread so a hanging DNS lookup cannot block.
+    """
+    import socket
+    import threading
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    except Exception:  # pragma: no cover - huggingface_hub always comes with transformers
+        endpoint = "https://huggingface.co"
+    if endpoint in _HUB_PROBE:
+        return _HUB_PROBE[endpoint]
+    url = urlparse(endpoint)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    ok: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            ok.append(True)
+        except OSError:
+            ok.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    _HUB_PROBE[endpoint] = bool(ok and ok[0])
+    return _HUB_PROBE[endpoint]
+
+
+def _in_hub_cache(name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except Exception:  # pragma: no cover
+        return False
+    try:
+        return isinstance(try_to_load_from_cache(name, "config.json"), str)
+    except Exception:  # a malformed id: let from_pretrained report it
+        return False
+
+
+def _check_hub_id(name: str, argument: str) -> None:
+    """Fail at once, with the fix, for a hub id that can be neither found in the local cache nor fetched."""
+    if _hub_offline() or _in_hub_cache(name):
+        return  # offline mode: transformers looks in the cache only and fails fast by itself
+    if not _hub_reachable():
+        raise CltxError(
+            f"{argument}={name!r}: not an embedded name, not a local folder, not in the Hugging Face cache, "
+            "and the model hub cannot be reached from this machine; fix: pass a local model folder "
+            f"(saved with save_pretrained) or one of the embedded names {sorted(EMBEDDED)}"
+        )
 
 
 def _offline_hint(name: str, err: Exception) -> CltxError:

@@ -44,3 +44,67 @@ def test_bad_model_path_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CltxError, match="config.json"):
         resolve_model(str(tmp_path / "empty"))
+
+
+def test_unreachable_hub_id_fails_at_once_with_the_fix(monkeypatch):
+    """An unknown hub id on a machine without the hub fails before transformers' retries (~45 s)."""
+    import time
+
+    import cltx.models as models
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    t = time.perf_counter()
+    with pytest.raises(CltxError) as e:
+        resolve_model("someone/no-such-model", argument="llm")
+    assert time.perf_counter() - t < 5
+    msg = str(e.value)
+    assert "llm='someone/no-such-model'" in msg and "cannot be reached" in msg and "smollm2-135m" in msg
+
+
+def test_hub_id_passes_through_when_reachable_cached_or_offline(monkeypatch, tmp_path):
+    import cltx.models as models
+
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    # Reachable hub: the id is handed to from_pretrained unchanged.
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: True)
+    assert resolve_model("someone/model") == "someone/model"
+    # Unreachable, but in the local Hugging Face cache: also unchanged (from_pretrained reads the cache).
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    snap = tmp_path / "models--someone--cached" / "snapshots" / "abc123"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (tmp_path / "models--someone--cached" / "refs").mkdir()
+    (tmp_path / "models--someone--cached" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    assert resolve_model("someone/cached") == "someone/cached"
+    with pytest.raises(CltxError):
+        resolve_model("someone/not-cached")
+    # Offline mode set by the user: no probe, transformers' own (fast) cache-only lookup decides.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_model("someone/not-cached") == "someone/not-cached"
+
+
+def test_hub_probe_reports_a_closed_endpoint(monkeypatch):
+    """The real probe (no network needed): a local port nobody listens on is 'unreachable', fast."""
+    import socket
+
+    import cltx.models as models
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setattr(models, "_HUB_PROBE", {})
+    assert models._hub_reachable(timeout=1.0) is False
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", f"http://127.0.0.1:{srv.getsockname()[1]}")
+    try:
+        assert models._hub_reachable(timeout=1.0) is True
+    finally:
+        srv.close()
