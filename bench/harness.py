@@ -25,6 +25,9 @@ RUN_ID = uuid.uuid4().hex[:8]
 
 
 def git_sha() -> str:
+    # The GPU machine gets a copy of the working tree without .git: gpu_check.sh passes CLTX_GIT_SHA.
+    if os.environ.get("CLTX_GIT_SHA"):
+        return os.environ["CLTX_GIT_SHA"]
     try:
         return subprocess.check_output(
             ["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, stderr=subprocess.DEVNULL, text=True
