@@ -17,6 +17,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Markdown: docstrings wrapped at the source's line length render as flowing paragraphs.
+    rich_markup_mode="markdown",
 )
 
 # Each module defines ``register(app)``. A module that does not exist yet is skipped.
