@@ -352,6 +352,131 @@ if triton is not None:
 # ---------------------------------------------------------------------------------------------
 # 4. Launcher.
 # ---------------------------------------------------------------------------------------------
+def _launch_meta(
+    cfg: dict, variant: str, *, refine: int, upcast: bool, write_alpha: bool, fp32_inputs: bool, interpret: bool
+):
+    """The solve kernel of ``variant``, its constexpr arguments and launch options, and those of
+    ``_salt_apply_kernel`` (None when αᵀY is fused). One place for both the launcher and the static
+    report (bench/kernel_report.py), so the report compiles exactly what runs."""
+    fwd = {
+        "K": cfg["K"],
+        "BLOCK_D": cfg["BLOCK_D"],
+        "BLOCK_N": cfg["BLOCK_N"],
+        "REFINE": refine,
+        "UPCAST": upcast,
+        "WRITE_ALPHA": write_alpha,
+        "SPLIT": cfg["SPLIT"],
+        # Full fp32 products for fp32 inputs (never plain TF32); 3xTF32 is fp32-accurate.
+        "PRECISION": "tf32x3" if (variant == "v2-3xtf32" and not interpret and fp32_inputs) else "ieee",
+        "UNROLL": cfg["UNROLL"],
+        "num_warps": cfg["num_warps"],
+        "num_stages": cfg["num_stages"],
+        **({"maxnreg": cfg["maxnreg"]} if cfg["maxnreg"] else {}),
+    }
+    apply = None
+    if cfg["SPLIT"]:
+        apply = {
+            "K": cfg["K"],
+            "BLOCK_N": cfg["APPLY_BLOCK_N"],
+            "TOKENS": cfg["APPLY_TOKENS"],
+            "num_warps": cfg["apply_warps"],
+        }
+    return _salt_fit_fwd_kernel, fwd, apply
+
+
+class _SaltLaunch:
+    """One call's buffers and launch parameters; ``solve()`` and ``apply()`` launch the two phases.
+
+    ``_salt_fit_triton`` runs both; bench/salt_phases.py times them one at a time (``cfg`` overrides
+    :func:`_config`, e.g. to force SPLIT or sweep block sizes).
+    """
+
+    def __init__(self, x_query, x_basis, y_basis, neighbors, ridge, return_alpha, *, variant=None, cfg=None):
+        n, d_in = x_query.shape
+        k = neighbors.shape[1]
+        d_out = y_basis.shape[1]
+        interpret = interpreting()
+        self.n, self.k, self.d_in, self.d_out, self.ridge = n, k, d_in, d_out, float(ridge)
+        self.xq = x_query.contiguous()
+        self.xb = x_basis.contiguous()
+        self.yb = y_basis.contiguous()
+        self.nbr = neighbors.contiguous()
+        dev = y_basis.device
+        self.out = torch.empty(n, d_out, dtype=y_basis.dtype, device=dev)
+        self.return_alpha = return_alpha
+        self.alpha = torch.zeros(n, k, dtype=torch.float32, device=dev) if return_alpha else self.out
+        self.flags = torch.zeros(n, dtype=torch.int8, device=dev)
+        self.variant = variant or _variant()
+        self.cfg = cfg or _config(k, d_in, d_out, interpret=interpret, variant=self.variant)
+        self.coef = torch.empty(n if self.cfg["SPLIT"] else 1, self.cfg["K"], dtype=torch.float32, device=dev)
+        self.eps_full, self.eps_deficient, refine = regularisation(k, d_in, gram_fp64=False)
+        self.kernel, self.fwd_meta, self.apply_meta = _launch_meta(
+            self.cfg,
+            self.variant,
+            refine=refine,
+            # The interpreter's bf16 arithmetic is wrong: upcast after loads there only.
+            upcast=interpret and x_basis.dtype != torch.float32,
+            write_alpha=return_alpha,
+            fp32_inputs=self.xb.dtype == torch.float32,
+            interpret=interpret,
+        )
+        # Tokens sharing their most similar neighbour run side by side (their Y rows stay in L2).
+        if n > 1:
+            self.order = torch.argsort(self.nbr[:, 0]).to(torch.int32)
+        else:
+            self.order = torch.zeros(1, dtype=torch.int32, device=dev)
+
+    def solve(self) -> None:
+        """Gram, solve, flags (and αᵀY when fused); with SPLIT the (n, K) weights go to ``coef``."""
+        if self.n == 0:
+            return
+        self.kernel[(self.n,)](
+            self.xq,
+            self.xb,
+            self.yb,
+            self.nbr,
+            self.order,
+            self.out,
+            self.alpha,
+            self.flags,
+            self.coef,
+            self.k,
+            self.d_in,
+            self.d_out,
+            self.xq.stride(0),
+            self.xb.stride(0),
+            self.yb.stride(0),
+            self.nbr.stride(0),
+            self.out.stride(0),
+            self.alpha.stride(0),
+            self.ridge,
+            float(self.eps_full),
+            float(self.eps_deficient),
+            **self.fwd_meta,
+        )
+
+    def apply(self) -> None:
+        """αᵀY from ``coef`` (SPLIT configs only)."""
+        meta = self.apply_meta
+        if meta is None or self.n == 0 or self.d_out == 0:
+            return
+        grid = (triton.cdiv(self.n, meta["TOKENS"]), triton.cdiv(self.d_out, meta["BLOCK_N"]))
+        _salt_apply_kernel[grid](
+            self.coef,
+            self.nbr,
+            self.order,
+            self.yb,
+            self.out,
+            self.n,
+            self.k,
+            self.d_out,
+            self.nbr.stride(0),
+            self.yb.stride(0),
+            self.out.stride(0),
+            **meta,
+        )
+
+
 def _salt_fit_triton(
     x_query: torch.Tensor,
     x_basis: torch.Tensor,
@@ -360,84 +485,12 @@ def _salt_fit_triton(
     ridge: float,
     return_alpha: bool,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Launch the kernel; returns ``(out, alpha or None, flags)``, flags (n,) int8 = 1 where the
+    """Launch the kernel(s); returns ``(out, alpha or None, flags)``, flags (n,) int8 = 1 where the
     fp32 solve had not converged (the caller re-solves those tokens)."""
-    n, d_in = x_query.shape
-    k = neighbors.shape[1]
-    d_out = y_basis.shape[1]
-    interpret = interpreting()
-    xq = x_query.contiguous()
-    xb = x_basis.contiguous()
-    yb = y_basis.contiguous()
-    nbr = neighbors.contiguous()
-    out = torch.empty(n, d_out, dtype=y_basis.dtype, device=y_basis.device)
-    alpha = torch.zeros(n, k, dtype=torch.float32, device=y_basis.device) if return_alpha else out
-    flags = torch.zeros(n, dtype=torch.int8, device=y_basis.device)
-    variant = _variant()
-    cfg = _config(k, d_in, d_out, interpret=interpret, variant=variant)
-    coef = torch.empty(n if cfg["SPLIT"] else 1, cfg["K"], dtype=torch.float32, device=y_basis.device)
-    if n == 0:
-        return out, (alpha if return_alpha else None), flags
-    eps_full, eps_deficient, refine = regularisation(k, d_in, gram_fp64=False)
-    # Tokens sharing their most similar neighbour run side by side (their Y rows stay in L2).
-    order = torch.argsort(nbr[:, 0]).to(torch.int32) if n > 1 else torch.zeros(1, dtype=torch.int32, device=nbr.device)
-    _salt_fit_fwd_kernel[(n,)](
-        xq,
-        xb,
-        yb,
-        nbr,
-        order,
-        out,
-        alpha,
-        flags,
-        coef,
-        k,
-        d_in,
-        d_out,
-        xq.stride(0),
-        xb.stride(0),
-        yb.stride(0),
-        nbr.stride(0),
-        out.stride(0),
-        alpha.stride(0),
-        float(ridge),
-        float(eps_full),
-        float(eps_deficient),
-        K=cfg["K"],
-        BLOCK_D=cfg["BLOCK_D"],
-        BLOCK_N=cfg["BLOCK_N"],
-        REFINE=refine,
-        # The interpreter's bf16 arithmetic is wrong: upcast after loads there only.
-        UPCAST=interpret and x_basis.dtype != torch.float32,
-        WRITE_ALPHA=return_alpha,
-        SPLIT=cfg["SPLIT"],
-        # Full fp32 products for fp32 inputs (never plain TF32); 3xTF32 is fp32-accurate.
-        PRECISION="tf32x3" if (variant == "v2-3xtf32" and not interpret and xb.dtype == torch.float32) else "ieee",
-        UNROLL=cfg["UNROLL"],
-        num_warps=cfg["num_warps"],
-        num_stages=cfg["num_stages"],
-        **({"maxnreg": cfg["maxnreg"]} if cfg["maxnreg"] else {}),
-    )
-    if cfg["SPLIT"] and d_out > 0:
-        grid = (triton.cdiv(n, cfg["APPLY_TOKENS"]), triton.cdiv(d_out, cfg["APPLY_BLOCK_N"]))
-        _salt_apply_kernel[grid](
-            coef,
-            nbr,
-            order,
-            yb,
-            out,
-            n,
-            k,
-            d_out,
-            nbr.stride(0),
-            yb.stride(0),
-            out.stride(0),
-            K=cfg["K"],
-            BLOCK_N=cfg["APPLY_BLOCK_N"],
-            TOKENS=cfg["APPLY_TOKENS"],
-            num_warps=cfg["apply_warps"],
-        )
-    return out, (alpha if return_alpha else None), flags
+    launch = _SaltLaunch(x_query, x_basis, y_basis, neighbors, ridge, return_alpha)
+    launch.solve()
+    launch.apply()
+    return launch.out, (launch.alpha if return_alpha else None), launch.flags
 
 
 # ---------------------------------------------------------------------------------------------
