@@ -181,9 +181,12 @@ def _check_rows(logits: torch.Tensor, labels: torch.Tensor, *vecs: torch.Tensor)
             raise ValueError(f"clo row kernel: per-row vectors must be fp32 ({n},), got {v.dtype} {tuple(v.shape)}")
 
 
-def row_stats(logits: torch.Tensor, labels: torch.Tensor, col0: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def row_stats(
+    logits: torch.Tensor, labels: torch.Tensor, col0: int = 0, *, config: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``logits`` (n, w) holding vocabulary columns col0 … col0+w−1: fp32 log-sum-exp of the
-    row and the label's logit (0 where the label is −100 or outside these columns)."""
+    row and the label's logit (0 where the label is −100 or outside these columns). ``config`` overrides
+    :func:`_row_config` (``BLOCK_V``, ``num_warps``: the benchmarks' sweep)."""
     labels = labels.contiguous()
     _check_rows(logits, labels)
     n, V = logits.shape
@@ -191,7 +194,7 @@ def row_stats(logits: torch.Tensor, labels: torch.Tensor, col0: int = 0) -> tupl
     zl = torch.empty(n, dtype=torch.float32, device=logits.device)
     if n == 0:
         return lse, zl
-    cfg = _row_config(V)
+    cfg = config or _row_config(V)
     _clo_row_stats_kernel[(n,)](
         logits,
         labels,
@@ -206,8 +209,17 @@ def row_stats(logits: torch.Tensor, labels: torch.Tensor, col0: int = 0) -> tupl
     return lse, zl
 
 
-def row_grad_(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, coef: torch.Tensor, col0: int = 0) -> None:
-    """Overwrite ``logits`` (n, w), columns col0 … col0+w−1, with coef·(onehot(label) − exp(z − lse))."""
+def row_grad_(
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    coef: torch.Tensor,
+    col0: int = 0,
+    *,
+    config: dict | None = None,
+) -> None:
+    """Overwrite ``logits`` (n, w), columns col0 … col0+w−1, with coef·(onehot(label) − exp(z − lse));
+    ``config`` as in :func:`row_stats`."""
     labels = labels.contiguous()
     lse = lse.to(torch.float32).contiguous()
     coef = coef.to(torch.float32).contiguous()
@@ -215,7 +227,7 @@ def row_grad_(logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, coe
     n, V = logits.shape
     if n == 0:
         return
-    cfg = _row_config(V)
+    cfg = config or _row_config(V)
     _clo_row_grad_kernel[(n,)](
         logits, labels, lse, coef, V, logits.stride(0), col0, BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"]
     )
