@@ -44,3 +44,36 @@ def test_kernel_report_gives_registers_for_one_kernel():
         assert "error" not in r, r
         assert isinstance(r["regs"], int) and 0 < r["regs"] <= 255, r
         assert isinstance(r["instr"], int) and r["instr"] > 0, r
+
+
+@pytest.mark.interpreter
+def test_salt_phases_smoke_runs_every_phase(tmp_path):
+    """bench/salt_phases.py --smoke: every phase of every variant runs (interpreter, tiny sizes) and agrees
+    with the reference; the GPU run gets one try, so the script must not fail on its first real use."""
+    out = tmp_path / "phases.jsonl"
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, "bench/salt_phases.py", "--smoke", "--jsonl", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    errors = [r for r in rows if r.get("error")]
+    assert not errors, errors
+    phases = {r["phase"] for r in rows}
+    want = {"order", "full", "solve", "apply", "fused", "ref_total", "ref_gram", "ref_solve", "ref_apply", "profile"}
+    assert want | {"sweep", "sweep_apl"} <= phases, phases
+    import cltx.kernels.salt_fit  # noqa: F401
+
+    variants = set(sys.modules["cltx.kernels.salt_fit"].VARIANTS)
+    for k in {r["k"] for r in rows}:
+        assert variants <= {r["variant"] for r in rows if r["k"] == k and r["phase"] == "solve"}
+    for r in rows:
+        assert r.get("ms") is not None and r["ms"] >= 0, r
+        if r.get("err") is not None:
+            assert r["err"] < 1e-3, r
+    assert "summary" in proc.stdout
