@@ -84,6 +84,21 @@ def register(app: typer.Typer) -> None:
             Optional[float], typer.Option("--memory-budget-gib", help="Working memory of the fused loss kernel.")
         ] = None,
         lora_r: Annotated[int, typer.Option("--lora-r", help="LoRA rank (--train lora).")] = 16,
+        fsdp: Annotated[
+            bool,
+            typer.Option(
+                "--fsdp",
+                help="Shard the model over the processes with FSDP2 (GPUs; launch with torchrun or accelerate "
+                "launch). Without it, several processes train with DDP.",
+            ),
+        ] = False,
+        fsdp_config: Annotated[
+            Optional[Path],
+            typer.Option(
+                "--fsdp-config",
+                help='JSON file of transformers\' fsdp_config keys for --fsdp, e.g. {"cpu_offload": true}.',
+            ),
+        ] = None,
         prompt_fields: Annotated[
             Optional[str],
             typer.Option("--prompt-fields", help="Comma-separated prompt fields (default: auto)."),
@@ -150,6 +165,8 @@ def register(app: typer.Typer) -> None:
                 average_logps=average_logps,
                 memory_budget_gib=memory_budget_gib,
                 lora_r=lora_r,
+                fsdp=fsdp,
+                fsdp_config=str(fsdp_config) if fsdp_config is not None else None,
             )
         if os.environ.get("RANK", "0") != "0":  # torchrun / accelerate launch: rank 0 reports
             return

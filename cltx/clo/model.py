@@ -172,6 +172,29 @@ def model_fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+def merge_lora_state_dict(peft_model: nn.Module, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A plain ``*ForCausalLM`` with the LoRA adapter merged, built from a full state dict of
+    ``peft_model`` (its own keys, e.g. FSDP's gathered one): the architecture is instantiated on the
+    meta device and takes the state dict's CPU tensors, so no second copy is allocated."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    lm = causal_lm(peft_model)
+    adapter = getattr(peft_model, "active_adapter", "default")
+    with torch.device("meta"):
+        copy = get_peft_model(AutoModelForCausalLM.from_config(lm.config), peft_model.peft_config[adapter])
+    _, unexpected = copy.load_state_dict(state, strict=False, assign=True)
+    base = copy.get_base_model()
+    if getattr(base.config, "tie_word_embeddings", False):
+        base.tie_weights()  # assign=True replaced the embedding; the head must follow it
+    left = [n for n, p in copy.named_parameters() if p.is_meta]
+    if left or unexpected:
+        raise RuntimeError(f"state dict does not match the LoRA model: missing {left[:3]}, unexpected {unexpected[:3]}")
+    merged = copy.merge_and_unload()
+    merged.generation_config = lm.generation_config
+    return merged
+
+
 class CLOModel(nn.Module):
     """Policy + fused loss in one forward.
 
@@ -203,7 +226,10 @@ class CLOModel(nn.Module):
         check_logits_path(policy)  # validate early: a clear error instead of a silently wrong loss
         self.config = causal_lm(policy).config
         # FSDP's transformer-based auto-wrap reads this: decoder layers become their own units and
-        # the embeddings / LM head stay in the root unit, whole inside this forward.
+        # the embeddings / LM head stay in the root unit, whole inside this forward. On purpose this
+        # wrapper has no get_input_embeddings / get_output_embeddings / base_model_prefix: accelerate's
+        # FSDP2 preparation would give the LM head a unit of its own, whose weight stays sharded here
+        # (the head module's forward is never called; the loss reads its weight).
         self._no_split_modules = getattr(causal_lm(policy), "_no_split_modules", None)
 
     # The Trainer enables activation checkpointing through one of these names (transformers ≥ 5.x:

@@ -16,6 +16,14 @@ checkpoints and resume, DDP/FSDP through ``accelerate launch`` / ``torchrun``. W
   batches;
 * TRL-named metrics (rewards/chosen, rewards/rejected, rewards/margins, rewards/accuracies,
   logps/chosen, logps/rejected, nll, cl) and saving as safetensors with the tokenizer.
+
+Under FSDP (``fsdp=True`` or an accelerate FSDP config; FSDP2 is transformers' default) the model is
+not on its device when the Trainer is built and may be empty on all ranks but the first
+(``cpu_ram_efficient_loading``), so the reference pass waits for the wrapped, sharded model at the
+start of ``train()`` (every rank runs the same number of forwards: each is collective); the cache
+key is computed on rank 0 and broadcast; the final save gathers the full state dict on every rank
+and writes it from rank 0 (LoRA merged on a CPU copy). accelerate (1.15) runs FSDP only on
+accelerator devices: on the CPU it would train with DDP instead, so asking for FSDP there is an error.
 """
 
 from __future__ import annotations
@@ -31,10 +39,20 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.training_args import ParallelMode
 
 from cltx.clo.data import bins_hash
-from cltx.clo.model import METHODS, TRAIN_MODES, CLOModel, causal_lm, disable_dropout, model_fingerprint, set_trainable
+from cltx.clo.model import (
+    METHODS,
+    TRAIN_MODES,
+    CLOModel,
+    causal_lm,
+    disable_dropout,
+    merge_lora_state_dict,
+    model_fingerprint,
+    set_trainable,
+)
 from cltx.errors import CltxError, bad_arg
 from cltx.paths import cache_dir
 from cltx.progress import Progress, ensure_progress
@@ -71,6 +89,10 @@ class CLOConfig(TrainingArguments):
         lora_r, lora_alpha: LoRA rank and scale for ``train_mode='lora'``.
         pad_to_multiple_of: pad micro-batches to this length multiple.
         ref_cache: reuse cached reference log-probs (and write them).
+
+    FSDP: ``fsdp=True`` (FSDP2, full shard, each decoder layer its own unit) with optional
+    ``fsdp_config`` (a dict or a JSON file of transformers' ``fsdp_config`` keys); needs a distributed
+    launch (``torchrun`` / ``accelerate launch``) on GPUs.
     """
 
     method: str = "clo"
@@ -100,12 +122,43 @@ class CLOConfig(TrainingArguments):
             raise bad_arg("memory_budget_gib", self.memory_budget_gib, "must be > 0 GiB (or unset)")
         if self.lora_r < 1:
             raise bad_arg("lora_r", self.lora_r, "must be ≥ 1")
+        self._check_fsdp_config()
         # The CLI draws its own progress (cltx.progress.trainer_callback); bins are not columns.
         self.disable_tqdm = True
         self.remove_unused_columns = False
         if self.report_to is None or self.report_to == "all":
             self.report_to = "none"
         super().__post_init__()
+        if self.fsdp and self.parallel_mode != ParallelMode.DISTRIBUTED:
+            raise bad_arg(
+                "fsdp",
+                self.fsdp,
+                "FSDP shards the model over several processes; fix: launch with "
+                "`torchrun --nproc_per_node N -m cltx.cli.main clo … --fsdp` (or `accelerate launch`), or drop --fsdp",
+            )
+
+    def _check_fsdp_config(self) -> None:
+        """A readable error for a bad ``fsdp_config`` (transformers would raise a bare traceback)."""
+        cfg = given = self.fsdp_config
+        if cfg is None:
+            return
+        if isinstance(cfg, os.PathLike):
+            cfg = given = str(cfg)
+        if not self.fsdp:
+            raise bad_arg("fsdp_config", given, "is used only with FSDP; fix: add --fsdp (fsdp=True) or drop it")
+        if isinstance(cfg, str):
+            if not Path(cfg).is_file():
+                raise bad_arg("fsdp_config", given, "no such file; fix: pass a JSON file of FSDP settings")
+            try:
+                cfg = json.loads(Path(cfg).read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise bad_arg("fsdp_config", given, f"is not valid JSON ({e}); fix: write a JSON object") from e
+        if not isinstance(cfg, dict):
+            raise bad_arg("fsdp_config", given, 'must be a JSON object, e.g. {"version": 2, "cpu_offload": false}')
+        version = cfg.get("version", cfg.get("fsdp_version", 2))
+        if str(version) not in ("1", "2"):
+            raise bad_arg("fsdp_config", given, f"version {version!r} is not 1 or 2; fix: use 2 (FSDP2, the default)")
+        self.fsdp_config = dict(cfg)
 
 
 class BinDataset(Dataset):
@@ -203,14 +256,28 @@ class CLOTrainer(Trainer):
             )
         self.train_bins = train_bins
         self.progress = ensure_progress(progress)
+        # `accelerate launch` with an FSDP config says so in the environment (read it before the
+        # Accelerator is built: accelerate sets it too whenever it is handed an FSDP plugin)
+        wants_fsdp = bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
         super().__init__(
             model=wrapper, args=args, train_dataset=BinDataset(train_bins), processing_class=processing_class, **kwargs
         )
         from transformers.trainer_callback import PrinterCallback
 
         self.remove_callback(PrinterCallback)  # progress goes through cltx.progress.trainer_callback
+        if wants_fsdp and not self.is_fsdp_enabled:
+            raise bad_arg(
+                "fsdp",
+                args.fsdp or "accelerate config",
+                "accelerate runs FSDP only on GPUs/accelerators, here it would train with "
+                f"{self.accelerator.distributed_type.value} instead; fix: drop --fsdp (plain data parallel) "
+                "or run on GPUs",
+            )
         self._metric_sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
         self.ref_info: dict = {}
+        self._ref_stored: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._ref_needed: list[int] = []
+        self._ref_missing: list[int] = []
         self.tokens_trained = 0
         if args.method == "clo":
             self._prepare_reference()
@@ -266,11 +333,22 @@ class CLOTrainer(Trainer):
             return list(range(n))
         return sorted(list(iter(EpochShuffleSampler(n, self.args.seed)))[:k])
 
+    def _shared_ref_key(self) -> str:
+        """The cache key, computed on rank 0 and broadcast: every rank must agree on it (and under
+        FSDP with ``cpu_ram_efficient_loading`` only rank 0 holds the starting weights)."""
+        if self.accelerator.num_processes == 1:
+            return self._ref_key()
+        import torch.distributed as dist
+
+        box = [self._ref_key() if self.accelerator.is_main_process else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
     def _prepare_reference(self) -> None:
         """Fill the needed bins' ``ref_chosen_logps``/``ref_rejected_logps``: from the cache, and
-        one forward pass of the starting model for whatever the cache lacks (then cached too)."""
-        global REF_FORWARD_CALLS
-        key = self._ref_key()
+        one forward pass of the starting model for whatever the cache lacks (then cached too).
+        Under FSDP the pass waits for the wrapped model (:class:`_ReferenceAtTrainBegin`)."""
+        key = self._shared_ref_key()
         path = cache_dir() / "clo" / "ref" / f"{key}.pt"
         needed = self.needed_bins()
         self.ref_info = {
@@ -287,13 +365,26 @@ class CLOTrainer(Trainer):
                 stored = torch.load(path, map_location="cpu", weights_only=True)["bins"]
             except Exception as e:  # a damaged cache file is recomputed, never trusted
                 logger.warning("reference cache %s unreadable (%s); recomputing", path, e)
-        missing = [i for i in needed if i not in stored]
-        self.ref_info["cache_hit"] = not missing
+        self._ref_stored, self._ref_needed = stored, needed
+        self._ref_missing = [i for i in needed if i not in stored]
+        self.ref_info["cache_hit"] = not self._ref_missing
+        if self._ref_missing and self.is_fsdp_enabled:
+            logger.info("reference log-probs: %d micro-batches at train start (FSDP)", len(self._ref_missing))
+            self.add_callback(_ReferenceAtTrainBegin(self))
+            return
+        self.finish_reference()
+
+    def finish_reference(self, model: torch.nn.Module | None = None) -> None:
+        """Compute the missing reference log-probs (each rank a share, gathered), cache them and put
+        them into the bins. ``model``: the FSDP-wrapped model (then every rank runs the same number of
+        forwards, each being collective); default: the unwrapped model, before any wrapping."""
+        missing = self._ref_missing
         if missing:
             t0 = time.perf_counter()
             world, rank = self.accelerator.num_processes, self.accelerator.process_index
             mine = missing[rank::world]
-            local = self._reference_pass(mine)
+            forwards = -(-len(missing) // world) if model is not None else len(mine)
+            local = self._reference_pass(mine, model=model, forwards=forwards)
             if world > 1:
                 import torch.distributed as dist
 
@@ -301,40 +392,63 @@ class CLOTrainer(Trainer):
                 dist.all_gather_object(gathered, local)
                 for part in gathered:
                     local.update(part)
-            stored = {**stored, **local}
+            self._ref_stored = {**self._ref_stored, **local}
             self.ref_info.update(bins_computed=len(mine), seconds=round(time.perf_counter() - t0, 3))
+            path = Path(self.ref_info["path"])
             if self.args.ref_cache and self.accelerator.is_main_process:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_suffix(f".tmp{os.getpid()}")
-                torch.save({"bins": stored}, tmp)
+                torch.save({"bins": self._ref_stored}, tmp)
                 os.replace(tmp, path)
             logger.info("reference log-probs: %d micro-batches in %.1fs", len(missing), self.ref_info["seconds"])
         else:
-            logger.info("reference log-probs: cache hit %s", path)
-        for i in needed:
-            self.train_bins[i]["ref_chosen_logps"], self.train_bins[i]["ref_rejected_logps"] = stored[i]
+            logger.info("reference log-probs: cache hit %s", self.ref_info["path"])
+        for i in self._ref_needed:
+            self.train_bins[i]["ref_chosen_logps"], self.train_bins[i]["ref_rejected_logps"] = self._ref_stored[i]
+        self._ref_missing = []
 
-    def _reference_pass(self, indices: list[int]) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    def _reference_pass(
+        self, indices: list[int], *, model: torch.nn.Module | None = None, forwards: int | None = None
+    ) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
         """Log-probs of the starting model on bins ``indices``, through the policy's own forward,
-        in the same grad mode and autocast as a training step: bit-identical at step 0."""
+        in the same grad mode and autocast as a training step: bit-identical at step 0.
+        ``forwards`` > ``len(indices)``: extra forwards on the last bin whose results are dropped
+        (FSDP: every rank must take part in every forward's all-gathers)."""
         global REF_FORWARD_CALLS
-        wrapper = self.accelerator.unwrap_model(self.model)
+        wrapper = model if model is not None else self.accelerator.unwrap_model(self.model)
         was_training = wrapper.training
         wrapper.train()  # dropout is off; the same mode as the policy's forward
         out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         device = self.args.device
-        self.progress.start("reference", total=len(indices), description="reference log-probs")
+        total = max(len(indices), forwards or 0)
+        self.progress.start("reference", total=total, description="reference log-probs")
         with torch.enable_grad(), self.accelerator.autocast():
-            for i in indices:
+            for n in range(total):
+                i = indices[n] if n < len(indices) else (indices or self._ref_missing)[-1]
                 b = {k: v.to(device) for k, v in self.train_bins[i].items() if k not in _NOT_INPUTS}
                 _, m = wrapper(**b)
-                out[i] = (m["chosen_logps"].detach().float().cpu(), m["rejected_logps"].detach().float().cpu())
-                REF_FORWARD_CALLS += 1
+                if n < len(indices):
+                    out[i] = (m["chosen_logps"].detach().float().cpu(), m["rejected_logps"].detach().float().cpu())
+                    REF_FORWARD_CALLS += 1
                 del m
                 self.progress.advance("reference", 1)
         self.progress.finish("reference")
         wrapper.train(was_training)
+        if model is not None:
+            _reshard(model)
         return out
+
+    def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint and self._ref_missing and self.is_fsdp_enabled:
+            # FSDP loads the checkpoint into the wrapped model before the deferred reference pass
+            raise bad_arg(
+                "resume",
+                str(resume_from_checkpoint),
+                f"the reference log-probs of the starting model are not in the cache ({self.ref_info['path']}) and "
+                "under FSDP they cannot be recomputed once a checkpoint is loaded; fix: keep the reference cache "
+                "of the first run (ref_cache on, same CLTX_CACHE), or start over without --resume",
+            )
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ---- loss -----------------------------------------------------------------------------------
 
@@ -439,7 +553,9 @@ class CLOTrainer(Trainer):
         """Save the trained model (LoRA merged) as safetensors with its tokenizer."""
         out = Path(output_dir)
         if self.is_fsdp_enabled:  # every rank takes part in gathering the full state dict
-            self.save_model(str(out))
+            state = self.accelerator.get_state_dict(self.model)
+            if self.args.should_save:
+                self.save_full_state_dict(out, state)
             return out
         if not self.args.should_save:
             return out
@@ -452,6 +568,46 @@ class CLOTrainer(Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(out)
         return out
+
+    def save_full_state_dict(self, output_dir: str | os.PathLike, state: dict[str, torch.Tensor]) -> Path:
+        """Write the model of a gathered full state dict (keys of the ``CLOModel``: ``policy.`` + the
+        policy's keys; FSDP's full state dict) with its tokenizer; a LoRA adapter is merged on a CPU
+        copy (the live model is sharded and cannot be merged in place)."""
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k.removeprefix("policy."): v for k, v in state.items()}
+        policy = self._policy()
+        if hasattr(policy, "peft_config"):
+            merge_lora_state_dict(policy, state).save_pretrained(out)
+        else:
+            policy.save_pretrained(out, state_dict=state)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(out)
+        return out
+
+
+class _ReferenceAtTrainBegin(TrainerCallback):
+    """FSDP: the reference pass runs through the wrapped (sharded) model once ``train()`` has
+    prepared it, before the first micro-batch is drawn."""
+
+    def __init__(self, trainer: CLOTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer._ref_missing:
+            self.trainer.finish_reference(self.trainer.model_wrapped)
+
+
+def _reshard(model: torch.nn.Module) -> None:
+    """Free the unsharded parameters an FSDP2 forward without backward leaves behind (units that do
+    not reshard after forward, e.g. the root): the optimizer works on the sharded ones."""
+    try:
+        from torch.distributed.fsdp import FSDPModule
+    except ImportError:  # pragma: no cover - torch without FSDP2
+        return
+    for m in model.modules():
+        if isinstance(m, FSDPModule):
+            m.reshard()
 
 
 def step_zero_metrics(trainer: CLOTrainer) -> dict[str, float]:
