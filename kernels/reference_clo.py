@@ -541,8 +541,18 @@ def fused_loss_and_grads(
         h2 = h2.contiguous()
     lab = labels.reshape(N).to(torch.int64)
     valid = lab != IGNORE_INDEX
-    if bool((((lab < 0) & valid) | (lab >= V)).any()):
-        raise bad_arg("labels", "out of range", f"use token ids in [0, {V}) or -100 for unscored positions")
+    # Out-of-range labels are an error, but reading a CUDA flag here would stall the host until the queue drains
+    # (in training: the model's forward) and leave the GPU idle while this call's first kernels are prepared. The
+    # flag goes to pinned host memory asynchronously and is read once this call's work is queued; until then such
+    # a label is harmless (it matches no vocabulary column: no kernel indexes with it).
+    bad_label = (((lab < 0) & valid) | (lab >= V)).any()
+    bad_flag = bad_ready = None
+    if bad_label.is_cuda:
+        bad_flag = bad_label.to("cpu", non_blocking=True)
+        bad_ready = torch.cuda.Event()
+        bad_ready.record()
+    elif bool(bad_label):
+        raise _bad_labels(V)
 
     # 1. Budget: the logits buffer plus whatever else this call allocates beyond the gradients.
     elt = torch.empty((), dtype=cdt).element_size()
@@ -595,14 +605,26 @@ def fused_loss_and_grads(
             return torch.where(rows_counts > 0, 1.0 / rows_counts.clamp(min=1), torch.zeros_like(rows_counts))
         return torch.ones_like(rows_counts)
 
+    # d NLL / d logp_t of each chosen row (0 outside the NLL mask), once per call
+    nll_coef = lam * mask.to(acc) / n_nll.clamp(min=1)
+
     def coefficients(pairs: slice, s_sum_c: torch.Tensor, s_sum_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-row d loss / d logp_t for the chosen and rejected rows of ``pairs``."""
-        sc, sr = scale_of(counts[:P][pairs]), scale_of(counts[P:][pairs])
-        m = (s_sum_c * sc - ref_c[pairs]) - (s_sum_r * sr - ref_r[pairs])
+        """Per-row d loss / d logp_t for the chosen and rejected rows of ``pairs``. (Without ``average_logps`` the
+        scales are 1 and skipped: x·1 is x, bit for bit, and each tiny kernel costs a launch between the row
+        kernels.)"""
+        if average_logps:
+            sc, sr = scale_of(counts[:P][pairs]), scale_of(counts[P:][pairs])
+            m = (s_sum_c * sc - ref_c[pairs]) - (s_sum_r * sr - ref_r[pairs])
+        else:
+            m = (s_sum_c - ref_c[pairs]) - (s_sum_r - ref_r[pairs])
         d = (1.0 - lam) * beta * torch.sigmoid(-beta * m) / P
-        cc = -d * sc - lam * mask[pairs].to(acc) / n_nll.clamp(min=1)
-        cr = d * sr
-        return cc, cr
+        if average_logps:
+            return -d * sc - nll_coef[pairs], d * sr
+        return -d - nll_coef[pairs], d
+
+    def per_token(coef_rows: torch.Tensor, valid_rows: torch.Tensor) -> torch.Tensor:
+        """Each row's coefficient on its scored tokens (r, T), 0 on the others, flattened."""
+        return torch.where(valid_rows.view(-1, T), coef_rows.unsqueeze(1), 0.0).view(-1)
 
     ld = padded_cols(plan.max_cols)
     buf = torch.empty(plan.max_tokens * ld, dtype=cdt, device=dev)
@@ -612,7 +634,7 @@ def fused_loss_and_grads(
     gh = torch.empty_like(h2) if need_h else None
     gw = torch.empty(weight.shape, dtype=weight.dtype, device=dev) if need_w else None
     gb = torch.zeros(V, dtype=acc, device=dev) if need_b else None
-    tok_logp = torch.zeros(N, dtype=acc, device=dev)
+    tok_logp = torch.empty(N, dtype=acc, device=dev)  # every plan writes every token (its chunks cover [0, N))
     gh_started: set[int] = set()  # token chunks whose hidden gradient has been written once
     gw_started: set[int] = set()  # vocabulary slabs whose weight gradient has been written once
 
@@ -667,20 +689,21 @@ def fused_loss_and_grads(
 
     if plan.mode == "pair":
         k = plan.max_tokens // (2 * T)
+        zero = torch.zeros((), dtype=acc, device=dev)
         for ci, ranges in enumerate(plan.chunks):
             i0, i1 = ci * k, min(P, ci * k + k)
             z = logits_into(ranges, 0, V)
             lab_c = take(lab, ranges)
+            valid_c = take(valid, ranges)
             lse, zl = row_stats(z, lab_c, 0)
-            lp = torch.where(lab_c != IGNORE_INDEX, zl - lse, torch.zeros_like(lse))
-            for (a, b), piece in zip(ranges, _split(lp, ranges), strict=True):
-                tok_logp[a:b] = piece
+            lp = zl - lse
+            for (a, b), piece, ok in zip(ranges, _split(lp, ranges), _split(valid_c, ranges), strict=True):
+                torch.where(ok, piece, zero, out=tok_logp[a:b])
             if any_grad:
                 rows_c = tok_logp[i0 * T : i1 * T].view(-1, T).sum(1)
                 rows_r = tok_logp[(P + i0) * T : (P + i1) * T].view(-1, T).sum(1)
                 cc, cr = coefficients(slice(i0, i1), rows_c, rows_r)
-                coef = torch.cat([cc.repeat_interleave(T), cr.repeat_interleave(T)])
-                coef = torch.where(lab_c != IGNORE_INDEX, coef, torch.zeros_like(coef))
+                coef = per_token(torch.cat([cc, cr]), valid_c)
                 row_grad_(z, lab_c, lse, coef, 0)
                 backprop(ci, ranges, z, 0, V)
     elif plan.mode == "deferred":
@@ -750,8 +773,7 @@ def fused_loss_and_grads(
         if any_grad:
             rows = tok_logp.view(P2, T).sum(1)
             cc, cr = coefficients(slice(0, P), rows[:P], rows[P:])
-            coef_tok = torch.cat([cc.repeat_interleave(T), cr.repeat_interleave(T)])
-            coef_tok = torch.where(valid, coef_tok, torch.zeros_like(coef_tok))
+            coef_tok = per_token(torch.cat([cc, cr]), valid)
             # Token chunks outer, slabs inner: the chunk's hidden gradient is complete (and cast once) after
             # its last slab; each slab's weight gradient gets one product per token chunk. Pass 2 starts where
             # pass 1 ended (last chunk, last slab): that tile's logits are still in the buffer, one product fewer.
@@ -769,7 +791,7 @@ def fused_loss_and_grads(
 
     # 3. The loss and metrics from the per-token log-probs.
     row_sum = tok_logp.view(P2, T).sum(1)
-    logps = row_sum * scale_of(counts)
+    logps = row_sum * scale_of(counts) if average_logps else row_sum
     chosen, rejected = logps[:P], logps[P:]
     nll = -(row_sum[:P] * mask).sum() / n_nll.clamp(min=1)
     m = (chosen - ref_c) - (rejected - ref_r)
@@ -781,7 +803,15 @@ def fused_loss_and_grads(
         gw,
         None if gb is None else gb.to(bias.dtype),
     )
+    if bad_flag is not None:  # the label check of the top, read now that the work is queued
+        bad_ready.synchronize()
+        if bool(bad_flag):
+            raise _bad_labels(V)
     return loss, raw, grads
+
+
+def _bad_labels(V: int) -> Exception:
+    return bad_arg("labels", "out of range", f"use token ids in [0, {V}) or -100 for unscored positions")
 
 
 def _split(x: torch.Tensor, ranges: tuple[tuple[int, int], ...]) -> list[torch.Tensor]:
@@ -838,6 +868,7 @@ class FusedCloFunction(torch.autograd.Function):
         with torch.autocast(hidden.device.type, enabled=False):  # dtypes are chosen explicitly (opts["compute"])
             loss, raw, grads = _fused_with(hidden, weight, bias, labels, ref_c, ref_r, nll_mask, need, opts, row_ops)
         ctx.grads = grads
+        ctx.set_materialize_grads(False)  # no zero-filled gradients for the non-differentiable metric outputs
         outs = (raw["chosen_logps"], raw["rejected_logps"], raw["nll"], raw["cl"])
         ctx.mark_non_differentiable(*outs)
         return (loss, *outs)

@@ -697,3 +697,29 @@ def test_gpu_frozen_weight_peak_memory_within_budget():
     assert weight.grad is None
     grads = hidden.numel() * 2
     assert peak <= grads * 2 + budget * 2**30, f"peak {peak / 2**20:.1f} MiB"
+
+
+@pytest.mark.gpu
+def test_gpu_forward_makes_no_host_sync_and_still_rejects_bad_labels():
+    """The forward queues all its work without a host sync (a sync there stalls the host until the model's
+    forward is done and leaves the GPU idle while this call's first kernels are prepared); out-of-range labels
+    are still an error, raised once the work is queued."""
+    from cltx.kernels.clo_loss import clo_loss
+
+    inp = make_inputs(3, 37, 200, 5003, dtype=torch.bfloat16, device="cuda", seed=24)
+    h = inp["hidden"].clone().requires_grad_()
+    w = inp["weight"].clone().requires_grad_()
+    rest = (inp["ref_c"], inp["ref_r"], inp["nll_mask"])
+    clo_loss(h, w, inp["labels"], *rest)[0].backward()  # warm-up: one-time capability probes may sync
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss, _ = clo_loss(h, w, inp["labels"], *rest)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    loss.backward()
+    assert last_plan().path == "triton" and last_plan().mode == "pair"
+    bad = inp["labels"].clone()
+    bad[1, 5] = 5003
+    with pytest.raises(CltxError, match="labels"):
+        clo_loss(h, w, bad, *rest)
