@@ -5,7 +5,9 @@ Shapes (issue 4, Llama-3-8B head: H 4096, V 128256, bf16):
 * ``8k``: 4 pairs × 2 × 1,024 tokens;  ``32k``: 8 pairs × 2 × 2,048;  ``long``: 1 pair × 2 × 16,384.
 * ``quick``: a tiny CPU preset (the reference path, or Triton through the interpreter with TRITON_INTERPRET=1).
 
-Providers: ``cltx`` (cltx.kernels.clo_loss), ``reference`` (the chunked pure-PyTorch path), ``plain`` (full
+Providers: ``cltx`` (cltx.kernels.clo_loss), ``cltx_overlap`` (the same with ``CLTX_CLO_OVERLAP=1``: the pair
+plan's row kernels of one block of rows on a side stream beside a product of the other; timed only where the pair
+plan runs, parity-checked like ``cltx``), ``reference`` (the chunked pure-PyTorch path), ``plain`` (full
 logits, fp32 log-softmax, autograd), and when importable ``liger`` (Liger-Kernel's fused linear DPO loss with
 its NLL term, weighted to the same λ) and ``cce-exact`` / ``cce-filtered`` (Cut Cross-Entropy's
 ``linear_cross_entropy`` per token, exact and with its default gradient filtering, glued into the same paired
@@ -25,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -44,7 +47,9 @@ PRESETS = {
 }
 BETA, LAM = 0.1, 0.5
 FAILURES: list[str] = []
-ALL_PROVIDERS = ("cltx", "reference", "plain", "liger", "cce-exact", "cce-filtered")
+ALL_PROVIDERS = ("cltx", "cltx_overlap", "reference", "plain", "liger", "cce-exact", "cce-filtered")
+CLTX_PROVIDERS = ("cltx", "cltx_overlap")
+OVERLAP_ENV = "CLTX_CLO_OVERLAP"
 
 
 def make_inputs(preset: dict, device: str, dtype: torch.dtype, seed: int = 0) -> dict:
@@ -85,6 +90,17 @@ def provider_fns(inp: dict, budget: float | None) -> dict:
     def cltx_fn():
         return clo_loss(h, w, lab, inp["ref_c"], inp["ref_r"], inp["nll_mask"], memory_budget_gib=budget)[0]
 
+    def cltx_overlap_fn():
+        old = os.environ.get(OVERLAP_ENV)
+        os.environ[OVERLAP_ENV] = "1"
+        try:
+            return cltx_fn()
+        finally:
+            if old is None:
+                del os.environ[OVERLAP_ENV]
+            else:
+                os.environ[OVERLAP_ENV] = old
+
     def ref_fn():
         return clo_loss_reference(h, w, lab, inp["ref_c"], inp["ref_r"], inp["nll_mask"], memory_budget_gib=budget)[0]
 
@@ -94,7 +110,7 @@ def provider_fns(inp: dict, budget: float | None) -> dict:
         tok = lp.gather(1, lab.reshape(-1, 1).clamp(min=0)).view(P2, T) * valid
         return paired_loss_from_tokens(tok, valid, inp)
 
-    fns["cltx"], fns["reference"], fns["plain"] = cltx_fn, ref_fn, plain_fn
+    fns["cltx"], fns["cltx_overlap"], fns["reference"], fns["plain"] = cltx_fn, cltx_overlap_fn, ref_fn, plain_fn
 
     try:
         from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
@@ -192,14 +208,23 @@ def run_preset(name: str, args, device: str, dtype: torch.dtype, rate: float | N
         par = parity(fns, inp, "cltx")
         if device == "cuda" and last_plan().path != "triton":
             print("# WARNING: cltx ran the PyTorch reference, not the Triton kernels (see the log above)")
-        ok = all(v <= (ntol if k.startswith("nrm") or k == "err_loss" else mtol) for k, v in par.items())
-        print(f"# {name} budget={budget}: parity cltx vs reference {par} -> {'ok' if ok else 'FAIL'}")
-        if not ok:  # recorded and reported (exit status 1), but the timings still come back
-            harness.record("clo_loss", {"preset": name, "provider": "cltx", "budget_gib": budget, "parity": par})
-            FAILURES.append(f"parity failure at {name}, budget {budget}: {par}")
+        pair = last_plan().mode == "pair"
         wanted = [p for p in args.providers if p in fns]
         if budget != args.budget[0]:  # the other budgets: only what the budget changes
-            wanted = [p for p in wanted if p in ("cltx",)]
+            wanted = [p for p in wanted if p in CLTX_PROVIDERS]
+        if not pair:  # the overlap applies to pair chunks only: the same run as cltx
+            wanted = [p for p in wanted if p != "cltx_overlap"]
+        pars = {"cltx": par}
+        if "cltx_overlap" in wanted:
+            pars["cltx_overlap"] = parity(fns, inp, "cltx_overlap")
+            if not last_plan().overlap:
+                print("# WARNING: cltx_overlap did not run the overlapped pair chunks")
+        for prov, p in pars.items():
+            ok = all(v <= (ntol if k.startswith("nrm") or k == "err_loss" else mtol) for k, v in p.items())
+            print(f"# {name} budget={budget}: parity {prov} vs reference {p} -> {'ok' if ok else 'FAIL'}")
+            if not ok:  # recorded and reported (exit status 1), but the timings still come back
+                harness.record("clo_loss", {"preset": name, "provider": prov, "budget_gib": budget, "parity": p})
+                FAILURES.append(f"parity failure of {prov} at {name}, budget {budget}: {p}")
         for prov in wanted:
             if prov in ("plain",) and name != "quick" and args.skip_plain_over and N > args.skip_plain_over:
                 continue
@@ -232,7 +257,7 @@ def run_preset(name: str, args, device: str, dtype: torch.dtype, rate: float | N
             row = {
                 "preset": name,
                 "provider": prov,
-                "budget_gib": budget if prov in ("cltx", "reference") else None,
+                "budget_gib": budget if prov in (*CLTX_PROVIDERS, "reference") else None,
                 "mode": None,
                 "tokens": N,
                 "H": H,
@@ -249,11 +274,12 @@ def run_preset(name: str, args, device: str, dtype: torch.dtype, rate: float | N
                 "x_floor": r["ms"] / floor_ms if floor_ms else None,
                 **extra,
             }
-            if prov in ("cltx", "reference"):
+            if prov in (*CLTX_PROVIDERS, "reference"):
                 step(fns[prov], inp)
                 row["mode"] = last_plan().mode
                 row["path"] = last_plan().path
-                row.update(par if prov == "cltx" else {})
+                row["overlap"] = last_plan().overlap
+                row.update(pars.get(prov, {}))
                 if row["peak_over_inputs_gib"] is not None:
                     # peak over the inputs (allocated after the inputs, before the call) vs the gradients + budget
                     row["budget_slack_gib"] = grads_gib + budget - row["peak_over_inputs_gib"]
@@ -283,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() and not args.quick else "cpu"
     if args.quick:
         args.preset = ["quick"]
-        args.providers = [p for p in args.providers if p in ("cltx", "reference", "plain")]
+        args.providers = [p for p in args.providers if p in (*CLTX_PROVIDERS, "reference", "plain")]
     dtype = torch.bfloat16
     rate = None
     if device == "cuda":

@@ -29,14 +29,20 @@ The coefficient of a token needs its whole pair's log-probs, so the chunk plan h
 * ``recompute``: otherwise; pass 1 over aligned (token chunk × vocabulary slab) tiles keeps each token's
   log-sum-exp and label logit, pass 2 recomputes the tiles for the gradients (8·N·H·V flops), the hidden
   gradient of a token chunk summed over slabs in fp32.
+
+``CLTX_CLO_OVERLAP=1`` (a candidate, off by default) runs the pair chunks with the row operations of one block of
+rows on a side CUDA stream beside a product of the other (see :mod:`cltx.kernels.clo_loss`); elsewhere the side
+stream is the same stream and the same code runs in order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import math
+import os
 from collections.abc import Callable
 
 import torch
@@ -70,6 +76,8 @@ class ChunkPlan:
         budget_bytes: the memory budget the plan was made for.
         path: ``"reference"`` or ``"triton"`` (set by the caller).
         dtype: the products' (and the logits buffer's) dtype (set by the caller).
+        overlap: pair chunks ran with the row kernels of one block beside a product of the other
+            (``CLTX_CLO_OVERLAP=1``; set by the caller).
     """
 
     mode: str
@@ -80,6 +88,7 @@ class ChunkPlan:
     budget_bytes: int
     path: str = "reference"
     dtype: str = ""
+    overlap: bool = False
 
 
 _LAST_PLAN: ChunkPlan | None = None
@@ -590,7 +599,10 @@ def fused_loss_and_grads(
         row_bytes_per_token=row_bytes,
         hidden_size=H,
     )
-    plan = dataclasses.replace(plan, path=path, dtype=str(cdt).replace("torch.", ""))
+    # The overlapped pair chunk (a candidate, off by default until measured on a GPU) needs a hidden gradient to
+    # compute beside the row kernels.
+    overlap = plan.mode == "pair" and need_h and os.environ.get(OVERLAP_ENV, "0") == "1"
+    plan = dataclasses.replace(plan, path=path, dtype=str(cdt).replace("torch.", ""), overlap=overlap)
     _LAST_PLAN = plan
 
     # 2. Per-row token counts and the NLL normaliser: known from the labels alone.
@@ -638,16 +650,21 @@ def fused_loss_and_grads(
     gh_started: set[int] = set()  # token chunks whose hidden gradient has been written once
     gw_started: set[int] = set()  # vocabulary slabs whose weight gradient has been written once
 
-    def logits_into(ranges: tuple[tuple[int, int], ...], v0: int, v1: int) -> torch.Tensor:
-        n = sum(b - a for a, b in ranges)
+    def logits_view(n: int, v0: int, v1: int) -> torch.Tensor:
         # rows padded to a multiple of 8 columns: 16-byte aligned rows for cuBLAS and the row kernels
-        out = buf[: n * padded_cols(v1 - v0)].view(n, padded_cols(v1 - v0))[:, : v1 - v0]
+        return buf[: n * padded_cols(v1 - v0)].view(n, padded_cols(v1 - v0))[:, : v1 - v0]
+
+    def logits_rows(a: int, b: int, out: torch.Tensor, v0: int, v1: int) -> None:
+        if bc is None:
+            torch.mm(h2[a:b], wc[v0:v1].t(), out=out)
+        else:
+            torch.addmm(bc[v0:v1], h2[a:b], wc[v0:v1].t(), out=out)
+
+    def logits_into(ranges: tuple[tuple[int, int], ...], v0: int, v1: int) -> torch.Tensor:
+        out = logits_view(sum(b - a for a, b in ranges), v0, v1)
         o = 0
         for a, b in ranges:  # a pair chunk is two blocks of rows (chosen, rejected) unless it holds all pairs
-            if bc is None:
-                torch.mm(h2[a:b], wc[v0:v1].t(), out=out[o : o + b - a])
-            else:
-                torch.addmm(bc[v0:v1], h2[a:b], wc[v0:v1].t(), out=out[o : o + b - a])
+            logits_rows(a, b, out[o : o + b - a], v0, v1)
             o += b - a
         return out
 
@@ -684,14 +701,79 @@ def fused_loss_and_grads(
         if need_b:
             gb[v0:v1].add_(dz.sum(0, dtype=acc))
 
+    def pair_chunk_overlapped(ranges: tuple[tuple[int, int], ...], i0: int, i1: int, side: _SideStream) -> None:
+        """One pair chunk as two blocks of rows, A (its chosen rows) and B (their rejected rows), with the row
+        kernels of one block on a side stream beside a product of the other: stats(A) ‖ logits(B), then
+        d-logits(B) ‖ grad_h(A) (+ grad_w(A) where the weight gradient takes one product per block). Same
+        products as the plain path but for a chunk that holds all pairs, whose logits and hidden-gradient
+        products are split in two; the same row kernels, coefficients and accumulation order."""
+        n = sum(b - a for a, b in ranges)
+        if len(ranges) == 2:
+            blocks = ranges
+        else:  # all pairs: one range, chosen rows then rejected rows
+            ((a, b),) = ranges
+            blocks = ((a, a + n // 2), (a + n // 2, b))
+        (a1, b1), (a2, b2) = blocks
+        z = logits_view(n, 0, V)
+        za, zb = z[: b1 - a1], z[b1 - a1 :]
+        # 1. Logits of A; A's statistics on the side stream while B's logits are computed; B's statistics.
+        logits_rows(a1, b1, za, 0, V)
+        side.fork()
+        with side.on_side():
+            lse_a, zl_a = row_stats(za, lab[a1:b1], 0)
+        side.used_on_main(lse_a, zl_a)
+        logits_rows(a2, b2, zb, 0, V)
+        lse_b, zl_b = row_stats(zb, lab[a2:b2], 0)
+        side.join()
+        # 2. Log-probs, the pairs' coefficients.
+        zero = torch.zeros((), dtype=acc, device=dev)
+        torch.where(valid[a1:b1], zl_a - lse_a, zero, out=tok_logp[a1:b1])
+        torch.where(valid[a2:b2], zl_b - lse_b, zero, out=tok_logp[a2:b2])
+        rows_c = tok_logp[a1:b1].view(-1, T).sum(1)
+        rows_r = tok_logp[a2:b2].view(-1, T).sum(1)
+        cc, cr = coefficients(slice(i0, i1), rows_c, rows_r)
+        # 3. A's d-logits; B's on the side stream while A's hidden gradient (and weight gradient, when each block
+        #    takes its own product) is computed; then the weight gradient and B's hidden gradient.
+        row_grad_(za, lab[a1:b1], lse_a, per_token(cc, valid[a1:b1]), 0)
+        coef_b = per_token(cr, valid[a2:b2])
+        side.fork()
+        with side.on_side():
+            row_grad_(zb, lab[a2:b2], lse_b, coef_b, 0)
+        torch.mm(za, wc, out=gh[a1:b1])
+        # weight gradient: one product over the chunk (its hidden rows, when not contiguous, gathered into gh rows
+        # from B's on, not yet written: B's own and later chunks' rejected rows), else one per block
+        gather = need_w and len(ranges) == 2 and a2 + n <= N
+        per_block = need_w and len(ranges) == 2 and not gather
+        if per_block:
+            _accumulate_weight_grad(gw, za, h2[a1:b1], first=0 not in gw_started)
+            gw_started.add(0)
+        side.join()
+        if gather:
+            scratch = gh[a2 : a2 + n]
+            scratch[: b1 - a1].copy_(h2[a1:b1])
+            scratch[b1 - a1 :].copy_(h2[a2:b2])
+            _accumulate_weight_grad(gw, z, scratch, first=0 not in gw_started)
+        elif per_block:
+            _accumulate_weight_grad(gw, zb, h2[a2:b2])
+        elif need_w:
+            _accumulate_weight_grad(gw, z, h2[a1:b2], first=0 not in gw_started)
+        gw_started.add(0)
+        torch.mm(zb, wc, out=gh[a2:b2])
+        if need_b:
+            gb.add_(z.sum(0, dtype=acc))
+
     def take(x: torch.Tensor, ranges: tuple[tuple[int, int], ...]) -> torch.Tensor:
         return x[ranges[0][0] : ranges[0][1]] if len(ranges) == 1 else torch.cat([x[a:b] for a, b in ranges])
 
     if plan.mode == "pair":
         k = plan.max_tokens // (2 * T)
         zero = torch.zeros((), dtype=acc, device=dev)
+        side = _SideStream(dev) if plan.overlap else None
         for ci, ranges in enumerate(plan.chunks):
             i0, i1 = ci * k, min(P, ci * k + k)
+            if side is not None:
+                pair_chunk_overlapped(ranges, i0, i1, side)
+                continue
             z = logits_into(ranges, 0, V)
             lab_c = take(lab, ranges)
             valid_c = take(valid, ranges)
@@ -808,6 +890,43 @@ def fused_loss_and_grads(
         if bool(bad_flag):
             raise _bad_labels(V)
     return loss, raw, grads
+
+
+OVERLAP_ENV = "CLTX_CLO_OVERLAP"
+_SIDE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+class _SideStream:
+    """A second CUDA stream for the overlapped pair chunks. ``fork``: side work queued next waits for the main
+    stream's work so far; ``join``: main waits for the side's. Every side segment of a chunk is joined before the
+    chunk ends, so tensors the main stream allocated and freed later are never reused under a running side kernel;
+    tensors allocated on the side and used on main are recorded on main. On other devices there is one stream:
+    the same calls run in order (the CPU tests run this code path)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            index = torch.cuda.current_device() if device.index is None else device.index
+            self.main = torch.cuda.current_stream(index)
+            if index not in _SIDE_STREAMS:
+                _SIDE_STREAMS[index] = torch.cuda.Stream(device=index)
+            self.side = _SIDE_STREAMS[index]
+
+    def fork(self) -> None:
+        if self.cuda:
+            self.side.wait_stream(self.main)
+
+    def join(self) -> None:
+        if self.cuda:
+            self.main.wait_stream(self.side)
+
+    def on_side(self):
+        return torch.cuda.stream(self.side) if self.cuda else contextlib.nullcontext()
+
+    def used_on_main(self, *tensors: torch.Tensor) -> None:
+        if self.cuda:
+            for t in tensors:
+                t.record_stream(self.main)
 
 
 def _bad_labels(V: int) -> Exception:

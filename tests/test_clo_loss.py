@@ -478,6 +478,73 @@ def test_row_kernels_compile_for_sm90(dtype, vocab):
             assert re.search(r"ld\.global(\.\w+)*\.v4", compiled.asm["ptx"]), f"{fn.__name__}: scalar loads"
 
 
+# Overlapped pair chunks (CLTX_CLO_OVERLAP=1, a candidate): on the CPU there is no side stream, but the same code
+# path runs, in the same order.
+
+
+def flat(result):
+    loss, metrics, grads = result
+    return [loss, *metrics.values(), *(g for g in grads.values() if g is not None)]
+
+
+def run_plain_and_overlapped(monkeypatch, fn, inp, **opts):
+    """(plain result, its plan, overlapped result, its plan)."""
+    out = []
+    for flag in ("0", "1"):
+        monkeypatch.setenv("CLTX_CLO_OVERLAP", flag)
+        out += [run(fn, inp, **opts), last_plan()]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("need", [("hidden", "weight", "bias"), ("hidden",), ("hidden", "bias"), ("weight",)])
+@pytest.mark.parametrize("average_logps", [False, True])
+def test_overlapped_pair_chunks_of_two_blocks_are_bit_identical(monkeypatch, dtype, need, average_logps):
+    """One pair per chunk: every chunk is two blocks of rows (chosen, rejected), and the overlapped path issues the
+    same products on the same rows (the first chunks' hidden rows gathered for one weight-gradient product, the
+    last chunk's weight gradient in one product per block), the same row kernels per block, the same coefficients:
+    bit-identical results. Without a hidden gradient there is nothing to overlap: the plain path runs."""
+    stats_calls, wgrad = [], []
+    real_stats, real_acc = reference_clo.REFERENCE_ROW_OPS["stats"], reference_clo._accumulate_weight_grad
+    monkeypatch.setitem(
+        reference_clo.REFERENCE_ROW_OPS, "stats", lambda z, *a: (stats_calls.append(len(z)), real_stats(z, *a))[1]
+    )
+    monkeypatch.setattr(
+        reference_clo,
+        "_accumulate_weight_grad",
+        lambda gw, dz, h, first=False: (wgrad.append(len(dz)), real_acc(gw, dz, h, first)),
+    )
+    P, T = 4, 7
+    inp = make_inputs(P, T, 12, 300, dtype=dtype, bias=True, seed=31)
+    opts = {"need": need, "upstream": 1.3, "memory_budget_gib": 1e-6, "mode": "pair", "average_logps": average_logps}
+    plain, plan0, over, plan1 = run_plain_and_overlapped(monkeypatch, clo_loss_reference, inp, **opts)
+    assert len(plan0.chunks) == len(plan1.chunks) == P
+    assert not plan0.overlap and plan1.overlap == ("hidden" in need)
+    if plan1.overlap:  # statistics per block: one launch per chunk, then two
+        assert stats_calls == [2 * T] * P + [T] * 2 * P
+        if "weight" in need:  # gathered rows for all but the last chunk, in both paths
+            assert wgrad == 2 * ([2 * T] * (P - 1) + [T, T])
+    for a, b in zip(flat(plain), flat(over), strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    want = run_oracle(inp, need=need, upstream=1.3, average_logps=average_logps)
+    compare(over, want, dtype, check_accuracy=dtype == torch.float64)
+
+
+@pytest.mark.parametrize("P", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_overlapped_pair_chunk_of_all_pairs_matches(monkeypatch, P, dtype):
+    """A chunk of all pairs is one range of rows: the overlapped path splits its logits and hidden-gradient products
+    at the chosen / rejected boundary, which may round differently from one product (CPU BLAS kernels depend on the
+    row count): as close to the plain path and to the oracle as the dtype allows."""
+    inp = make_inputs(P, 9, 16, 97, dtype=dtype, bias=True, seed=32)
+    plain, plan0, over, plan1 = run_plain_and_overlapped(monkeypatch, clo_loss_reference, inp, upstream=-0.8)
+    assert plan1.mode == "pair" and len(plan1.chunks) == 1 and len(plan1.chunks[0]) == 1 and plan1.overlap
+    tol = TOL[dtype][0]
+    for a, b in zip(flat(plain), flat(over), strict=True):
+        assert_close(b, a, tol, "overlapped vs plain")
+    compare(over, run_oracle(inp, upstream=-0.8), dtype, check_accuracy=dtype != torch.bfloat16)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Interpreter tier: the Triton row kernels through TRITON_INTERPRET=1, small sizes
 # ---------------------------------------------------------------------------------------------------
@@ -587,6 +654,23 @@ def test_interpreter_frozen_weight_and_all_masked():
     compare(got, run_oracle(inp, need=("hidden",), upstream=-2.0), torch.float32)
 
 
+@pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_interpreter_overlapped_pair_chunks(monkeypatch, dtype):
+    from cltx.kernels.clo_loss import clo_loss
+
+    inp = make_inputs(3, 7, 12, 300, dtype=dtype, bias=True, seed=33)
+    opts = {"upstream": 1.1, "memory_budget_gib": 1e-6, "mode": "pair"}
+    plain, _, over, plan = run_plain_and_overlapped(monkeypatch, clo_loss, inp, **opts)
+    assert plan.path == "triton" and plan.mode == "pair" and len(plan.chunks) == 3 and plan.overlap
+    for a, b in zip(flat(plain), flat(over), strict=True):  # two blocks per chunk: the same calls
+        assert torch.equal(a, b)
+    compare(over, run_oracle(inp, upstream=1.1), dtype, check_accuracy=dtype == torch.float32)
+    over1 = run(clo_loss, inp, upstream=1.1)  # all pairs in one chunk: split products
+    assert last_plan().overlap and len(last_plan().chunks) == 1
+    compare(over1, run_oracle(inp, upstream=1.1), dtype, check_accuracy=dtype == torch.float32)
+
+
 # ---------------------------------------------------------------------------------------------------
 # GPU tier: the Triton path for real (no fallback), odd shapes vs the oracle, full size vs the chunked
 # fp32 reference on the same inputs
@@ -627,11 +711,16 @@ def test_gpu_odd_shapes_match_formula(dtype, wdtype, mode):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", [None, "pair-chunks", "recompute", "deferred"])
-def test_gpu_full_size_against_chunked_fp32_reference(mode):
+@pytest.mark.parametrize("mode", [None, "pair-chunks", "recompute", "deferred", "overlap", "overlap-chunks"])
+def test_gpu_full_size_against_chunked_fp32_reference(monkeypatch, mode):
     """8,192 tokens (4 pairs × 2 × 1,024), H 4096, V 128256, bf16, vs the fp32 reference on the same values;
-    the peak memory of the call (forward + backward) stays within the gradients + the budget."""
+    the peak memory of the call (forward + backward) stays within the gradients + the budget. ``overlap*``: the
+    overlapped pair chunks (CLTX_CLO_OVERLAP=1) on a real side stream."""
     from cltx.kernels.clo_loss import clo_loss
+
+    overlap = mode is not None and mode.startswith("overlap")
+    monkeypatch.setenv("CLTX_CLO_OVERLAP", "1" if overlap else "0")
+    mode = {"overlap": None, "overlap-chunks": "pair-chunks"}.get(mode, mode)
 
     torch.backends.cuda.matmul.allow_tf32 = False
     P, T, H, V = 4, 1024, 4096, 128256
@@ -657,6 +746,7 @@ def test_gpu_full_size_against_chunked_fp32_reference(mode):
     plan = last_plan()
     assert plan.path == "triton", triton_failures()
     assert plan.mode == (mode or "pair")
+    assert plan.overlap == overlap
     if budget == 1.0:
         assert len(plan.chunks) == P
     grads = h.grad.numel() * 2 + w.grad.numel() * 2
@@ -700,12 +790,14 @@ def test_gpu_frozen_weight_peak_memory_within_budget():
 
 
 @pytest.mark.gpu
-def test_gpu_forward_makes_no_host_sync_and_still_rejects_bad_labels():
+@pytest.mark.parametrize("overlap", ["0", "1"])
+def test_gpu_forward_makes_no_host_sync_and_still_rejects_bad_labels(monkeypatch, overlap):
     """The forward queues all its work without a host sync (a sync there stalls the host until the model's
     forward is done and leaves the GPU idle while this call's first kernels are prepared); out-of-range labels
     are still an error, raised once the work is queued."""
     from cltx.kernels.clo_loss import clo_loss
 
+    monkeypatch.setenv("CLTX_CLO_OVERLAP", overlap)
     inp = make_inputs(3, 37, 200, 5003, dtype=torch.bfloat16, device="cuda", seed=24)
     h = inp["hidden"].clone().requires_grad_()
     w = inp["weight"].clone().requires_grad_()
@@ -718,8 +810,34 @@ def test_gpu_forward_makes_no_host_sync_and_still_rejects_bad_labels():
     finally:
         torch.cuda.set_sync_debug_mode("default")
     loss.backward()
-    assert last_plan().path == "triton" and last_plan().mode == "pair"
+    assert last_plan().path == "triton" and last_plan().mode == "pair" and last_plan().overlap == (overlap == "1")
     bad = inp["labels"].clone()
     bad[1, 5] = 5003
     with pytest.raises(CltxError, match="labels"):
         clo_loss(h, w, bad, *rest)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("budget", [None, 1e-6])
+def test_gpu_overlapped_pair_chunks_match(monkeypatch, dtype, budget):
+    """CLTX_CLO_OVERLAP=1 with a real side stream (row kernels of one block beside a product of the other): the
+    plain path's results, over three calls (a missing stream wait shows as stale logits or d-logits), and the
+    oracle's. One chunk of all pairs (split products) and one pair per chunk (gathered rows, then per block)."""
+    from cltx.kernels.clo_loss import clo_loss
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    inp = make_inputs(3, 37, 200, 5003, dtype=dtype, bias=True, device="cuda", seed=34)
+    opts = {"upstream": 2.0, "memory_budget_gib": budget, "mode": "pair"}
+    monkeypatch.setenv("CLTX_CLO_OVERLAP", "0")
+    plain = run(clo_loss, inp, **opts)
+    monkeypatch.setenv("CLTX_CLO_OVERLAP", "1")
+    want = run_oracle(inp, upstream=2.0)
+    for _ in range(3):
+        over = run(clo_loss, inp, **opts)
+        plan = last_plan()
+        assert plan.path == "triton" and plan.overlap, triton_failures()
+        assert len(plan.chunks) == (3 if budget else 1)
+        for a, b in zip(flat(plain), flat(over), strict=True):
+            assert_close(b, a, 1e-5 if dtype == torch.float32 else 1e-2, "overlapped vs plain")
+        compare(over, want, dtype, check_accuracy=dtype == torch.float32)
