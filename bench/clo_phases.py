@@ -10,16 +10,19 @@ frozen LM head: no weight gradient, floor 4·N·H·V). For each case and provide
     alone on those tensors (per product: ms, TFLOP/s; summed: "products alone") and back to back in call
     order ("products in sequence": the same products under a sustained load). Products in sequence over the
     floor (6·N·H·V at the 8192³ rate) is the part of the gap that belongs to cuBLAS at these shapes.
-(b) **row kernels** alone on a chunk-sized logits buffer: ms and GB/s against the measured copy bandwidth,
-    and (first case, CUDA only) a few ``BLOCK_V`` / ``num_warps`` configurations beside the default.
+(b) **row kernels** alone on a chunk-sized logits buffer: ms and GB/s against the measured copy bandwidth;
+    once the cases are done, a few ``BLOCK_V`` / ``num_warps`` configurations beside the default (Triton path;
+    ``--no-sweep`` skips them).
 (c) **profile** of one whole step (loss forward + backward, torch.profiler with CUDA activity): per kernel
     name, count and total ms (% of the step); kernel sum by class (gemm, row, copy, other), busy time (the
     union of kernel intervals: below the sum where kernels overlap) and gaps = step − busy (host work,
     launches, syncs). Host syncs per step are counted with ``torch.cuda.set_sync_debug_mode("warn")``.
 
-Prints one compact summary table plus per-case products and top kernels; appends one row per case and
-provider to ``bench/results/clo_phases.jsonl`` (GPU name, versions, git SHA through bench.harness). About a
-minute on an H200 (``--sweep`` adds the row-kernel configurations, compiled once each).
+Prints, as each case and provider finishes, its headline, products, row kernels and top kernels, then one
+summary table; appends one row per case and provider (and one for the sweep) to ``--results`` (default
+``bench/results/clo_phases.jsonl``; gpu_clo.sh sends them to clo_loss.jsonl), with GPU name, versions and git
+SHA from bench.harness. About a minute on an H200; no case starts after ``--time-budget`` seconds, and a phase
+that fails is reported while the others still run.
 
 ``--smoke`` runs the same code on the CPU at tiny sizes (the reference row operations, or the Triton
 interpreter with TRITON_INTERPRET=1; CPU-only profile, no sync count) so that the script cannot rot: a CPU
@@ -73,8 +76,10 @@ SMOKE_CASES = {
     "quick-chunks": Case("quick-chunks", "quick", budget_gib=1e-6),
     "quick-frozen": Case("quick-frozen", "quick", train_weight=False),
 }
-# Row-kernel configurations timed beside the default (BLOCK_V, num_warps).
+# Row-kernel configurations timed beside the default (BLOCK_V, num_warps) once all cases are done (the smoke run's
+# under the interpreter: the same code at small blocks).
 ROW_SWEEP = ((2048, 4), (8192, 8), (8192, 16), (16384, 16))
+SMOKE_SWEEP = ((128, 1), (512, 2))
 MM_OPS = {"aten::mm", "aten::addmm", "aten::addmm_"}  # what the pair plan calls (mm.out, addmm_, .dtype …)
 RESULTS_FILE = harness.RESULTS / "clo_phases.jsonl"
 ALLOC_OPS = {"aten::empty", "aten::empty_strided", "aten::empty_like", "aten::zeros", "aten::zeros_like"}
@@ -185,17 +190,19 @@ def time_products(cap: _Capture, device: str, args) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
-def time_rows(n: int, V: int, dtype, device: str, row_ops: dict, args, sweep: bool) -> dict:
-    """stats (one read of n×V logits) and grad (one read, one write) on a chunk-sized buffer."""
+def time_rows(n: int, V: int, dtype, device: str, row_ops: dict, args, sweep: tuple) -> dict:
+    """stats (one read of n×V logits) and grad (one read, one write) on a chunk-sized buffer, with the default
+    configuration and each (BLOCK_V, num_warps) of ``sweep`` (Triton only)."""
     g = torch.Generator(device=device).manual_seed(1)
     ld = padded_cols(V)
     z0 = (torch.randn(n, ld, device=device, generator=g) * 2).to(dtype)[:, :V]
-    z = z0.clone()
+    z = torch.empty(n, ld, dtype=dtype, device=device)[:, :V]  # the chunk buffer's layout: rows padded to 8 elements
+    z.copy_(z0)
     labels = torch.randint(0, V, (n,), device=device, generator=g)
     labels[: n // 4] = -100
     coef = torch.randn(n, device=device, generator=g) * 1e-3
     elt = z.element_size()
-    configs = [None] + (list(ROW_SWEEP) if sweep else [])
+    configs = [None, *sweep]
     out = {"rows_tokens": n, "rows_sweep": []}
     for cfg in configs:
         kw = {} if cfg is None else {"config": {"BLOCK_V": cfg[0], "num_warps": cfg[1]}}
@@ -340,7 +347,7 @@ def provider_fn(prov: str, inp: dict, budget: float):
     return loss
 
 
-def run_case(case: Case, args, device: str, dtype, rate: float, copy_gbps: float | None, first: bool) -> list[dict]:
+def run_case(case: Case, args, device: str, dtype, rate: float, copy_gbps: float | None) -> list[dict]:
     preset = PRESETS[case.preset]
     P, T, H, V = preset["P"], preset["T"], preset["H"], preset["V"]
     N = 2 * P * T
@@ -363,8 +370,11 @@ def run_case(case: Case, args, device: str, dtype, rate: float, copy_gbps: float
         if plan.mode != "pair":
             raise RuntimeError(f"{case.name}: expected the pair plan, got {plan.mode}")
         meas = harness.measure(fn, device=device, warmup=0, repeats=args.repeats, max_seconds=args.max_seconds)
-        cap = capture(fn, H, V)
-        prod = time_products(cap, device, args)
+        # each phase on its own: one that fails (a profiler without CUPTI, a kernel configuration) is reported
+        # and the others still come back from the one unattended run
+        cap = _phase("capture", None, capture, fn, H, V)
+        prod = {} if cap is None else _phase("products", {}, time_products, cap, device, args)
+        seq_ms, pflops = prod.get("products_seq_ms"), prod.get("product_flops")
         row = {
             "case": case.name,
             "provider": prov,
@@ -385,30 +395,45 @@ def run_case(case: Case, args, device: str, dtype, rate: float, copy_gbps: float
             "step_ms_min": meas["ms_min"],
             "peak_gib": meas["peak_gib"],
             "x_floor": meas["ms"] / floor_ms,
-            **prod,
-            "x_floor_products": prod["products_seq_ms"] / floor_ms,
-            "product_flops_over_floor": prod["product_flops"] / flops,  # 1: the plan does the floor's work
-            "products_tflops": prod["product_flops"] / (prod["products_seq_ms"] * 1e-3) / 1e12,
-            "aten_ops": sum(cap.ops.values()),
-            "aten_allocs": cap.allocs,
-            "aten_top": cap.ops.most_common(8),
+            "products": prod.get("products", []),
+            "products_alone_ms": prod.get("products_alone_ms"),
+            "products_seq_ms": seq_ms,
+            "product_flops": pflops,
+            "x_floor_products": None if seq_ms is None else seq_ms / floor_ms,
+            "product_flops_over_floor": None if pflops is None else pflops / flops,  # 1: the floor's work exactly
+            "products_tflops": None if seq_ms is None else pflops / (seq_ms * 1e-3) / 1e12,
+            "aten_ops": None if cap is None else sum(cap.ops.values()),
+            "aten_allocs": None if cap is None else cap.allocs,
+            "aten_top": None if cap is None else cap.ops.most_common(8),
         }
         del cap
         if not rows_done:  # the row kernels do not depend on the provider
             row_ops = TRITON_ROW_OPS if plan.path == "triton" else REFERENCE_ROW_OPS
-            sweep = args.sweep and first and device == "cuda" and plan.path == "triton"
-            row.update(time_rows(plan.max_tokens, V, dtype, device, row_ops, args, sweep))
-            row["rows_step_ms"] = len(plan.chunks) * (row["stats_ms"] + row["grad_ms"])
+            row.update(_phase("rows", {}, time_rows, plan.max_tokens, V, dtype, device, row_ops, args, ()))
+            if "stats_ms" in row:
+                row["rows_step_ms"] = len(plan.chunks) * (row["stats_ms"] + row["grad_ms"])
             rows_done = True
-        prof = profile_step(fn, device)
+        prof = _phase("profile", {"kernels": [], "busy_ms": None}, profile_step, fn, device)
         row.update(prof)
         row["kernels"] = prof["kernels"][: args.top]
         row["gaps_ms"] = None if prof["busy_ms"] is None else meas["ms"] - prof["busy_ms"]
-        row["syncs"], row["sync_sites"] = count_syncs(fn, device)
+        if device == "cuda" and not prof["kernels"]:
+            print("# WARNING: the profiler recorded no CUDA kernels (CUPTI unavailable?)", flush=True)
+        row["syncs"], row["sync_sites"] = _phase("syncs", (None, []), count_syncs, fn, device)
         rows.append(record(args.results, row))
+        print("\n".join(details(row)), flush=True)
         inp["hidden"].grad = None
         inp["weight"].grad = None
     return rows
+
+
+def _phase(what: str, default, fn, *args):
+    """``fn(*args)``, or ``default`` with a printed line when it fails."""
+    try:
+        return fn(*args)
+    except Exception as e:
+        print(f"# {what} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
+        return default
 
 
 def record(path: Path, row: dict) -> dict:
@@ -447,10 +472,10 @@ def summary(r: dict) -> dict:
         "x_prod": _f(r["x_floor_products"], ".3f"),
         "prod_TF/s": _f(r["products_tflops"], ".0f"),
         "rows": _f(r.get("rows_step_ms")),
-        "k_gemm": _f(r["gemm_ms"]),
-        "k_row": _f(r["row_ms"]),
-        "k_copy": _f(r["copy_ms"]),
-        "k_other": _f(r["other_ms"]),
+        "k_gemm": _f(r.get("gemm_ms")),
+        "k_row": _f(r.get("row_ms")),
+        "k_copy": _f(r.get("copy_ms")),
+        "k_other": _f(r.get("other_ms")),
         "busy": _f(r["busy_ms"]),
         "gaps": _f(r["gaps_ms"]),
         "syncs": "-" if r["syncs"] is None else str(r["syncs"]),
@@ -458,40 +483,66 @@ def summary(r: dict) -> dict:
     }
 
 
-def report(rows: list[dict], unit: str) -> str:
-    lines = [
-        f"# times in {unit}; floor = {{6|4}}·N·H·V at the 8192³ matmul rate; products = the call's own matmuls "
-        "replayed back to back; rows = stats + grad alone × chunks; k_* = kernel time by class in one profiled "
-        "step; busy = union of its kernel intervals; gaps = step − busy",
-        harness.table([summary(r) for r in rows], SUMMARY_COLS),
-    ]
-    for r in rows:
-        lines.append(f"## {r['case']} {r['provider']}: {r['chunks']} chunk(s) of {r['chunk_tokens']} tokens")
+def details(r: dict) -> list[str]:
+    """The lines of one row: its headline, products, row kernels (and sweep), top kernels, host syncs."""
+    if r["case"] == "rows-sweep":
+        lines = [f"## row kernels on {r['rows_tokens']} × {r['V']} logits (default, then the sweep)"]
+    else:
+        lines = [
+            f"## {r['case']} {r['provider']}: {r['chunks']} chunk(s) of {r['chunk_tokens']} tokens; step "
+            f"{r['step_ms']:.2f} ms = {r['x_floor']:.3f}× the floor {r['floor_ms']:.2f}; products in sequence "
+            f"{_f(r['products_seq_ms'])} ({_f(r['x_floor_products'], '.3f')}×, {_f(r['products_tflops'], '.0f')} "
+            f"TF/s), alone {_f(r['products_alone_ms'])}; busy {_f(r['busy_ms'])}, gaps {_f(r['gaps_ms'])}; syncs "
+            f"{'-' if r['syncs'] is None else r['syncs']}; {r['aten_ops']} aten ops"
+        ]
         for p in r["products"]:
             lines.append(
-                f"   {p['role']:15s} ×{p['count']:<2d} {p['ms']:8.3f} {unit} {p['tflops']:6.0f} TF/s  {p['product']}"
+                f"   {p['role']:15s} ×{p['count']:<2d} {p['ms']:8.3f} ms {p['tflops']:6.0f} TF/s  {p['product']}"
             )
-        if "stats_ms" in r:
-            cb = f" (copy {r['copy_gbps']:.0f} GB/s)" if r["copy_gbps"] else ""
+    if "stats_ms" in r:
+        cb = f" (copy {r['copy_gbps']:.0f} GB/s)" if r["copy_gbps"] else ""
+        lines.append(
+            f"   rows alone: stats {r['stats_ms']:.3f} ms {r['stats_gbps']:.0f} GB/s, grad {r['grad_ms']:.3f} ms "
+            f"{r['grad_gbps']:.0f} GB/s{cb}"
+        )
+    for sw in r.get("rows_sweep", []):
+        if "error" in sw:
+            lines.append(f"     config {sw['config']}: {sw['error']}")
+        else:
+            b, nw = sw["config"]
             lines.append(
-                f"   rows alone: stats {r['stats_ms']:.3f} {unit} {r['stats_gbps']:.0f} GB/s, grad {r['grad_ms']:.3f} "
-                f"{unit} {r['grad_gbps']:.0f} GB/s{cb}"
+                f"     config BLOCK_V={b:<5d} warps={nw:<2d}: stats {sw['stats_ms']:.3f} ({sw['stats_gbps']:.0f}"
+                f" GB/s)  grad {sw['grad_ms']:.3f} ({sw['grad_gbps']:.0f} GB/s)"
             )
-            for s in r["rows_sweep"]:
-                if "error" in s:
-                    lines.append(f"     config {s['config']}: {s['error']}")
-                else:
-                    b, nw = s["config"]
-                    lines.append(
-                        f"     config BLOCK_V={b:<5d} warps={nw:<2d}: stats {s['stats_ms']:.3f} ({s['stats_gbps']:.0f}"
-                        f" GB/s)  grad {s['grad_ms']:.3f} ({s['grad_gbps']:.0f} GB/s)"
-                    )
-        for k in r["kernels"][:8]:
-            pct = 100 * k["ms"] / r["step_ms"] if r["step_ms"] else 0.0
-            lines.append(f"   {k['class']:5s} ×{k['count']:<3d} {k['ms']:8.3f} {unit} {pct:5.1f}%  {k['name'][:90]}")
-        if r["sync_sites"]:
-            lines.append(f"   host syncs: {', '.join(r['sync_sites'])}")
-    return "\n".join(lines)
+    for k in r.get("kernels", [])[:8]:
+        pct = 100 * k["ms"] / r["step_ms"] if r["step_ms"] else 0.0
+        lines.append(f"   {k['class']:5s} ×{k['count']:<3d} {k['ms']:8.3f} ms {pct:5.1f}%  {k['name'][:90]}")
+    if r.get("sync_sites"):
+        lines.append(f"   host syncs: {', '.join(r['sync_sites'])}")
+    return lines
+
+
+def report(rows: list[dict]) -> str:
+    """The summary table of the case rows."""
+    rows = [r for r in rows if r["case"] != "rows-sweep"]
+    return "\n".join(
+        [
+            "# summary (ms): floor = {6|4}·N·H·V at the 8192³ matmul rate; products = the call's own matmuls "
+            "replayed back to back; rows = stats + grad alone × chunks; k_* = kernel time by class in one "
+            "profiled step; busy = union of its kernel intervals; gaps = step − busy",
+            harness.table([summary(r) for r in rows], SUMMARY_COLS),
+        ]
+    )
+
+
+def sweep_rows(first: dict, args, device: str, dtype) -> dict | None:
+    """The row kernels at the first case's chunk shape under each configuration of the sweep (Triton only)."""
+    if first["path"] != "triton":
+        return None
+    n, V = first["chunk_tokens"], first["V"]
+    row = {"case": "rows-sweep", "provider": "cltx", "preset": first["preset"], "V": V, "copy_gbps": first["copy_gbps"]}
+    row.update(time_rows(n, V, dtype, device, TRITON_ROW_OPS, args, SMOKE_SWEEP if args.smoke else ROW_SWEEP))
+    return record(args.results, row)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -505,6 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--top", type=int, default=12, help="kernels kept per row in the results file")
     ap.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the row-kernel configurations")
     ap.add_argument("--results", type=Path, default=RESULTS_FILE, help="JSON-lines file the rows append to")
+    ap.add_argument("--time-budget", type=float, default=60.0, help="no case or sweep starts after this many s")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
     device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
@@ -519,18 +571,30 @@ def main(argv: list[str] | None = None) -> int:
         copy_gbps = harness.copy_gbps(device="cuda")
         name = torch.cuda.get_device_name()
         print(f"# {name}: bf16 matmul {rate:.0f} TFLOP/s, copy {copy_gbps:.0f} GB/s", flush=True)
-        unit = "ms"
     else:
         rate = harness.matmul_tflops(device="cpu", n=256, dtype=torch.float32)
         copy_gbps = None
         print(f"# CPU smoke: fp32 matmul {rate * 1e3:.1f} GFLOP/s (stands in for the floor)", flush=True)
-        unit = "ms"
     rows = []
-    for i, case in enumerate(cases):
-        rows += run_case(case, args, device, dtype, rate, copy_gbps, first=i == 0)
+    for case in cases:
+        if time.perf_counter() - t0 > args.time_budget:
+            print(f"# skipped {case.name}: past the {args.time_budget:.0f} s budget", flush=True)
+            continue
+        try:
+            rows += run_case(case, args, device, dtype, rate, copy_gbps)
+        except Exception as e:  # e.g. out of memory on a smaller GPU: the other cases still run
+            print(f"# {case.name} failed: {type(e).__name__}: {str(e)[:300]}", flush=True)
         if device == "cuda":
             torch.cuda.empty_cache()
-    print(report(rows, unit))
+    if rows:
+        print(report(rows), flush=True)
+    if args.sweep and rows and time.perf_counter() - t0 > args.time_budget:
+        print(f"# skipped the row-kernel sweep: past the {args.time_budget:.0f} s budget", flush=True)
+    elif args.sweep and rows:
+        sw = sweep_rows(rows[0], args, device, dtype)
+        if sw is not None:
+            rows.append(sw)
+            print("\n".join(details(sw)), flush=True)
     print(f"# clo_phases: {len(rows)} rows in {time.perf_counter() - t0:.0f} s", flush=True)
     return 0
 

@@ -66,6 +66,10 @@ def test_smoke_runs_every_phase_on_the_cpu(tmp_path, capsys):
 @pytest.mark.interpreter
 def test_smoke_through_the_triton_interpreter(tmp_path, capsys):
     out, rows = _smoke(tmp_path, capsys, ["--case", "quick-chunks", "--providers", "cltx"])
-    assert len(rows) == 1 and rows[0]["path"] == "triton"
+    assert [r["case"] for r in rows] == ["quick-chunks", "rows-sweep"] and rows[0]["path"] == "triton"
     _check_products(rows[0])
     assert rows[0]["stats_ms"] > 0 and rows[0]["grad_ms"] > 0
+    # the row-kernel configurations (small blocks under the interpreter), each run and timed
+    sweep = rows[1]["rows_sweep"]
+    assert len(sweep) == 2 and all("error" not in s and s["stats_ms"] > 0 and s["grad_gbps"] > 0 for s in sweep)
+    assert "config BLOCK_V=512" in out
