@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 # The paper shape (issue 3) and the CLO shapes (issue 4).
 SALT_SHAPE = {"n": 30_000, "m": 20_000, "d_in": 768, "d_out": 4096}
 CLO_VOCABS = (128_256, 1024)  # Llama-3 vocabulary in one slab; a narrow slab
-COLUMNS = ["kernel", "config", "regs", "spill", "shared", "instr", "bar", "shfl", "ldl_stl", "compile_s"]
+COLUMNS = ["kernel", "config", "regs", "spill", "shared", "instr", "bar", "shfl", "ldl_stl", "loops", "compile_s"]
 
 
 @dataclass
@@ -107,8 +107,10 @@ def inspect_cubin(cubin: bytes) -> dict:
         sass = subprocess.run([cuobjdump, "-sass", path], capture_output=True, text=True, check=True).stdout
     use = {k: int(v) for k, v in re.findall(r"\b(REG|SHARED|LOCAL|STACK):(\d+)", res)}
     # SASS lines look like "/*0120*/   @P0 FFMA R1, R2, R3, R4 ;": count opcodes.
-    ops = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", sass)
+    instrs = re.findall(r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);", sass)
+    ops = [op for _, op, _ in instrs]
     return {
+        "loops": loops(instrs),
         "regs": use.get("REG", 0),
         "spill": use.get("STACK", 0) + use.get("LOCAL", 0),
         "instr": len(ops),
@@ -141,49 +143,70 @@ def compact(meta: dict) -> str:
     return " ".join(parts)
 
 
+def loops(instrs: list[tuple[str, str, str]]) -> str:
+    """The loops (backward branches) of a kernel, outermost first: ``instructions/BAR/SHFL`` of
+    each body, e.g. ``48i/0b/0s 612i/2b/40s``; what one iteration of a Gram or sweep loop costs."""
+    addr = [int(a, 16) for a, _, _ in instrs]
+    found = []
+    for i, (a, op, rest) in enumerate(instrs):
+        m = re.match(r"\s*(0x[0-9a-f]+)", rest) if op == "BRA" else None
+        if m and int(m.group(1), 16) < int(a, 16):
+            lo = addr.index(int(m.group(1), 16)) if int(m.group(1), 16) in addr else 0
+            body = [o for _, o, _ in instrs[lo : i + 1]]
+            bar = sum(o.startswith("BAR") for o in body)
+            shfl = sum(o.startswith("SHFL") for o in body)
+            found.append((lo, f"{len(body)}i/{bar}b/{shfl}s"))
+    return " ".join(txt for _, txt in sorted(found))
+
+
 # ---- the kernels and the configurations their launchers pick ----------------------------------
-def salt_specs(variants: list[str] | None, ks: list[int], dtype: str = "fp32") -> list[Spec]:
-    """Solve (+ apply) kernels of each variant at the paper shape, as ``_SaltLaunch`` launches them."""
+def salt_specs(
+    variants: list[str] | None, ks: list[int], dtype: str = "fp32", overrides: list[tuple[str, int, dict]] | None = None
+) -> list[Spec]:
+    """Solve (+ apply) kernels of each variant at the paper shape, as ``_SaltLaunch`` launches them;
+    ``overrides`` (variant, K, changes to ``_config``) compiles those configurations instead (solve only)."""
     import cltx.kernels.salt_fit  # noqa: F401  (the module object is callable: take it from sys.modules)
 
     sf = sys.modules["cltx.kernels.salt_fit"]
     from cltx.kernels.reference_salt import regularisation
 
     sh = SALT_SHAPE
+    plan = overrides or [(v, k, None) for v in (variants or list(sf.VARIANTS)) for k in ks]
     specs = []
-    for variant in variants or list(sf.VARIANTS):
-        for k in ks:
-            cfg = sf._config(k, sh["d_in"], sh["d_out"], interpret=False, variant=variant)
-            _, _, refine = regularisation(k, sh["d_in"], gram_fp64=False)
-            fn, fwd, apply = sf._launch_meta(
-                cfg,
-                variant,
-                refine=refine,
-                upcast=False,
-                write_alpha=False,
-                fp32_inputs=dtype == "fp32",
-                interpret=False,
-            )
-            options = {o: fwd[o] for o in ("num_warps", "num_stages", "maxnreg") if o in fwd}
-            constexprs = {c: v for c, v in fwd.items() if c not in options}
-            label = f"{variant} k={k} " + compact({**constexprs, **options})
-            ptrs = {"xq_ptr": dtype, "xb_ptr": dtype, "yb_ptr": dtype, "nbr_ptr": "i64", "order_ptr": "i32"}
-            ptrs.update({"out_ptr": dtype, "alpha_ptr": "fp32", "flag_ptr": "i8", "coef_ptr": "fp32"})
-            ints = {"k": k, "d_in": sh["d_in"], "d_out": sh["d_out"], "n": sh["n"], "stride_q": sh["d_in"]}
-            ints.update({"stride_b": sh["d_in"], "stride_y": sh["d_out"], "stride_nbr": k, "stride_out": sh["d_out"]})
-            ints["stride_alpha"] = sh["d_out"]  # alpha aliases out when it is not returned
-            specs.append(
-                Spec("salt_fwd", label, fn, ptrs, constexprs, options, ints, ("ridge", "eps_full", "eps_deficient"))
-            )
-            if apply is not None:
-                aopts = {"num_warps": apply["num_warps"], "num_stages": 2}
-                aconst = {c: v for c, v in apply.items() if c != "num_warps"}
-                alabel = f"{variant} k={k} " + compact({**aconst, **aopts})
-                aptrs = {"coef_ptr": "fp32", "nbr_ptr": "i64", "order_ptr": "i32", "yb_ptr": dtype, "out_ptr": dtype}
-                aints = {"n": sh["n"], "k": k, "d_out": sh["d_out"], "stride_nbr": k, "stride_y": sh["d_out"]}
-                aints["stride_out"] = sh["d_out"]
-                specs.append(Spec("salt_apply", alabel, sf._salt_apply_kernel, aptrs, aconst, aopts, aints))
+    for variant, k, over in plan:
+        cfg = sf._config(k, sh["d_in"], sh["d_out"], interpret=False, variant=variant)
+        if over is not None:
+            cfg = {**cfg, "SPLIT": True, **over}
+        _, _, refine = regularisation(k, sh["d_in"], gram_fp64=False)
+        fn, fwd, apply = sf._launch_meta(
+            cfg, variant, refine=refine, upcast=False, write_alpha=False, fp32_inputs=dtype == "fp32", interpret=False
+        )
+        options = {o: fwd[o] for o in ("num_warps", "num_stages", "maxnreg") if o in fwd}
+        constexprs = {c: v for c, v in fwd.items() if c not in options}
+        label = f"{variant} k={k} " + compact({**constexprs, **options})
+        ptrs = {"xq_ptr": dtype, "xb_ptr": dtype, "yb_ptr": dtype, "nbr_ptr": "i64", "order_ptr": "i32"}
+        ptrs.update({"out_ptr": dtype, "alpha_ptr": "fp32", "flag_ptr": "i8", "coef_ptr": "fp32"})
+        ints = {"k": k, "d_in": sh["d_in"], "d_out": sh["d_out"], "n": sh["n"], "stride_q": sh["d_in"]}
+        ints.update({"stride_b": sh["d_in"], "stride_y": sh["d_out"], "stride_nbr": k, "stride_out": sh["d_out"]})
+        ints["stride_alpha"] = sh["d_out"]  # alpha aliases out when it is not returned
+        floats = ("ridge", "eps_full", "eps_deficient")
+        specs.append(Spec("salt_fwd", label, fn, ptrs, constexprs, options, ints, floats))
+        if apply is not None and over is None:
+            aopts = {"num_warps": apply["num_warps"], "num_stages": 2}
+            aconst = {c: v for c, v in apply.items() if c != "num_warps"}
+            alabel = f"{variant} k={k} " + compact({**aconst, **aopts})
+            aptrs = {"coef_ptr": "fp32", "nbr_ptr": "i64", "order_ptr": "i32", "yb_ptr": dtype, "out_ptr": dtype}
+            aints = {"n": sh["n"], "k": k, "d_out": sh["d_out"], "stride_nbr": k, "stride_y": sh["d_out"]}
+            aints["stride_out"] = sh["d_out"]
+            specs.append(Spec("salt_apply", alabel, sf._salt_apply_kernel, aptrs, aconst, aopts, aints))
     return specs
+
+
+def sweep_specs() -> list[Spec]:
+    """The solve configurations bench/salt_phases.py sweeps on the GPU (to check them for spills first)."""
+    from bench.salt_phases import SWEEP
+
+    return salt_specs(None, [], overrides=[(v, K, over) for K, rows in SWEEP.items() for v, over in rows])
 
 
 def clo_specs(vocabs=CLO_VOCABS, dtype: str = "bf16") -> list[Spec]:
@@ -257,6 +280,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", default=None, help="keep kernels whose name contains one of these")
     ap.add_argument("--variants", nargs="*", default=None, help="salt variants (default: all of VARIANTS)")
     ap.add_argument("--ks", nargs="*", type=int, default=[16, 64], help="salt neighbour counts")
+    ap.add_argument("--sweep", action="store_true", help="also the solve configs bench/salt_phases.py sweeps")
     ap.add_argument("--json", action="store_true", help="print the rows as JSON instead of a table")
     ap.add_argument("--no-save", action="store_true", help="do not write bench/results/kernel_report_sm90.txt")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "kernel_report_sm90.txt")
@@ -275,6 +299,8 @@ def main(argv=None) -> int:
         specs += salt_specs(args.variants, args.ks)
     if want("clo_row_stats") or want("clo_row_grad"):
         specs += clo_specs()
+    if args.sweep:
+        specs += [s for s in sweep_specs() if s.config not in {t.config for t in specs}]
     specs = [s for s in specs if want(s.kernel)]
     t0 = time.perf_counter()
     rows = run(specs)
@@ -285,7 +311,8 @@ def main(argv=None) -> int:
             f"cltx kernels compiled for sm_90 (triton {triton.__version__}, no GPU: static numbers, not timings); "
             "salt at the paper shape, fp32: " + " ".join(f"{k}={v}" for k, v in SALT_SHAPE.items()),
             "regs: registers a thread; spill: STACK+LOCAL bytes a thread; shared: bytes a program (dynamic); "
-            "instr/bar/shfl/ldl_stl: SASS instruction, barrier, warp-shuffle, local load/store counts (static)",
+            "instr/bar/shfl/ldl_stl: SASS instruction, barrier, warp-shuffle, local load/store counts (static); "
+            "loops: each loop body (i instructions / b BAR / s SHFL), in code order",
         ]
         inv = kernel_inventory()
         covered = {s.fn.__name__ if hasattr(s.fn, "__name__") else "" for s in specs}

@@ -34,6 +34,7 @@ import statistics
 import sys
 import time
 import traceback
+from itertools import zip_longest
 from pathlib import Path
 
 import torch
@@ -46,22 +47,25 @@ PAPER = {"n": 30_000, "m": 20_000, "d_in": 768, "d_out": 4096, "ks": [16, 64]}
 # Smoke: the same code paths at interpreter sizes (k 9 → K 16: v1 fuses; k 17 → K 32: split).
 SMOKE = {"n": 5, "m": 40, "d_in": 24, "d_out": 20, "ks": [9, 17]}
 
-# The sweep: (variant, overrides of _config) per padded K. Chosen from bench/kernel_report.py
-# (no spill at these; configs that need > 255 registers are left out).
+# The sweep: (variant, overrides of _config) per padded K, v3 first (the candidate), each checked with
+# bench/kernel_report.py on triton 3.9 (registers a thread, no spill; configs past 255 are left out).
 SWEEP = {
     16: [
-        ("v1", {"num_warps": 1}),
-        ("v1", {"num_warps": 2}),
-        ("v1", {"num_warps": 8}),
-        ("v1", {"BLOCK_D": 128}),
-        ("v2", {"num_warps": 2}),
+        ("v3", {"TOKENS": 1}),  # 118 registers, 1 token a warp
+        ("v3", {"TOKENS": 4}),  # 206
+        ("v3", {"PRECISION": "tf32x3", "TOKENS": 4, "num_warps": 4}),  # one token a warp, 128
+        ("v3", {"SPLIT": False, "BLOCK_N": 32}),  # fused αᵀY, narrower tiles (default fused N64)
+        ("v3", {"SPLIT": False, "BLOCK_N": 128}),  # 174
+        ("v1", {"num_warps": 2}),  # 80
+        ("v1", {"num_warps": 8}),  # 32
     ],
     64: [
-        ("v1", {"num_warps": 4, "BLOCK_D": 16}),
-        ("v1", {"num_warps": 16}),
-        ("v2", {"maxnreg": None, "BLOCK_D": 32}),
-        ("v2", {"num_warps": 4, "maxnreg": None}),
-        ("v2", {"num_warps": 16, "maxnreg": None}),
+        ("v3", {"PRECISION": "tf32x3"}),  # 205 registers; Gram 645 instructions a d tile vs 1207
+        ("v3", {"PRECISION": "tf32x3", "num_stages": 2}),  # 247
+        ("v3", {"PRECISION": "tf32x3", "num_warps": 4, "num_stages": 2}),  # 247
+        ("v3", {"num_warps": 4}),  # 236
+        ("v1", {"num_warps": 16}),  # 83
+        ("v2", {"num_warps": 16, "maxnreg": None}),  # 84
     ],
 }
 # Apply-kernel configurations tried per K (on the default variant's weights).
@@ -69,7 +73,7 @@ APPLY_SWEEP = {
     16: [{"APPLY_BLOCK_N": 256, "APPLY_TOKENS": 2}, {"APPLY_BLOCK_N": 64, "APPLY_TOKENS": 8}],
     64: [{"APPLY_BLOCK_N": 128, "APPLY_TOKENS": 2}, {"APPLY_BLOCK_N": 32, "APPLY_TOKENS": 8}],
 }
-SMOKE_SWEEP = {16: [("v2", {"BLOCK_D": 16})], 32: [("v2", {"BLOCK_D": 16})]}
+SMOKE_SWEEP = {16: [("v3", {"SPLIT": False, "BLOCK_N": 16})], 32: [("v2", {"BLOCK_D": 16})]}
 SMOKE_APPLY_SWEEP = {16: [{"APPLY_BLOCK_N": 16, "APPLY_TOKENS": 3}], 32: []}
 
 
@@ -155,20 +159,25 @@ def with_variant(variant: str, fn):
     return run
 
 
-def describe(cfg: dict, keys=("K", "BLOCK_D", "num_warps", "maxnreg", "TOKENS", "UNROLL", "SPLIT")) -> str:
-    short = {"BLOCK_D": "D", "BLOCK_N": "N", "num_warps": "w", "TOKENS": "T", "maxnreg": "maxnreg=", "K": "K"}
+def describe(
+    cfg: dict, keys=("K", "BLOCK_D", "num_warps", "num_stages", "maxnreg", "TOKENS", "PRECISION", "UNROLL", "SPLIT")
+) -> str:
+    short = {"BLOCK_D": "D", "BLOCK_N": "N", "num_warps": "w", "num_stages": "s", "TOKENS": "T", "maxnreg": "maxnreg="}
+    short["K"] = "K"
     parts = []
     for key in keys:
         if key not in cfg or cfg[key] is None:
             continue
         v = cfg[key]
-        if key == "UNROLL":
+        if key == "PRECISION":
+            parts.append("" if v == "ieee" else v)
+        elif key == "UNROLL":
             parts.append("unrolled" if v else "loop")
         elif key == "SPLIT":
             parts.append("split" if v else f"fused N{cfg.get('BLOCK_N')}")
         else:
             parts.append(f"{short[key]}{v}")
-    return " ".join(parts)
+    return " ".join(p for p in parts if p)
 
 
 def reference_phases(run: Runner, k, xq, xb, yb, nb):
@@ -372,18 +381,21 @@ def main(argv=None) -> int:
                 profile_full(run, k, variant, full, args.top)
             profile_full(run, k, "reference", lambda nb=p.nb: salt_fit_reference(xq, xb, yb, nb), args.top)
     if not args.no_sweep:  # 3. launch configurations, until the budget is spent
-        for k, p in problems.items():
-            print(f"-- sweep k={k} (solve alone, SPLIT; then apply), K={p.K}", flush=True)
-            for variant, over in sweep.get(p.K, []):
-                if time.perf_counter() - t_start > args.budget_s:
-                    print(f"  sweep stopped: past the {args.budget_s:.0f} s budget", flush=True)
-                    break
-                if variant in sf.VARIANTS:
-                    p.sweep_solve(variant, over)
-            for over in apply_sweep.get(p.K, []):
-                if time.perf_counter() - t_start > args.budget_s:
-                    break
+        # Interleaved, largest K first (k = 64 misses the target most), so a cut budget loses the tail
+        # of both lists, not all of one; then the apply kernel's configurations.
+        by_k = [[(p, v, over) for v, over in sweep.get(p.K, []) if v in sf.VARIANTS] for p in problems.values()]
+        by_k.sort(key=lambda rows: -(rows[0][0].K if rows else 0))
+        order = [row for group in zip_longest(*by_k) for row in group if row is not None]
+        order += [(p, None, over) for p in problems.values() for over in apply_sweep.get(p.K, [])]
+        print(f"-- sweep ({len(order)} configs; solve alone with SPLIT, then the apply kernel)", flush=True)
+        for p, variant, over in order:
+            if time.perf_counter() - t_start > args.budget_s:
+                print(f"  sweep stopped: past the {args.budget_s:.0f} s budget", flush=True)
+                break
+            if variant is None:
                 p.sweep_apply(over)
+            else:
+                p.sweep_solve(variant, over)
 
     print_summary(run.rows)
     took = time.perf_counter() - t_start

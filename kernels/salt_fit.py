@@ -36,6 +36,18 @@ together; duplicated indices are read once. Variant v1 (the first H200 run's ker
 into the solve kernel at K = 16, unrolled sweeps) and v2-3xtf32 (the fp32 Gram on tensor cores as
 three TF32 products, fp32-accurate) stay selectable for comparison.
 
+Variant v3 (``_salt_fit_batched_fwd_kernel``, candidate, not yet timed on a GPU): the same math on
+TOKENS tokens a program (the leading axis of every tensor) and one warp (two at K = 64), so each
+sweep's reductions are warp shuffles without barriers, and each sweep is one rank-1 update instead
+of a rank-1 update plus three masked rewrites: with the matrix scaled by a power of two τ (pivots
+< 2, exact), pivot j maps A to A − u uᵀ with u = column j / √p except u_j = (p − 1)/√p; that yields
+the swept rows/columns c/p at once, and the pivot entry's constant offset (2 + piv − p, never read
+by a later sweep) is taken off after the last sweep. Per sweep (sm_90, triton 3.9) that is 114
+instructions a warp for two tokens, no barrier, at K = 16 (v2: 263 and 20 barriers on 4 warps) and
+480 on each of 2 warps at K = 64 (v2: 193 on each of 8). αᵀY is fused at K = 16 (64-column tiles),
+the apply kernel above. Static numbers: ``python bench/kernel_report.py``; phase times on a GPU:
+``python bench/salt_phases.py``.
+
 Paths (``cltx.kernels._dispatch.choose``): CUDA → this kernel; CPU with ``TRITON_INTERPRET=1`` →
 this kernel in the interpreter; otherwise → :func:`cltx.kernels.reference_salt.salt_fit_reference`.
 Two explicit exceptions run the reference on the same device, and say so in the log: k >
@@ -81,14 +93,14 @@ _logged_exceptions: set[tuple[str, int, int]] = set()
 # ---------------------------------------------------------------------------------------------
 # 2. Configuration: every block size is picked here, never at the launch site.
 # ---------------------------------------------------------------------------------------------
-VARIANTS = ("v1", "v2", "v2-3xtf32")
+VARIANTS = ("v1", "v2", "v2-3xtf32", "v3")
 
 
 def _variant() -> str:
     """The kernel variant, from ``CLTX_SALT_VARIANT`` (default ``v1``, measured fastest); see :func:`_config`."""
     import os
 
-    v = os.environ.get("CLTX_SALT_VARIANT", "v1").strip() or "v1"
+    v = os.environ.get("CLTX_SALT_VARIANT", "v1").strip() or "v1"  # v1 | v2 | v2-3xtf32 | v3
     if v not in VARIANTS:
         raise bad_arg("CLTX_SALT_VARIANT", v, f"use one of {', '.join(VARIANTS)} (or leave it unset)")
     return v
@@ -110,8 +122,12 @@ def _config(k: int, d_in: int, d_out: int, *, interpret: bool, variant: str = "v
         lo·hi: fp32-accurate); bf16 inputs are unaffected.
       v1: the kernel of the first H200 run (fused αᵀY at K = 16, unrolled sweeps, one token a
         program in the apply kernel), kept for comparison.
+      v3: ``_salt_fit_batched_fwd_kernel``, TOKENS tokens a program on 1-2 warps (see
+        :func:`_config_v3`).
     """
     K = max(16, triton.next_power_of_2(k))
+    if variant == "v3":
+        return _config_v3(K, d_in, d_out, interpret=interpret)
     v1 = variant == "v1"
     # SPLIT: v1 only at K ≥ 32, where the fused kernel needs ~180-240 registers a thread.
     split = K >= 32 or not v1
@@ -157,6 +173,43 @@ def _config(k: int, d_in: int, d_out: int, *, interpret: bool, variant: str = "v
         "apply_warps": 4,
         "maxnreg": maxnreg,
     }
+
+
+def _config_v3(K: int, d_in: int, d_out: int, *, interpret: bool) -> dict:
+    """Variant v3 (``_salt_fit_batched_fwd_kernel``): TOKENS tokens a program on one or two warps.
+
+    Picked from the static sm_90 report (bench/kernel_report.py, triton 3.9; no spills anywhere),
+    per Gauss–Jordan sweep (instructions / barriers / shuffles a warp) and registers a thread:
+      K = 16: 2 tokens on 1 warp, 114 / 0 / 14 for both tokens, 128 registers (v1: 4 warps,
+        ~96 barriers in all, unrolled; v2: 263 / 20 / 45 a sweep). αᵀY fused (64-column tiles,
+        no extra registers, no barriers; the apply kernel has 23 barriers).
+      K = 32: 1 token on 1 warp, 241 / 0 / 34, 128 registers.
+      K = 64: 1 token on 2 warps, 480 / 4 / 66, 226 registers (v2: 8 warps, 193 / 4 / 24 each,
+        i.e. ~1.6× the warp-instructions; one warp would need 255 and spill); then the apply kernel.
+    The Gram is full fp32 (``ieee``) like v1; ``PRECISION="tf32x3"`` (tensor cores, fp32-accurate)
+    halves its instructions at K = 64 (630 vs 1207 a d tile) and is in bench/salt_phases.py's sweep.
+    """
+    fused = K <= 16
+    cfg = {
+        "K": K,
+        "TOKENS": 2 if K <= 16 else 1,
+        "PRECISION": "ieee",
+        "BLOCK_D": min(16, max(16, triton.next_power_of_2(d_in))),
+        "BLOCK_N": min(64, max(16, triton.next_power_of_2(d_out))),
+        "num_warps": 1 if K <= 32 else 2,
+        "num_stages": 1,
+        "SPLIT": not fused,
+        "UNROLL": False,
+        "APPLY_BLOCK_N": min(64, max(16, triton.next_power_of_2(d_out))),
+        "APPLY_TOKENS": 4,
+        "apply_warps": 4,
+        "maxnreg": None,
+    }
+    if interpret:
+        # The interpreter has no autotuner or driver: small tiles; TOKENS = 2 still exercises the
+        # token axis and the masked tail program; fused / split as on the GPU.
+        cfg.update({"BLOCK_D": 32, "BLOCK_N": 32, "APPLY_BLOCK_N": 64, "APPLY_TOKENS": 2, "TOKENS": 2})
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,6 +401,158 @@ if triton is not None:
             e = tl.sum(coef[:, None] * Y, axis=0)
             tl.store(out_ptr + t * stride_out + offs_n, e.to(out_ptr.dtype.element_ty), mask=nmask & live)
 
+    @triton.jit
+    def _salt_fit_batched_fwd_kernel(
+        xq_ptr,
+        xb_ptr,
+        yb_ptr,
+        nbr_ptr,
+        order_ptr,
+        out_ptr,
+        alpha_ptr,
+        flag_ptr,
+        coef_ptr,
+        n,
+        k,
+        d_in,
+        d_out,
+        stride_q,
+        stride_b,
+        stride_y,
+        stride_nbr,
+        stride_out,
+        stride_alpha,
+        ridge,
+        eps_full,
+        eps_deficient,
+        K: tl.constexpr,
+        TOKENS: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        REFINE: tl.constexpr,
+        UPCAST: tl.constexpr,
+        WRITE_ALPHA: tl.constexpr,
+        SPLIT: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        # Variant v3: the math of _salt_fit_fwd_kernel for TOKENS tokens at once (the leading axis of
+        # every tensor), meant for 1-2 warps: each sweep's reductions serve TOKENS tokens, and on one
+        # warp they are shuffles, without barriers. The sweep itself is a single rank-1 update.
+        slot = tl.program_id(0) * TOKENS + tl.arange(0, TOKENS)
+        live = slot < n  # the last program's extra slots redo token n-1 and store nothing
+        t = tl.load(order_ptr + tl.minimum(slot, n - 1)).to(tl.int64)
+        offs_k = tl.arange(0, K)
+        kk = offs_k[None, :]
+
+        # 1. The neighbour rows of each token; -1 (and the padding up to K) are masked everywhere.
+        idx = tl.load(nbr_ptr + t[:, None] * stride_nbr + kk, mask=(kk < k) & live[:, None], other=-1)
+        valid = idx >= 0
+        rows = tl.where(valid, idx, 0).to(tl.int64)
+
+        # 2. G = X Xᵀ (TOKENS × K × K, a batched tl.dot in full fp32) and r = X x_t over d_in tiles.
+        offs_d = tl.arange(0, BLOCK_D)
+        G = tl.zeros((TOKENS, K, K), dtype=tl.float32)
+        r = tl.zeros((TOKENS, K), dtype=tl.float32)
+        for d0 in range(0, d_in, BLOCK_D):
+            dd = d0 + offs_d
+            X = tl.load(
+                xb_ptr + rows[:, :, None] * stride_b + dd[None, None, :],
+                mask=valid[:, :, None] & (dd < d_in)[None, None, :],
+                other=0.0,
+            )
+            if UPCAST:
+                X = X.to(tl.float32)
+            xq = tl.load(xq_ptr + t[:, None] * stride_q + dd[None, :], mask=(dd < d_in)[None, :], other=0.0)
+            G = tl.dot(X, tl.permute(X, (0, 2, 1)), acc=G, input_precision=PRECISION)
+            r += tl.sum(X.to(tl.float32) * xq.to(tl.float32)[:, None, :], axis=2)
+
+        # 3. Merge duplicated neighbours exactly (as in _salt_fit_fwd_kernel): c copies of a row act
+        #    as one row √c·v; the minimum-norm answer splits its weight evenly over the copies.
+        ii = offs_k[None, :, None]
+        jj = offs_k[None, None, :]
+        diag = ii == jj
+        same = (idx[:, :, None] == idx[:, None, :]) & valid[:, :, None] & valid[:, None, :]
+        copies = tl.sum(same.to(tl.float32), axis=2)
+        first = valid & (tl.sum((same & (jj < ii)).to(tl.int32), axis=2) == 0)
+        w = tl.where(first, tl.sqrt(copies), 0.0)
+        G = G * (w[:, :, None] * w[:, None, :])  # w_i·w_l rounds alike at (i, l) and (l, i)
+        r = r * w
+
+        # 4. (G + μI) β = r with μ = max(ε·trace/k_t, ridge), as in _salt_fit_fwd_kernel.
+        gdiag = tl.sum(tl.where(diag, G, 0.0), axis=2)
+        trace = tl.sum(gdiag, axis=1)
+        k_valid = tl.sum(first.to(tl.float32), axis=1)
+        eps = tl.where(k_valid > d_in, eps_deficient, eps_full)
+        mu = tl.maximum(eps * trace / tl.maximum(k_valid, 1.0), ridge)
+        mu = tl.where(mu > 0.0, mu, 1.0)
+        # Scale by τ, a power of two within 2× of the largest diagonal entry (exact): every pivot
+        # is then < 2, which the rank-1 form of the sweep below needs to stay accurate.
+        dmax = tl.max(gdiag, axis=1) + mu
+        tau = (dmax.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
+        tau = tl.where(tau > 0.0, tau, 1.0)
+        inv_tau = 1.0 / tau
+        A = (G + tl.where(diag, mu[:, None, None], 0.0)) * inv_tau[:, None, None]
+        half_mu = 0.5 * mu * inv_tau
+        # Symmetric Gauss–Jordan (the sweep of _gauss_jordan_step) on pivot j as one rank-1 update:
+        # with column c of pivot p (the entry, guarded at μ/2 as there) and u = c/√p except
+        # u_j = (p − 1)/√p, A − u uᵀ gives the off-pivot entries A − c cᵀ/p and row/column j (c/p)
+        # at once; the pivot entry becomes 2 − 1/p + (piv − p) instead of −1/p, and as no later
+        # sweep reads it back, that offset (corr) is taken off once, after all sweeps. The rank-1
+        # term rounds alike at (i, l) and (l, i), so A stays symmetric and column j is row j.
+        corr = tl.zeros((TOKENS, K), dtype=tl.float32)
+        for j in range(K):
+            onehot = (offs_k == j).to(tl.float32)
+            col = tl.sum(A * onehot[None, None, :], axis=2)  # A[:, :, j] = A[:, j, :] (symmetric)
+            piv = tl.sum(col * onehot[None, :], axis=1)
+            p = tl.maximum(piv, half_mu)
+            u = tl.where(kk == j, (p - 1.0)[:, None], col) / tl.sqrt(p)[:, None]
+            A = A - u[:, :, None] * u[:, None, :]  # the same rounding at (i, l) and (l, i)
+            corr = tl.where(kk == j, (2.0 + piv - p)[:, None], corr)
+        # Now A − diag(corr) = −τ (G + μI)⁻¹, so (G + μI)⁻¹ x = −(A x − corr ⊙ x)/τ.
+        neg_scale = -inv_tau[:, None]
+        alpha = (tl.sum(A * r[:, None, :], axis=2) - corr * r) * neg_scale
+        shift = (mu - ridge)[:, None]
+        step = alpha
+        prev = alpha
+        for _ in tl.static_range(REFINE):
+            prev = step
+            step = shift * (tl.sum(A * step[:, None, :], axis=2) - corr * step) * neg_scale
+            alpha += step
+        # Converged? (the same test as _salt_fit_fwd_kernel; flagged tokens are re-solved in float64)
+        s_norm = tl.sqrt(tl.sum(step * step, axis=1))
+        p_norm = tl.sqrt(tl.sum(prev * prev, axis=1))
+        a_norm = tl.sqrt(tl.sum(alpha * alpha, axis=1))
+        rho = s_norm / tl.maximum(p_norm, 1e-30)
+        tail = s_norm * rho / tl.maximum(1.0 - rho, 1e-30)
+        unconverged = (rho >= 1.0) | (tail > 1e-5 * a_norm + 1e-30)
+        tl.store(flag_ptr + t, unconverged.to(tl.int8), mask=live)
+        beta = tl.where(first, alpha, 0.0)
+        coef = beta * w
+        if WRITE_ALPHA:
+            per_copy = tl.where(first, beta / tl.where(first, w, 1.0), 0.0)
+            slot_alpha = tl.sum(tl.where(same & first[:, None, :], per_copy[:, None, :], 0.0), axis=2)
+            tl.store(alpha_ptr + t[:, None] * stride_alpha + kk, slot_alpha, mask=(kk < k) & live[:, None])
+
+        if SPLIT:
+            tl.store(coef_ptr + t[:, None] * K + kk, coef, mask=live[:, None])
+        else:
+            # 5. αᵀY fused: stream d_out tiles of the distinct neighbours' Y rows.
+            offs_n = tl.arange(0, BLOCK_N)
+            for n0 in range(0, d_out, BLOCK_N):
+                nn = n0 + offs_n
+                nmask = nn < d_out
+                Y = tl.load(
+                    yb_ptr + rows[:, :, None] * stride_y + nn[None, None, :],
+                    mask=first[:, :, None] & nmask[None, None, :],
+                    other=0.0,
+                ).to(tl.float32)
+                e = tl.sum(coef[:, :, None] * Y, axis=1)
+                tl.store(
+                    out_ptr + t[:, None] * stride_out + nn[None, :],
+                    e.to(out_ptr.dtype.element_ty),
+                    mask=live[:, None] & nmask[None, :],
+                )
+
 
 # ---------------------------------------------------------------------------------------------
 # 4. Launcher.
@@ -373,6 +578,12 @@ def _launch_meta(
         "num_stages": cfg["num_stages"],
         **({"maxnreg": cfg["maxnreg"]} if cfg["maxnreg"] else {}),
     }
+    kernel = _salt_fit_fwd_kernel
+    if variant == "v3":
+        kernel = _salt_fit_batched_fwd_kernel
+        del fwd["UNROLL"]
+        fwd["TOKENS"] = cfg["TOKENS"]
+        fwd["PRECISION"] = cfg["PRECISION"] if (fp32_inputs and not interpret) else "ieee"
     apply = None
     if cfg["SPLIT"]:
         apply = {
@@ -381,7 +592,7 @@ def _launch_meta(
             "TOKENS": cfg["APPLY_TOKENS"],
             "num_warps": cfg["apply_warps"],
         }
-    return _salt_fit_fwd_kernel, fwd, apply
+    return kernel, fwd, apply
 
 
 class _SaltLaunch:
@@ -430,7 +641,8 @@ class _SaltLaunch:
         """Gram, solve, flags (and αᵀY when fused); with SPLIT the (n, K) weights go to ``coef``."""
         if self.n == 0:
             return
-        self.kernel[(self.n,)](
+        tokens = self.fwd_meta.get("TOKENS")  # v3: TOKENS tokens a program, and n passed
+        self.kernel[(triton.cdiv(self.n, tokens or 1),)](
             self.xq,
             self.xb,
             self.yb,
@@ -440,6 +652,7 @@ class _SaltLaunch:
             self.alpha,
             self.flags,
             self.coef,
+            *((self.n,) if tokens else ()),
             self.k,
             self.d_in,
             self.d_out,

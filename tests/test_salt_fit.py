@@ -200,6 +200,17 @@ def test_bad_inputs_raise_clear_errors(kwargs, match):
 
 
 # ---- interpreter tier (the Triton kernel on CPU, small sizes) ----------------------------------
+# The default kernel and the candidate (v3: several tokens a program, rank-1 sweeps) each run the whole
+# interpreter tier; the other variants run test_interpreter_every_variant_matches_oracle.
+KERNEL_VARIANTS = ("v1", "v3")
+
+
+@pytest.fixture(params=KERNEL_VARIANTS)
+def variant(request, monkeypatch):
+    monkeypatch.setenv("CLTX_SALT_VARIANT", request.param)
+    return request.param
+
+
 def _triton_only(*args, **kwargs):
     from cltx.kernels._dispatch import choose
 
@@ -209,12 +220,12 @@ def _triton_only(*args, **kwargs):
 
 @pytest.mark.interpreter
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
-def test_interpreter_matches_pinv_oracle(case):
+def test_interpreter_matches_pinv_oracle(case, variant):
     _run(_triton_only, *case)
 
 
 @pytest.mark.interpreter
-def test_interpreter_kernel_itself_on_k_gt_d_in():
+def test_interpreter_kernel_itself_on_k_gt_d_in(variant):
     """salt_fit sends k > d_in to the float64 reference; the kernel itself still handles such sets
     (finite, near the minimum-norm answer when the d_in-dimensional range is well conditioned)."""
     from cltx.kernels.salt_fit import _salt_fit_triton
@@ -228,7 +239,7 @@ def test_interpreter_kernel_itself_on_k_gt_d_in():
 
 
 @pytest.mark.interpreter
-def test_interpreter_flags_exactly_the_ill_conditioned_tokens():
+def test_interpreter_flags_exactly_the_ill_conditioned_tokens(variant):
     from cltx.kernels.salt_fit import _salt_fit_triton
 
     xq, xb, yb, nb = problem(16, 120, 16, 24, 16, seed=31)
@@ -241,22 +252,22 @@ def test_interpreter_flags_exactly_the_ill_conditioned_tokens():
 
 
 @pytest.mark.interpreter
-def test_interpreter_special_rows():
+def test_interpreter_special_rows(variant):
     _special_rows(_triton_only)
 
 
 @pytest.mark.interpreter
-def test_interpreter_ridge():
+def test_interpreter_ridge(variant):
     _ridge(_triton_only)
 
 
 @pytest.mark.interpreter
-def test_interpreter_bf16():
+def test_interpreter_bf16(variant):
     _bf16(_triton_only)
 
 
 @pytest.mark.interpreter
-def test_interpreter_return_alpha_and_kernel_equals_reference():
+def test_interpreter_return_alpha_and_kernel_equals_reference(variant):
     xq, xb, yb, nb = problem(13, 50, 20, 24, 7, pad=0.3, seed=4)
     out, alpha = _triton_only(xq, xb, yb, nb, return_alpha=True)
     ref = salt_fit_reference(xq, xb, yb, nb)
@@ -266,7 +277,7 @@ def test_interpreter_return_alpha_and_kernel_equals_reference():
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("variant", ["v2", "v2-3xtf32", "v1"])
+@pytest.mark.parametrize("variant", ["v2", "v2-3xtf32", "v1", "v3"])
 def test_interpreter_every_variant_matches_oracle(variant, monkeypatch):
     """Every CLTX_SALT_VARIANT gives the oracle's answer (n = 7: not a multiple of the apply
     kernel's tokens per program; K = 16 takes the fused path in v1, the split one in v2)."""
@@ -325,12 +336,13 @@ def test_gpu_full_size_matches_oracle(k, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant", ["v2-3xtf32"])
-def test_gpu_other_variants_match_oracle(variant, monkeypatch):
-    """The 3xTF32 Gram (v2-3xtf32) at full size, k = 64 (fp32). (v1, the run-1 kernel, passed the
-    full-size tests of the first H200 run; the benchmark checks its parity again.)"""
+@pytest.mark.parametrize("variant, k", [("v2-3xtf32", 64), ("v3", 16), ("v3", 64)])
+def test_gpu_other_variants_match_oracle(variant, k, monkeypatch):
+    """The 3xTF32 Gram (v2-3xtf32) at full size, k = 64 (fp32), and v3 (αᵀY fused at k = 16, the
+    apply kernel at 64). (v1, the default, runs test_gpu_full_size_matches_oracle; the benchmark
+    checks every variant's parity again.)"""
     monkeypatch.setenv("CLTX_SALT_VARIANT", variant)
-    xq, xb, yb, nb = _gpu_problem(64, torch.float32)
+    xq, xb, yb, nb = _gpu_problem(k, torch.float32)
     out = salt_fit(xq, xb, yb, nb)
     rows = torch.randperm(30_000, generator=torch.Generator().manual_seed(2))[:128].tolist() + [29_999]
     e, scale, _ = oracle(xq, xb, yb, nb, rows=rows)
@@ -339,7 +351,7 @@ def test_gpu_other_variants_match_oracle(variant, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_gpu_kernel_agrees_with_reference_on_edge_cases():
+def test_gpu_kernel_agrees_with_reference_on_edge_cases(variant):
     for case in CASES:
         name, n, m, d_in, d_out, k, pad, tol = case
         xq, xb, yb, nb = problem(n, m, d_in, d_out, k, pad=pad, seed=zlib.crc32(name.encode()) % 1000, device="cuda")
@@ -380,6 +392,9 @@ def _aot_compile(fn, ptr_types, constexprs, floats, num_warps, num_stages, maxnr
         (64, "fp32", "fp32", "v2"),
         (64, "fp32", "fp32", "v2-3xtf32"),
         (16, "fp32", "fp32", "v1"),
+        (16, "fp32", "fp32", "v3"),
+        (32, "bf16", "bf16", "v3"),
+        (64, "fp32", "fp32", "v3"),
     ],
 )
 def test_kernels_compile_for_sm90(k, xdt, ydt, variant):
@@ -390,34 +405,54 @@ def test_kernels_compile_for_sm90(k, xdt, ydt, variant):
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("compiles for the GPU: not under the interpreter")
     try:
-        from cltx.kernels.salt_fit import _config, _salt_apply_kernel, _salt_fit_fwd_kernel
+        from cltx.kernels.salt_fit import _config, _launch_meta, _salt_apply_kernel
     except Exception as exc:  # pragma: no cover - triton missing
         pytest.skip(f"triton unavailable: {exc}")
     cfg = _config(k, 768, 4096, interpret=False, variant=variant)
+    kernel, fwd, apply = _launch_meta(
+        cfg, variant, refine=3, upcast=False, write_alpha=True, fp32_inputs=xdt == "fp32", interpret=False
+    )
     ptrs = {"xq_ptr": xdt, "xb_ptr": xdt, "yb_ptr": ydt, "nbr_ptr": "i64", "order_ptr": "i32", "out_ptr": ydt}
     ptrs.update({"alpha_ptr": "fp32", "flag_ptr": "i8", "coef_ptr": "fp32"})
-    consts = {name: cfg[name] for name in ("K", "BLOCK_D", "BLOCK_N", "SPLIT", "UNROLL")}
-    precision = "tf32x3" if variant == "v2-3xtf32" and xdt == "fp32" else "ieee"
-    consts.update({"REFINE": 3, "UPCAST": False, "WRITE_ALPHA": True, "PRECISION": precision})
+    options = ("num_warps", "num_stages", "maxnreg")
+    consts = {name: v for name, v in fwd.items() if name not in options}
     try:
         compiled = _aot_compile(
-            _salt_fit_fwd_kernel,
+            kernel,
             ptrs,
             consts,
             ("ridge", "eps_full", "eps_deficient"),
-            cfg["num_warps"],
-            cfg["num_stages"],
-            cfg["maxnreg"],
+            fwd["num_warps"],
+            fwd["num_stages"],
+            fwd.get("maxnreg"),
         )
     except (FileNotFoundError, RuntimeError) as exc:
         if "ptxas" in str(exc).lower() and "error" not in str(exc).lower():
             pytest.skip(f"no ptxas for an ahead-of-time compile: {exc}")
         raise
     assert compiled.asm.get("cubin")
-    if cfg["SPLIT"]:
+    if apply is not None:
         apply_ptrs = {"coef_ptr": "fp32", "nbr_ptr": "i64", "order_ptr": "i32", "yb_ptr": ydt, "out_ptr": ydt}
-        apply_consts = {"K": cfg["K"], "BLOCK_N": cfg["APPLY_BLOCK_N"], "TOKENS": cfg["APPLY_TOKENS"]}
-        assert _aot_compile(_salt_apply_kernel, apply_ptrs, apply_consts, (), cfg["apply_warps"], 2).asm.get("cubin")
+        apply_consts = {name: v for name, v in apply.items() if name != "num_warps"}
+        assert _aot_compile(_salt_apply_kernel, apply_ptrs, apply_consts, (), apply["num_warps"], 2).asm.get("cubin")
+
+
+def test_each_variant_launches_its_kernel(monkeypatch):
+    """CLTX_SALT_VARIANT picks the kernel (v3: the batched one) and v3's launch plan: αᵀY fused at
+    K = 16, the apply kernel above (so the interpreter tier runs both of its paths)."""
+    pytest.importorskip("triton")
+    from cltx.kernels.salt_fit import VARIANTS, _config, _salt_fit_batched_fwd_kernel, _salt_fit_fwd_kernel, _SaltLaunch
+
+    xq, xb, yb, nb = problem(5, 20, 24, 10, 4, seed=2)
+    for v in VARIANTS:
+        monkeypatch.setenv("CLTX_SALT_VARIANT", v)
+        launch = _SaltLaunch(xq, xb, yb, nb, 0.0, False)
+        assert launch.variant == v
+        assert launch.kernel is (_salt_fit_batched_fwd_kernel if v == "v3" else _salt_fit_fwd_kernel)
+    for interpret in (False, True):
+        assert not _config(16, 768, 4096, interpret=interpret, variant="v3")["SPLIT"]
+        assert _config(64, 768, 4096, interpret=interpret, variant="v3")["SPLIT"]
+    assert _config(16, 768, 4096, interpret=True, variant="v3")["TOKENS"] > 1
 
 
 def test_embedding_parameters_that_require_grad_are_fine():
