@@ -5,6 +5,7 @@ Providers:
              the default variant (v1)
   cltx_v2    the same with CLTX_SALT_VARIANT=v2 (split solve + L2-tiled αᵀY), CUDA only
   cltx_3xtf32  CLTX_SALT_VARIANT=v2-3xtf32 (v2, fp32 Gram on tensor cores as 3 TF32 products), CUDA only
+  cltx_v3    CLTX_SALT_VARIANT=v3 (several tokens a program on 1-2 warps, rank-1 sweeps), CUDA only
   reference  the chunked pure-PyTorch reference (batched Gram + Cholesky, sparse αᵀY)
   plain      plain PyTorch: gather X and Y per chunk, batched k × k solve (torch.linalg), bmm
   sklearn    scikit-learn Ridge fitted per token, on a sample of tokens, extrapolated to n
@@ -89,7 +90,7 @@ def oracle_rows(xq, xb, yb, nb, rows, ridge=0.0):
     return torch.stack(out)
 
 
-VARIANT_PROVIDERS = {"cltx_v2": "v2", "cltx_3xtf32": "v2-3xtf32"}
+VARIANT_PROVIDERS = {"cltx_v2": "v2", "cltx_3xtf32": "v2-3xtf32", "cltx_v3": "v3"}
 
 
 def with_variant(fn, variant):
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=None, help="override the number of new tokens")
     ap.add_argument("--k", type=int, nargs="*", default=None, help="override the neighbour counts")
     ap.add_argument("--ridge", type=float, default=0.0)
-    ap.add_argument("--providers", default="cltx,cltx_v2,cltx_3xtf32,reference,plain,sklearn")
+    ap.add_argument("--providers", default="cltx,cltx_v2,cltx_3xtf32,cltx_v3,reference,plain,sklearn")
     ap.add_argument("--sklearn-sample", type=int, default=None, help="tokens scikit-learn fits (extrapolated)")
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args(argv)

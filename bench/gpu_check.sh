@@ -4,6 +4,9 @@
 # Peers (liger-kernel, cut-cross-entropy) travel as wheels in .whl/ (see bench/README or docs).
 set -uo pipefail
 OUT=${OUT:-/tmp/cltx-gpu-out}; mkdir -p "$OUT"
+# At most 8 files come back from $OUT: install.log, salt.log, clo.log and the results files this run
+# appended to (salt_fit, salt_phases, clo_loss .jsonl); past 8 they are joined into one results.jsonl.
+started=$(mktemp); touch "$started"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -14,7 +17,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
 rm -f bench/results/*.jsonl.gpu
 status=0
-SALT_T=${SALT_T:-200}; CLO_T=${CLO_T:-300}
+SALT_T=${SALT_T:-250}; CLO_T=${CLO_T:-300}
 if [ -z "${SKIP_SALT:-}" ]; then
   echo "=== salt_fit (limit ${SALT_T}s)"
   timeout "$SALT_T" bash bench/gpu_salt.sh 2>&1 | tee "$OUT/salt.log" || status=1
@@ -28,5 +31,13 @@ if [ -z "${SKIP_MISC:-}" ]; then
   timeout "$MISC_T" python3 -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_clo_trainer.py tests/test_mt_hf.py \
     2>&1 | tail -15 || status=1
 fi
-cp bench/results/*.jsonl "$OUT/" 2>/dev/null || true
+changed=$(find bench/results -maxdepth 1 -name '*.jsonl' -newer "$started" | sort)
+n_logs=$(find "$OUT" -maxdepth 1 -type f | wc -l)
+if [ -n "$changed" ] && [ $((n_logs + $(echo "$changed" | wc -l))) -le 8 ]; then
+  cp $changed "$OUT/"
+elif [ -n "$changed" ]; then
+  cat $changed >"$OUT/results.jsonl"  # each row names its bench
+fi
+rm -f "$started"
+echo "=== files in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
 exit $status
