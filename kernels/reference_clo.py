@@ -726,7 +726,6 @@ def fused_loss_and_grads(
         lse_b, zl_b = row_stats(zb, lab[a2:b2], 0)
         side.join()
         # 2. Log-probs, the pairs' coefficients.
-        zero = torch.zeros((), dtype=acc, device=dev)
         torch.where(valid[a1:b1], zl_a - lse_a, zero, out=tok_logp[a1:b1])
         torch.where(valid[a2:b2], zl_b - lse_b, zero, out=tok_logp[a2:b2])
         rows_c = tok_logp[a1:b1].view(-1, T).sum(1)

@@ -530,6 +530,33 @@ def test_overlapped_pair_chunks_of_two_blocks_are_bit_identical(monkeypatch, dty
     compare(over, want, dtype, check_accuracy=dtype == torch.float64)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_overlapped_first_chunk_without_free_rows(monkeypatch, dtype):
+    """3 pairs, 2 per chunk: no chunk has enough unwritten hidden-gradient rows to gather into, so the weight
+    gradient takes one product per block from the first chunk on (the first writes gw, the others add)."""
+    wgrad = []
+    real_acc = reference_clo._accumulate_weight_grad
+    monkeypatch.setattr(
+        reference_clo,
+        "_accumulate_weight_grad",
+        lambda gw, dz, h, first=False: (wgrad.append((len(dz), first)), real_acc(gw, dz, h, first)),
+    )
+    P, T = 3, 7
+    inp = make_inputs(P, T, 12, 300, dtype=dtype, bias=True, seed=35)
+    for k in range(1, 200):  # the smallest budget that holds two pairs' logits
+        budget = k * 1e-5
+        run(clo_loss_reference, inp, memory_budget_gib=budget)
+        if last_plan().max_tokens == 4 * T:
+            break
+    wgrad.clear()
+    plain, _, over, plan = run_plain_and_overlapped(monkeypatch, clo_loss_reference, inp, memory_budget_gib=budget)
+    assert plan.overlap and plan.chunks == (((0, 2 * T), (3 * T, 5 * T)), ((2 * T, 3 * T), (5 * T, 6 * T)))
+    assert wgrad == 2 * [(2 * T, True), (2 * T, False), (T, False), (T, False)]
+    for a, b in zip(flat(plain), flat(over), strict=True):
+        assert torch.equal(a, b)
+    compare(over, run_oracle(inp), dtype, check_accuracy=dtype == torch.float64)
+
+
 @pytest.mark.parametrize("P", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 def test_overlapped_pair_chunk_of_all_pairs_matches(monkeypatch, P, dtype):
