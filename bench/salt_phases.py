@@ -52,8 +52,8 @@ SMOKE = {"n": 5, "m": 40, "d_in": 24, "d_out": 20, "ks": [9, 17]}
 SWEEP = {
     16: [
         ("v3", {"TOKENS": 1}),  # 118 registers, 1 token a warp
-        ("v3", {"TOKENS": 4}),  # 206
-        ("v3", {"PRECISION": "tf32x3", "TOKENS": 4, "num_warps": 4}),  # one token a warp, 128
+        ("v3", {"TOKENS": 4}),  # 168
+        ("v3", {"PRECISION": "tf32x3", "TOKENS": 4, "num_warps": 4}),  # one token a warp, 125
         ("v3", {"SPLIT": False, "BLOCK_N": 32}),  # fused αᵀY, narrower tiles (default fused N64)
         ("v3", {"SPLIT": False, "BLOCK_N": 128}),  # 174
         ("v1", {"num_warps": 2}),  # 80
@@ -62,8 +62,8 @@ SWEEP = {
     64: [
         ("v3", {"PRECISION": "tf32x3"}),  # 205 registers; Gram 645 instructions a d tile vs 1207
         ("v3", {"PRECISION": "tf32x3", "num_stages": 2}),  # 247
-        ("v3", {"PRECISION": "tf32x3", "num_warps": 4, "num_stages": 2}),  # 247
-        ("v3", {"num_warps": 4}),  # 236
+        ("v3", {"PRECISION": "tf32x3", "num_warps": 4, "num_stages": 2}),  # 246
+        ("v3", {"num_warps": 4}),  # 242
         ("v1", {"num_warps": 16}),  # 83
         ("v2", {"num_warps": 16, "maxnreg": None}),  # 84
     ],
