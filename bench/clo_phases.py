@@ -9,7 +9,9 @@ frozen LM head: no weight gradient, floor 4·N·H·V). For each case and provide
     accumulate variant (a ``TorchDispatchMode`` over one call, holding the call's own tensors), then replayed
     alone on those tensors (per product: ms, TFLOP/s; summed: "products alone") and back to back in call
     order ("products in sequence": the same products under a sustained load). Products in sequence over the
-    floor (6·N·H·V at the 8192³ rate) is the part of the gap that belongs to cuBLAS at these shapes.
+    floor (6·N·H·V at the 8192³ rate) is the part of the gap that belongs to cuBLAS at these shapes. For the
+    first provider, the same again through cuBLASLt (``torch.backends.cuda.preferred_blas_library``): do its
+    heuristics pick faster kernels for these shapes?
 (b) **row kernels** alone on a chunk-sized logits buffer: ms and GB/s against the measured copy bandwidth;
     once the cases are done, a few ``BLOCK_V`` / ``num_warps`` configurations beside the default (Triton path;
     ``--no-sweep`` skips them).
@@ -35,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import dataclasses
 import json
 import os
@@ -158,31 +161,66 @@ def capture(fn, H: int, V: int) -> _Capture:
     return cap
 
 
-def time_products(cap: _Capture, device: str, args) -> dict:
-    """Each distinct product alone (median ms), their count-weighted sum, and all of them back to back."""
+def blas_libraries(device: str) -> list[str]:
+    """The cuBLAS front ends the products are timed through: torch's default and, on CUDA, cuBLASLt."""
+    return ["default", "cublaslt"] if device == "cuda" else ["default"]
+
+
+@contextlib.contextmanager
+def blas_library(name: str):
+    """Route torch's matmuls through ``name`` (``torch.backends.cuda.preferred_blas_library``) inside."""
+    if name == "default":
+        yield
+        return
+    old = torch.backends.cuda.preferred_blas_library()
+    torch.backends.cuda.preferred_blas_library(name)
+    try:
+        yield
+    finally:
+        torch.backends.cuda.preferred_blas_library(old)
+
+
+def time_products(cap: _Capture, device: str, args, others: bool = False) -> dict:
+    """Each distinct product alone (median ms), their count-weighted sum, and all of them back to back; with
+    ``others``, the same through the other BLAS front ends too (does cuBLASLt pick faster kernels here?)."""
     by_sig: dict[str, list[Product]] = {}
     for p in cap.products:
         by_sig.setdefault(p.desc, []).append(p)
-    rows, alone = [], 0.0
+    libs = blas_libraries(device) if others else ["default"]
+    out = {"products": [], "product_flops": sum(p.flops for p in cap.products), "blas_libraries": libs}
+    recs: dict[str, dict] = {}
     with torch.no_grad():
-        for sig, ps in by_sig.items():
-            r = harness.measure(ps[0].run, device=device, warmup=1, repeats=args.repeats, max_seconds=2)
-            n = len(ps)
-            alone += r["ms"] * n
-            rows.append(
-                {
-                    "role": ps[0].role,
-                    "product": sig,
-                    "count": n,
-                    "ms": r["ms"],
-                    "tflops": ps[0].flops / (r["ms"] * 1e-3) / 1e12,
-                }
-            )
-        seq = harness.measure(
-            lambda: [p.run() for p in cap.products], device=device, warmup=1, repeats=args.repeats, max_seconds=4
-        )
-    flops = sum(p.flops for p in cap.products)
-    return {"products": rows, "products_alone_ms": alone, "products_seq_ms": seq["ms"], "product_flops": flops}
+        for lib in libs:
+            suffix = "" if lib == "default" else f"_{lib}"
+            try:
+                with blas_library(lib):
+                    alone = 0.0
+                    for sig, ps in by_sig.items():
+                        r = harness.measure(ps[0].run, device=device, warmup=1, repeats=args.repeats, max_seconds=2)
+                        alone += r["ms"] * len(ps)
+                        rec = recs.setdefault(sig, {"role": ps[0].role, "product": sig, "count": len(ps)})
+                        rec[f"ms{suffix}"] = r["ms"]
+                        rec[f"tflops{suffix}"] = ps[0].flops / (r["ms"] * 1e-3) / 1e12
+                    seq = harness.measure(
+                        lambda: [p.run() for p in cap.products],
+                        device=device,
+                        warmup=1,
+                        repeats=args.repeats,
+                        max_seconds=4,
+                    )
+            except Exception as e:  # another front end that cannot run these products: the default's still count
+                if lib == "default":
+                    raise
+                print(f"# products through {lib} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                out["blas_libraries"] = [x for x in out["blas_libraries"] if x != lib]
+                for rec in recs.values():
+                    rec.pop(f"ms{suffix}", None)
+                    rec.pop(f"tflops{suffix}", None)
+                continue
+            out[f"products_alone_ms{suffix}"] = alone
+            out[f"products_seq_ms{suffix}"] = seq["ms"]
+    out["products"] = list(recs.values())
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -373,7 +411,8 @@ def run_case(case: Case, args, device: str, dtype, rate: float, copy_gbps: float
         # each phase on its own: one that fails (a profiler without CUPTI, a kernel configuration) is reported
         # and the others still come back from the one unattended run
         cap = _phase("capture", None, capture, fn, H, V)
-        prod = {} if cap is None else _phase("products", {}, time_products, cap, device, args)
+        others = prov == args.providers[0]  # the other BLAS front ends: once per case
+        prod = {} if cap is None else _phase("products", {}, time_products, cap, device, args, others)
         seq_ms, pflops = prod.get("products_seq_ms"), prod.get("product_flops")
         row = {
             "case": case.name,
@@ -398,6 +437,8 @@ def run_case(case: Case, args, device: str, dtype, rate: float, copy_gbps: float
             "products": prod.get("products", []),
             "products_alone_ms": prod.get("products_alone_ms"),
             "products_seq_ms": seq_ms,
+            **{k: v for k, v in prod.items() if k.startswith("products_") and k.count("_ms_")},
+            "blas_libraries": prod.get("blas_libraries"),
             "product_flops": pflops,
             "x_floor_products": None if seq_ms is None else seq_ms / floor_ms,
             "product_flops_over_floor": None if pflops is None else pflops / flops,  # 1: the floor's work exactly
@@ -495,9 +536,16 @@ def details(r: dict) -> list[str]:
             f"TF/s), alone {_f(r['products_alone_ms'])}; busy {_f(r['busy_ms'])}, gaps {_f(r['gaps_ms'])}; syncs "
             f"{'-' if r['syncs'] is None else r['syncs']}; {r['aten_ops']} aten ops"
         ]
-        for p in r["products"]:
+        others = [lib for lib in r.get("blas_libraries") or [] if lib != "default"]
+        for lib in others:
             lines.append(
-                f"   {p['role']:15s} ×{p['count']:<2d} {p['ms']:8.3f} ms {p['tflops']:6.0f} TF/s  {p['product']}"
+                f"   through {lib}: products in sequence {_f(r.get(f'products_seq_ms_{lib}'))}, alone "
+                f"{_f(r.get(f'products_alone_ms_{lib}'))}"
+            )
+        for p in r["products"]:
+            alt = "".join(f" ({lib} {p[f'ms_{lib}']:.3f} ms {p[f'tflops_{lib}']:4.0f})" for lib in others)
+            lines.append(
+                f"   {p['role']:15s} ×{p['count']:<2d} {p['ms']:8.3f} ms {p['tflops']:6.0f} TF/s{alt}  {p['product']}"
             )
     if "stats_ms" in r:
         cb = f" (copy {r['copy_gbps']:.0f} GB/s)" if r["copy_gbps"] else ""

@@ -73,3 +73,23 @@ def test_smoke_through_the_triton_interpreter(tmp_path, capsys):
     sweep = rows[1]["rows_sweep"]
     assert len(sweep) == 2 and all("error" not in s and s["stats_ms"] > 0 and s["grad_gbps"] > 0 for s in sweep)
     assert "config BLOCK_V=512" in out
+
+
+def test_smoke_times_the_products_through_each_blas_front_end(monkeypatch, tmp_path, capsys):
+    """On CUDA the products are timed through cuBLASLt too; on the CPU a stand-in front end runs that code."""
+    import contextlib
+
+    sys.path.insert(0, str(ROOT))
+    from bench import clo_phases
+
+    switched = []
+    monkeypatch.setattr(clo_phases, "blas_libraries", lambda device: ["default", "other"])
+    monkeypatch.setattr(clo_phases, "blas_library", lambda name: (switched.append(name), contextlib.nullcontext())[1])
+    out, rows = _smoke(tmp_path, capsys, ["--case", "quick", "quick-chunks"])
+    first = [r for r in rows if r["provider"] == "cltx"]  # the other front ends: the first provider only
+    assert len(first) == 2 and switched == ["default", "other", "default"] * 2  # cltx, cltx_overlap per case
+    for r in first:
+        assert r["blas_libraries"] == ["default", "other"] and r["products_seq_ms_other"] > 0
+        assert all(p["ms_other"] > 0 and p["tflops_other"] > 0 for p in r["products"])
+    assert all("products_seq_ms_other" not in r for r in rows if r["provider"] != "cltx")
+    assert out.count("through other: products in sequence") == 2
