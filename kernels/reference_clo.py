@@ -557,7 +557,8 @@ def fused_loss_and_grads(
     bad_label = (((lab < 0) & valid) | (lab >= V)).any()
     bad_flag = bad_ready = None
     if bad_label.is_cuda:
-        bad_flag = bad_label.to("cpu", non_blocking=True)
+        bad_flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+        bad_flag.copy_(bad_label, non_blocking=True)
         bad_ready = torch.cuda.Event()
         bad_ready.record()
     elif bool(bad_label):
