@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # The one GPU check: install cltx on the lent GPU machine, run the GPU test tier and the kernel
-# benchmarks, print a short table. Usage (on the GPU machine, repo root): bash bench/gpu_check.sh
+# benchmarks, print a short table. Usage (on the GPU machine, repo root), from this machine's device tool:
+#   export OUT; CLTX_GIT_SHA=<git rev-parse --short HEAD here> PART=speed bash bench/gpu_check.sh 2>&1 | tee $OUT/all.log
+# then the same with PART=tests on the warm machine (the GPU machine's copy of the tree has no .git:
+# CLTX_GIT_SHA names the commit in the results rows).
 # Peers (liger-kernel, cut-cross-entropy) travel as wheels in .whl/ (see bench/README or docs).
 set -uo pipefail
 OUT=${OUT:-/tmp/cltx-gpu-out}; mkdir -p "$OUT"
@@ -17,7 +20,17 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
 rm -f bench/results/*.jsonl.gpu
 status=0
-SALT_T=${SALT_T:-250}; CLO_T=${CLO_T:-300}
+# PART=speed: the benchmarks and phase breakdowns (worst case ~7 min, typically ~5);
+# PART=tests: the GPU test tiers and the peer benchmarks (worst case ~8 min); PART=all: both (two device calls'
+# worth: a device call is capped at 600 s). The step limits below are caps, not estimates.
+export PART=${PART:-all}
+case "$PART" in
+  speed) SALT_T=${SALT_T:-245}; CLO_T=${CLO_T:-155}; SKIP_MISC=${SKIP_MISC:-1} ;;
+  tests) SALT_T=${SALT_T:-170}; CLO_T=${CLO_T:-150}; MISC_T=${MISC_T:-150} ;;
+  all) SALT_T=${SALT_T:-420}; CLO_T=${CLO_T:-300}; MISC_T=${MISC_T:-150} ;;
+  *) echo "PART=$PART: use speed, tests or all"; exit 2 ;;
+esac
+echo "=== part: $PART (sha ${CLTX_GIT_SHA:-unknown})"
 if [ -z "${SKIP_SALT:-}" ]; then
   echo "=== salt_fit (limit ${SALT_T}s)"
   timeout "$SALT_T" bash bench/gpu_salt.sh 2>&1 | tee "$OUT/salt.log" || status=1
@@ -27,8 +40,9 @@ if [ -z "${SKIP_CLO:-}" ]; then
   timeout "$CLO_T" bash bench/gpu_clo.sh 2>&1 | tee "$OUT/clo.log" || status=1
 fi
 if [ -z "${SKIP_MISC:-}" ]; then
-  echo "=== other GPU-tier tests: CLO trainer (bf16), hf MT engine (limit ${MISC_T:=90}s)"
-  timeout "$MISC_T" python3 -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_clo_trainer.py tests/test_mt_hf.py \
+  echo "=== other GPU-tier tests: CLO trainer (bf16), FSDP through torchrun + Trainer.train, hf MT engine (limit ${MISC_T:=150}s)"
+  timeout "$MISC_T" python3 -m pytest -q -p no:cacheprovider -m gpu -rfE tests/test_clo_trainer.py tests/test_clo_fsdp.py \
+    tests/test_mt_hf.py \
     2>&1 | tail -15 || status=1
 fi
 changed=$(find bench/results -maxdepth 1 -name '*.jsonl' -newer "$started" | sort)

@@ -17,10 +17,15 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 status=0
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+# PART (from gpu_check.sh): tests = steps 1-2, speed = steps 3-5, all (default) = every step.
+PART=${PART:-all}
+if [ "$PART" != speed ]; then
 echo "== salt: GPU tests (limit ${SALT_TEST_T:=120}s)"
 timeout "$SALT_TEST_T" python -m pytest -q -p no:cacheprovider -m gpu tests/test_salt_fit.py tests/test_neighbors.py || status=1
 echo "== salt: pipeline GPU test (limit ${SALT_PIPE_T:=45}s)"
 timeout "$SALT_PIPE_T" python -m pytest -q -p no:cacheprovider -m gpu tests/test_salt_pipeline.py || status=1
+fi
+if [ "$PART" != tests ]; then
 echo "== salt: benchmark (paper preset, fp32; cltx = default v1, cltx_v2, cltx_v3; limit ${SALT_BENCH_T:=110}s)"
 timeout "$SALT_BENCH_T" python bench/bench_salt_fit.py --device cuda --preset paper \
   --providers cltx,cltx_v2,cltx_v3,reference,plain,sklearn || status=1
@@ -28,5 +33,6 @@ echo "== salt: phases (limit ${SALT_PHASES_T:=100}s, sweep budget ${SALT_PHASES_
 timeout "$SALT_PHASES_T" python bench/salt_phases.py --budget-s "$SALT_PHASES_BUDGET" || status=1
 echo "== salt: static sm_90 report, this triton (limit ${SALT_REPORT_T:=30}s)"
 timeout "$SALT_REPORT_T" python bench/kernel_report.py --only salt --variants v1 v3 --no-save || true
+fi
 echo "== salt: done (status $status)"
 exit $status
