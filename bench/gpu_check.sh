@@ -10,6 +10,7 @@ OUT=${OUT:-/tmp/cltx-gpu-out}; mkdir -p "$OUT"
 # At most 8 files come back from $OUT: install.log, salt.log, clo.log and the results files this run
 # appended to (salt_fit, salt_phases, clo_loss .jsonl); past 8 they are joined into one results.jsonl.
 started=$(mktemp); touch "$started"
+since=$(python3 -c "import time; print(time.strftime('%Y-%m-%dT%H:%M:%S'))")  # the harness's date format
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -53,5 +54,7 @@ elif [ -n "$changed" ]; then
   cat $changed >"$OUT/results.jsonl"  # each row names its bench
 fi
 rm -f "$started"
+echo "=== summary: the issue targets, from this run's rows"
+python3 bench/summary.py --since "$since" || true
 echo "=== files in \$OUT: $(ls "$OUT" | tr '\n' ' ')"
 exit $status

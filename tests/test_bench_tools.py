@@ -78,3 +78,84 @@ def test_salt_phases_smoke_runs_every_phase(tmp_path):
         if r.get("err") is not None:
             assert r["err"] < 1e-3, r
     assert "summary" in proc.stdout
+
+
+def test_summary_table_judges_each_case_against_its_target(tmp_path):
+    """bench/summary.py: salt vs plain of the same run and k, clo vs the floor with the target of its
+    preset and budget, the CCE-filtered comparison, the memory limits, and the --since filter."""
+    gpu = {"gpu": "NVIDIA H200", "run_id": "r1", "date": "2026-12-01T10:00:00"}
+    salt = [
+        {**gpu, "k": 16, "provider": "plain", "ms": 12.0, "peak_gib": 1.8, "io_gib": 0.9},
+        {**gpu, "k": 16, "provider": "cltx", "ms": 2.9, "peak_gib": 0.95, "io_gib": 0.9},
+        {**gpu, "k": 16, "provider": "cltx_v3", "ms": 3.1, "peak_gib": 1.2, "io_gib": 0.9},
+        {**gpu, "k": 64, "provider": "cltx", "ms": 5.0, "peak_gib": 0.9, "io_gib": 0.9},  # no plain row: skipped
+        {**gpu, "date": "2026-11-01T00:00:00", "k": 16, "provider": "cltx", "ms": 1.0},  # before --since
+        {"gpu": None, "run_id": "cpu", "date": "2026-12-01T10:00:00", "k": 16, "provider": "cltx", "ms": 9.0},
+    ]
+    base = {**gpu, "bench": "clo_loss", "grads_gib": 1.0}
+    clo = [
+        {
+            **base,
+            "preset": "8k",
+            "provider": "cltx",
+            "budget_gib": 2.0,
+            "mode": "pair",
+            "ms": 38.0,
+            "x_floor": 1.149,
+            "peak_over_inputs_gib": 2.9,
+        },
+        {
+            **base,
+            "preset": "8k",
+            "provider": "cce-filtered",
+            "budget_gib": None,
+            "mode": None,
+            "ms": 37.0,
+            "x_floor": 1.12,
+        },
+        {
+            **base,
+            "preset": "long",
+            "provider": "cltx",
+            "budget_gib": 2.0,
+            "mode": "deferred",
+            "ms": 158.0,
+            "x_floor": 1.46,
+            "peak_over_inputs_gib": 3.1,
+        },
+        {
+            **base,
+            "preset": "32k",
+            "provider": "cltx_overlap",
+            "budget_gib": 0.25,
+            "mode": "recompute",
+            "ms": 200.0,
+            "x_floor": 1.6,
+            "peak_over_inputs_gib": 1.2,
+        },
+    ]
+    for name, rows in (("salt_fit.jsonl", salt), ("clo_loss.jsonl", clo)):
+        (tmp_path / name).write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n", encoding="utf-8")
+    out = subprocess.run(
+        [sys.executable, "bench/summary.py", "--results", str(tmp_path), "--since", "2026-12-01T00:00:00"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    lines = {(ln.split()[1], ln.split()[2]): " ".join(ln.split()) for ln in out.splitlines()[1:]}  # one space
+    assert set(lines) == {
+        ("k=16", "cltx"),
+        ("k=16", "cltx_v3"),
+        ("8k", "budget=2.0"),
+        ("long", "budget=2.0"),
+        ("32k", "budget=0.25"),
+    }, out
+    assert "0.242x plain" in lines[("k=16", "cltx")] and " met " in lines[("k=16", "cltx")]
+    assert "0.258x plain <= 0.25 MISSED" in lines[("k=16", "cltx_v3")]
+    assert "1.200/0.990 GiB MISSED" in lines[("k=16", "cltx_v3")]  # peak over inputs + output + 10 %
+    eightk = lines[("8k", "budget=2.0")]
+    assert "<= 1.15 met; vs CCE-filtered 37.00 ms: MISSED" in eightk and "2.90/3.00 GiB met" in eightk
+    assert "<= 1.45 MISSED" in lines[("long", "budget=2.0")] and "3.10/3.00 GiB MISSED" in lines[("long", "budget=2.0")]
+    assert "cltx_overlap" in lines[("32k", "budget=0.25")] and "<= 1.7 met" in lines[("32k", "budget=0.25")]
