@@ -8,13 +8,11 @@ mis-normalisation would show up in the weights directly)."""
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import textwrap
 
 import torch
+from _launch import run_checked, torchrun
 from safetensors.torch import load_file
 
 WORKER = textwrap.dedent(
@@ -46,25 +44,12 @@ WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(cmd, cache):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLTX_CACHE": str(cache)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-
-
 def test_two_process_ddp_equals_single_process(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER, encoding="utf-8")
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2"]
-    _run([*torchrun, f"--master_port={_free_port()}", str(script), str(ddp), "1"], tmp_path / "cache-ddp")
-    _run([sys.executable, str(script), str(single), "2"], tmp_path / "cache-single")
+    run_checked([*torchrun(2), str(script), str(ddp), "1"], tmp_path / "cache-ddp")
+    run_checked([sys.executable, str(script), str(single), "2"], tmp_path / "cache-single")
     a, b = json.loads((ddp / "run.json").read_text()), json.loads((single / "run.json").read_text())
     assert (a["world"], b["world"]) == (2, 1)
     # 3 steps use 6 of the 8 micro-batches; the reference pass was split across the ranks

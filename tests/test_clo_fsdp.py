@@ -14,14 +14,12 @@ mis-normalisation or a sharded LM head inside the loss would show up in the weig
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import textwrap
 
 import pytest
 import torch
+from _launch import run_checked, torchrun
 from safetensors.torch import load_file
 
 MODES = ("attention", "full")
@@ -129,26 +127,13 @@ FSDP = COMMON + textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run(cmd, cache):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CLTX_CACHE": str(cache)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("clo-fsdp")
     (tmp / "fsdp.py").write_text(FSDP, encoding="utf-8")
     (tmp / "single.py").write_text(SINGLE, encoding="utf-8")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2"]
-    _run([*torchrun, f"--master_port={_free_port()}", str(tmp / "fsdp.py"), str(tmp / "fsdp")], tmp / "cache-fsdp")
-    _run([sys.executable, str(tmp / "single.py"), str(tmp / "single")], tmp / "cache-single")
+    run_checked([*torchrun(2), str(tmp / "fsdp.py"), str(tmp / "fsdp")], tmp / "cache-fsdp")
+    run_checked([sys.executable, str(tmp / "single.py"), str(tmp / "single")], tmp / "cache-single")
     fsdp = json.loads((tmp / "fsdp" / "run.json").read_text())
     single = json.loads((tmp / "single" / "run.json").read_text())
     return tmp, fsdp, single
@@ -306,21 +291,10 @@ def test_gpu_cli_fsdp_trainer_train_equals_plain_run(tmp_path, bf16):
     base += ["--batch-size", "2", "--logging-steps", "1", "--lr", "1e-3", "--seed", "0", "--train", "full"]
     if bf16:
         base.append("--bf16")
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=1"]
-    _run(
-        [
-            *torchrun,
-            f"--master_port={_free_port()}",
-            "-m",
-            "cltx.cli.main",
-            *base,
-            "--out",
-            str(tmp_path / "fsdp"),
-            "--fsdp",
-        ],
-        tmp_path / "cache-fsdp",
-    )
-    _run([sys.executable, "-m", "cltx.cli.main", *base, "--out", str(tmp_path / "plain")], tmp_path / "cache-plain")
+    fsdp_cmd = [*torchrun(1), "-m", "cltx.cli.main", *base, "--out", str(tmp_path / "fsdp"), "--fsdp"]
+    run_checked(fsdp_cmd, tmp_path / "cache-fsdp")
+    plain_cmd = [sys.executable, "-m", "cltx.cli.main", *base, "--out", str(tmp_path / "plain")]
+    run_checked(plain_cmd, tmp_path / "cache-plain")
     ra = json.loads((tmp_path / "fsdp" / "clo_report.json").read_text())
     rb = json.loads((tmp_path / "plain" / "clo_report.json").read_text())
     assert ra["steps"] == rb["steps"] == 4
