@@ -41,6 +41,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.bench_salt_fit import with_variant  # noqa: E402
 from bench.harness import machine  # noqa: E402
 
 PAPER = {"n": 30_000, "m": 20_000, "d_in": 768, "d_out": 4096, "ks": [16, 64]}
@@ -142,21 +143,6 @@ class Runner:
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     d = (out.float() - ref.float()).norm(dim=1)
     return (d / ref.float().norm(dim=1).clamp(min=1e-12)).max().item()
-
-
-def with_variant(variant: str, fn):
-    def run():
-        old = os.environ.get("CLTX_SALT_VARIANT")
-        os.environ["CLTX_SALT_VARIANT"] = variant
-        try:
-            return fn()
-        finally:
-            if old is None:
-                os.environ.pop("CLTX_SALT_VARIANT", None)
-            else:
-                os.environ["CLTX_SALT_VARIANT"] = old
-
-    return run
 
 
 def describe(
@@ -370,14 +356,14 @@ def main(argv=None) -> int:
         run.measure(k, "reference", "ref_total", lambda nb=nb: salt_fit_reference(xq, xb, yb, nb))
         reference_phases(run, k, xq, xb, yb, nb)
         for variant in variants:
-            full = with_variant(variant, lambda nb=nb: salt_fit(xq, xb, yb, nb))
+            full = with_variant(lambda nb=nb: salt_fit(xq, xb, yb, nb), variant)
             run.measure(k, variant, "full", full, check=lambda full=full, p=p: (rel_err(full(), p.ref), None))
             p.phases(variant)
     if not args.no_profile:  # 2. per-kernel device times of one call each
         for k, p in problems.items():
             print(f"-- profile k={k} (one call each, top {args.top} kernels by device time)", flush=True)
             for variant in variants:
-                full = with_variant(variant, lambda nb=p.nb: salt_fit(xq, xb, yb, nb))
+                full = with_variant(lambda nb=p.nb: salt_fit(xq, xb, yb, nb), variant)
                 profile_full(run, k, variant, full, args.top)
             profile_full(run, k, "reference", lambda nb=p.nb: salt_fit_reference(xq, xb, yb, nb), args.top)
     if not args.no_sweep:  # 3. launch configurations, until the budget is spent
