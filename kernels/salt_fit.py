@@ -233,6 +233,18 @@ if triton is not None:
         return A
 
     @triton.jit
+    def _unconverged(step, prev, alpha, AXIS: tl.constexpr):
+        # The refinement steps are a power iteration of μA⁻¹: ρ = |δ_p|/|δ_{p−1}| estimates μ/(σ+μ)
+        # of the slowest direction and |δ_p|·ρ/(1−ρ) the bias still left; a token above 1e-5·|α|
+        # has not converged (norms over AXIS, the neighbour axis; one flag per token).
+        s_norm = tl.sqrt(tl.sum(step * step, axis=AXIS))
+        p_norm = tl.sqrt(tl.sum(prev * prev, axis=AXIS))
+        a_norm = tl.sqrt(tl.sum(alpha * alpha, axis=AXIS))
+        rho = s_norm / tl.maximum(p_norm, 1e-30)
+        tail = s_norm * rho / tl.maximum(1.0 - rho, 1e-30)
+        return (rho >= 1.0) | (tail > 1e-5 * a_norm + 1e-30)
+
+    @triton.jit
     def _salt_fit_fwd_kernel(
         xq_ptr,
         xb_ptr,
@@ -325,16 +337,9 @@ if triton is not None:
             prev = step
             step = -shift * tl.sum(A * step[None, :], axis=1)
             alpha += step
-        # Converged? The steps are a power iteration of μA⁻¹: ρ = |δ_p|/|δ_{p−1}| estimates
-        # μ/(σ+μ) of the slowest direction and |δ_p|·ρ/(1−ρ) the bias still left. A token whose
-        # fp32 solve has not converged (an ill-conditioned set) is flagged and re-solved by the
-        # reference in float64 (see salt_fit).
-        s_norm = tl.sqrt(tl.sum(step * step, axis=0))
-        p_norm = tl.sqrt(tl.sum(prev * prev, axis=0))
-        a_norm = tl.sqrt(tl.sum(alpha * alpha, axis=0))
-        rho = s_norm / tl.maximum(p_norm, 1e-30)
-        tail = s_norm * rho / tl.maximum(1.0 - rho, 1e-30)
-        unconverged = (rho >= 1.0) | (tail > 1e-5 * a_norm + 1e-30)
+        # Converged? A token whose fp32 solve has not (an ill-conditioned set) is flagged and
+        # re-solved by the reference in float64 (see salt_fit).
+        unconverged = _unconverged(step, prev, alpha, AXIS=0)
         tl.store(flag_ptr + t, unconverged.to(tl.int8))
         beta = tl.where(first, alpha, 0.0)
         coef = beta * w  # the weight of each distinct neighbour row
@@ -518,13 +523,8 @@ if triton is not None:
             prev = step
             step = shift * (tl.sum(A * step[:, None, :], axis=2) - corr * step) * neg_scale
             alpha += step
-        # Converged? (the same test as _salt_fit_fwd_kernel; flagged tokens are re-solved in float64)
-        s_norm = tl.sqrt(tl.sum(step * step, axis=1))
-        p_norm = tl.sqrt(tl.sum(prev * prev, axis=1))
-        a_norm = tl.sqrt(tl.sum(alpha * alpha, axis=1))
-        rho = s_norm / tl.maximum(p_norm, 1e-30)
-        tail = s_norm * rho / tl.maximum(1.0 - rho, 1e-30)
-        unconverged = (rho >= 1.0) | (tail > 1e-5 * a_norm + 1e-30)
+        # Converged? (flagged tokens are re-solved in float64)
+        unconverged = _unconverged(step, prev, alpha, AXIS=1)
         tl.store(flag_ptr + t, unconverged.to(tl.int8), mask=live)
         beta = tl.where(first, alpha, 0.0)
         coef = beta * w
