@@ -424,39 +424,45 @@ def ref_row_grad_(
     logits.copy_(g)
 
 
-def _mm_f32_supported(device: torch.device) -> bool:
-    key = device.type
-    if key not in _MM_F32:
-        ok = False
-        if device.type == "cuda":
-            try:
-                a = torch.ones(2, 2, device=device, dtype=torch.bfloat16)
-                ok = torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
-            except Exception:  # older torch, or no fp32-output kernel for this device
-                ok = False
-        _MM_F32[key] = ok
-    return _MM_F32[key]
-
-
 _MM_F32: dict[str, bool] = {}
 _ADDMM_F32: dict[str, bool] = {}
 
 
-def _addmm_f32_supported(device: torch.device) -> bool:
-    """Whether ``torch.addmm(c32, a16, b16, out_dtype=torch.float32, out=c32)`` works (and adds) here."""
-    key = device.type
-    if key not in _ADDMM_F32:
+def _probe_once(cache: dict[str, bool], device: torch.device, probe) -> bool:
+    """``probe(device)`` run once per device type (CUDA only) and remembered in ``cache``; an
+    exception (older torch, or no fp32-output kernel for this device) counts as unsupported. A later
+    failure at the real call sets the entry to False."""
+    if device.type not in cache:
         ok = False
         if device.type == "cuda":
             try:
-                a = torch.ones(8, 8, device=device, dtype=torch.bfloat16)
-                c = torch.ones(8, 8, device=device, dtype=torch.float32)
-                torch.addmm(c, a, a, out_dtype=torch.float32, out=c)
-                ok = bool((c == 9).all())
-            except Exception:  # older torch, or no fp32-output kernel for this device
+                ok = bool(probe(device))
+            except Exception:
                 ok = False
-        _ADDMM_F32[key] = ok
-    return _ADDMM_F32[key]
+        cache[device.type] = ok
+    return cache[device.type]
+
+
+def _mm_f32_probe(device: torch.device) -> bool:
+    a = torch.ones(2, 2, device=device, dtype=torch.bfloat16)
+    return torch.mm(a, a, out_dtype=torch.float32).dtype == torch.float32
+
+
+def _addmm_f32_probe(device: torch.device) -> bool:
+    a = torch.ones(8, 8, device=device, dtype=torch.bfloat16)
+    c = torch.ones(8, 8, device=device, dtype=torch.float32)
+    torch.addmm(c, a, a, out_dtype=torch.float32, out=c)
+    return bool((c == 9).all())
+
+
+def _mm_f32_supported(device: torch.device) -> bool:
+    """Whether ``torch.mm(a16, b16, out_dtype=torch.float32)`` works here."""
+    return _probe_once(_MM_F32, device, _mm_f32_probe)
+
+
+def _addmm_f32_supported(device: torch.device) -> bool:
+    """Whether ``torch.addmm(c32, a16, b16, out_dtype=torch.float32, out=c32)`` works (and adds) here."""
+    return _probe_once(_ADDMM_F32, device, _addmm_f32_probe)
 
 
 def _addmm_f32_(acc: torch.Tensor, a: torch.Tensor, b: torch.Tensor, first: bool) -> None:
