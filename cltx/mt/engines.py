@@ -228,9 +228,10 @@ class BergamotEngine:
         self.direction = direction
         # The package's own LRU cache would hide engine cost in benchmarks; keep it minimal.
         self._translator = Translator(cache_size=1, cache_max_entry_chars=1)
-        self.threads = max(1, threads if threads is not None else min(4, os.cpu_count() or 1))
-        self.max_input_len = max_input_len
-        self.sentences = bool(sentences)
+        threads = _int_option("threads", threads, none_ok=True)
+        self.threads = threads if threads is not None else min(4, os.cpu_count() or 1)
+        self.max_input_len = _int_option("max_input_len", max_input_len)
+        self.sentences = _bool_option("sentences", sentences)
         self.length = len
 
     def _one(self, text: str) -> str:
@@ -352,6 +353,13 @@ class HFEngine:
 
         from cltx.models import resolve_model
 
+        # checked before the (slow) model load
+        batch_tokens = _int_option("batch_tokens", batch_tokens)
+        max_length = _int_option("max_length", max_length, none_ok=True)
+        max_input_len = _int_option("max_input_len", max_input_len, minimum=3, none_ok=True)
+        num_beams = _int_option("num_beams", num_beams)
+        if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
+            raise bad_arg("--engine-option dtype", dtype, "use float32, float16 or bfloat16")
         self.name = f"hf:{model}"
         try:
             path = resolve_model(model)
@@ -472,7 +480,7 @@ class PythonEngine:
         self.fn = fn
         self.name = name
         limit = options.pop("max_input_len", getattr(fn, "max_input_len", None))
-        self.max_input_len = int(limit) if limit is not None else None
+        self.max_input_len = _int_option("max_input_len", limit, none_ok=True)
         try:
             params = inspect.signature(fn).parameters
         except (TypeError, ValueError):
@@ -510,6 +518,21 @@ def load_callable(spec: str) -> Any:
     if not callable(fn):
         raise bad_arg("--engine", f"python:{spec}", f"{module!r} has no callable {func!r}")
     return fn
+
+
+def _int_option(name: str, value: Any, *, minimum: int = 1, none_ok: bool = False) -> int | None:
+    """``value`` as an int ``>= minimum`` (``--engine-option name=value``), else a house-style error."""
+    if value is None and none_ok:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise bad_arg(f"--engine-option {name}", value, f"give a whole number >= {minimum}")
+    return value
+
+
+def _bool_option(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise bad_arg(f"--engine-option {name}", value, "give true or false")
+    return value
 
 
 def _coerce(value: str) -> Any:
