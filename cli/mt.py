@@ -230,6 +230,7 @@ def register(app: typer.Typer) -> None:
             report = run_file(
                 input, output, eng, config, resume=resume, overwrite=overwrite, skip_invalid=skip_invalid,
                 rejects_path=rejects, progress=progress, references=references,
+                settings={"engine_options": parse_options(engine_option), "keep_newlines": keep_newlines},
             )  # fmt: skip
         if report is not None and not quiet:
             render_report(report)

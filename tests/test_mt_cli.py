@@ -101,6 +101,34 @@ def test_cli_existing_output_needs_resume_or_overwrite(files):
     assert len(out.read_text().splitlines()) == 2
 
 
+def test_cli_resume_refuses_other_engine_options(files):
+    # the engine's options and --keep-newlines reach the resume check (they change the translation)
+    tmp, inp, _ = files
+    eng = tmp / "stop.py"
+    eng.write_text("def translate(texts, tgt):\n    raise KeyboardInterrupt\n")
+    out = tmp / "o.jsonl"
+    r = _run(inp, out, "--fields", "question,output", "--engine", f"python:{eng}:translate", "--batch-records", "1")
+    assert r.exit_code == 130 and (tmp / "o.jsonl.run.json").exists()
+    eng.write_text(ENGINE)
+    for extra, needle in ((["--engine-option", "max_input_len=80"], "engine_options"),
+                          (["--no-keep-newlines"], "keep_newlines")):  # fmt: skip
+        args = ["--fields", "question,output", "--engine", f"python:{eng}:translate", "--resume", *extra]
+        r = _run(inp, out, *args)
+        assert r.exit_code == 1 and needle in _error_line(r)
+    r = _run(inp, out, "--fields", "question,output", "--engine", f"python:{eng}:translate", "--resume", "-q")
+    assert r.exit_code == 0, r.output
+    assert len(out.read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("where", ["input", "output"])
+def test_cli_folder_given_as_a_file_is_one_red_line(files, where):
+    tmp, inp, eng = files
+    (tmp / "d").mkdir()
+    args = (tmp / "d", tmp / "o.jsonl") if where == "input" else (inp, tmp / "d", "--overwrite")
+    r = _run(*args, "--fields", "question", "--engine", eng)
+    assert r.exit_code == 1 and "is a folder" in _error_line(r)
+
+
 def test_cli_missing_input_file(tmp_path):
     r = _run(tmp_path / "nope.jsonl", tmp_path / "o.jsonl", "--fields", "question")
     assert r.exit_code == 1 and "nope.jsonl" in _error_line(r)

@@ -365,3 +365,62 @@ def test_sharded_resume_in_process(tmp_path):
         run_file(inp, out, InterruptAt(1), cfg, rank=rank, world_size=3, resume=True)
     run_file(inp, out, InterruptAt(1), cfg, rank=0, world_size=3, resume=True, merge_timeout=30)
     assert out.read_bytes() == ref.read_bytes()
+
+
+class Lower:
+    name = "lower"
+
+    def translate(self, texts):
+        return [t.lower() for t in texts]
+
+
+def test_resume_refuses_another_engine_engine_options_or_input(tmp_path):
+    # Output positions are input line numbers: resuming with another engine (or its options) or
+    # over an edited input would silently mix two translations in one file.
+    inp = _sample(tmp_path, 6)
+    out = tmp_path / "out.jsonl"
+    cfg = MTConfig(fields=FIELDS, batch_records=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_file(inp, out, InterruptAt(3), cfg, settings={"engine_options": {}})
+    before = out.read_bytes()
+    with pytest.raises(CltxError, match="other settings.*'engine'"):
+        run_file(inp, out, Lower(), cfg, resume=True, settings={"engine_options": {}})
+    with pytest.raises(CltxError, match="other settings.*'engine_options'"):
+        run_file(inp, out, Upper(), cfg, resume=True, settings={"engine_options": {"threads": 2}})
+    edited = tmp_path / "edited.jsonl"
+    edited.write_text(inp.read_text().replace("Summarize", "Shorten"))
+    with pytest.raises(CltxError, match="other settings.*'input_size_sha256'"):
+        run_file(edited, out, Upper(), cfg, resume=True, settings={"engine_options": {}})
+    assert out.read_bytes() == before
+    same = tmp_path / "copy.jsonl"  # the same content under another name resumes
+    same.write_bytes(inp.read_bytes())
+    run_file(same, out, Upper(), cfg, resume=True, settings={"engine_options": {}})
+    assert [r["_mt"]["line"] for r in _rows(out)] == [1, 2, 3, 4, 5, 6]
+
+
+def test_folders_and_conflicting_flags_are_user_errors(tmp_path):
+    inp = _write(tmp_path, '{"question": "q"}\n', "in.jsonl")
+    folder = tmp_path / "d"
+    folder.mkdir()
+    cfg = MTConfig(fields=["question"])
+    with pytest.raises(CltxError, match="INPUT=.*is a folder"):
+        run_file(folder, tmp_path / "o.jsonl", Upper(), cfg)
+    for kw in ({}, {"overwrite": True}, {"resume": True}):
+        with pytest.raises(CltxError, match="OUTPUT=.*is a folder"):
+            run_file(inp, folder, Upper(), cfg, **kw)
+    assert folder.is_dir()
+    run_file(inp, tmp_path / "o.jsonl", Upper(), cfg)
+    with pytest.raises(CltxError, match="--resume/--overwrite"):
+        run_file(inp, tmp_path / "o.jsonl", Upper(), cfg, resume=True, overwrite=True)
+
+
+def test_a_non_utf8_line_at_the_top_is_one_reject(tmp_path):
+    # the first 4 KB are sniffed for a JSON array: a bad byte there must not fail the whole file
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(b'\xef\xbb\xbf{"question": "a"}\n{"question": "b \xff"}\n{"question": "c"}\n')
+    out = tmp_path / "o.jsonl"
+    with pytest.raises(CltxError, match=r"in.jsonl:2: not UTF-8"):
+        run_file(inp, out, Upper(), MTConfig(fields=["question"]))
+    run_file(inp, out, Upper(), MTConfig(fields=["question"]), skip_invalid=True)
+    assert [r["question"] for r in _rows(out)] == ["A", "C"]
+    assert [r["line"] for r in _rows(tmp_path / "o.rejects.jsonl")] == [2]

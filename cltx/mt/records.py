@@ -35,13 +35,16 @@ def _where(path: Path, line: int, array: bool) -> str:
 
 
 def _is_array(path: Path) -> bool:
-    with open(path, encoding="utf-8") as fh:
-        while True:
-            ch = fh.read(1)
-            if not ch:
-                return False
-            if not ch.isspace() and ch != "\ufeff":
-                return ch == "["
+    # Bytes, not text: a JSONL line that is not UTF-8 must reach read_items (which rejects that
+    # one line), not fail the decoding of the first buffer here.
+    with open(path, "rb") as fh:
+        head = fh.read(4096)
+        while head:
+            body = head.removeprefix(b"\xef\xbb\xbf").lstrip()
+            if body:
+                return body[:1] == b"["
+            head = fh.read(4096)
+    return False
 
 
 def read_items(path: str | Path, fields: list[str], *, require_all: bool = False) -> Iterator[InputItem]:
@@ -53,6 +56,8 @@ def read_items(path: str | Path, fields: list[str], *, require_all: bool = False
     path = Path(path)
     if not path.exists():
         raise CltxError(f"INPUT={str(path)!r}: no such file; fix: check the path")
+    if not path.is_file():
+        raise CltxError(f"INPUT={str(path)!r}: is a folder, not a file; fix: give a JSONL or JSON file")
     if _is_array(path):
         try:
             with open(path, encoding="utf-8-sig") as fh:

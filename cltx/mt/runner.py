@@ -23,8 +23,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from cltx.errors import CltxError, bad_arg
 from cltx.mt.engines import Engine, engine_name
@@ -57,6 +58,18 @@ def dist_env() -> tuple[int, int]:
     if world < 1 or not 0 <= rank < world:
         raise CltxError(f"RANK={rank} WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
     return rank, world
+
+
+def _input_identity(path: Path) -> str:
+    """Size and SHA-256 of the input: output positions are input line numbers, so a resume over an
+    edited input would mix records of two files."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return f"{path.stat().st_size}:{h.hexdigest()[:16]}"
 
 
 def _read_done(path: Path, key) -> set[int]:
@@ -180,6 +193,7 @@ def run_file(
     rank: int | None = None,
     world_size: int | None = None,
     merge_timeout: float | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict | None:
     """Translate ``input_path`` into ``output_path``; return the report (rank 0) or ``None``.
 
@@ -192,6 +206,8 @@ def run_file(
         references: reference translations (JSONL) for BLEU/chrF in the report.
         rank / world_size: sharding; default from the environment (:func:`dist_env`).
         merge_timeout: seconds rank 0 waits for the other shards (``None``: no limit).
+        settings: more of what a ``resume`` must match (JSON-able), e.g. the engine's options; the
+            engine's name and the input file's size and content hash are always checked.
     """
     from cltx.mt.report import build_report, write_report
 
@@ -199,6 +215,10 @@ def run_file(
     inp, out = Path(input_path), Path(output_path)
     if inp.resolve() == out.resolve():
         raise bad_arg("OUTPUT", str(out), "is the input file; write to another path")
+    if out.is_dir():
+        raise bad_arg("OUTPUT", str(out), "is a folder; give a file path, e.g. OUTPUT/translated.jsonl")
+    if resume and overwrite:
+        raise bad_arg("--resume/--overwrite", True, "--resume continues OUTPUT, --overwrite replaces it; drop one")
     if rank is None or world_size is None:
         rank, world_size = dist_env()
     final_rejects = Path(rejects_path) if rejects_path else default_rejects(out)
@@ -228,7 +248,10 @@ def run_file(
 
     writer = _Writer(
         shard_out, shard_rej, resume=resume, overwrite=overwrite or world_size > 1 and resume is False,
-        fingerprint={**config.fingerprint(), "world_size": world_size},
+        fingerprint={
+            **config.fingerprint(), "world_size": world_size, "engine": engine_name(engine),
+            **dict(settings or {}), "input_size_sha256": _input_identity(inp),
+        },
     )  # fmt: skip
     pipe = Pipeline(engine, config, hooks)
     mine = sum(1 for k in range(n_valid) if k % world_size == rank)
