@@ -424,3 +424,27 @@ def test_a_non_utf8_line_at_the_top_is_one_reject(tmp_path):
     run_file(inp, out, Upper(), MTConfig(fields=["question"]), skip_invalid=True)
     assert [r["question"] for r in _rows(out)] == ["A", "C"]
     assert [r["line"] for r in _rows(tmp_path / "o.rejects.jsonl")] == [2]
+
+
+def test_rejects_path_never_destroys_a_file(tmp_path):
+    # --rejects naming the input deleted the input (a new run clears its rejects file first); naming
+    # any other existing file silently replaced it; naming the output mixed rejects into the output
+    inp = _write(tmp_path, '{"question": "q"}\n{"other": 1}\n', "in.jsonl")
+    original = inp.read_bytes()
+    cfg = MTConfig(fields=["question"])
+    out = tmp_path / "o.jsonl"
+    for rej, needle in ((inp, "is the INPUT file"), (out, "is the OUTPUT file"), (tmp_path, "is a folder")):
+        with pytest.raises(CltxError, match=f"--rejects=.*{needle}"):
+            run_file(inp, out, Upper(), cfg, skip_invalid=True, rejects_path=rej, overwrite=True)
+    assert inp.read_bytes() == original
+    notes = _write(tmp_path, "my notes\n", "notes.txt")
+    with pytest.raises(CltxError, match="--rejects=.*exists"):
+        run_file(inp, out, Upper(), cfg, skip_invalid=True, rejects_path=notes)
+    assert notes.read_text() == "my notes\n" and not out.exists()
+    run_file(inp, out, Upper(), cfg, skip_invalid=True, rejects_path=notes, overwrite=True)
+    assert [r["line"] for r in _rows(notes)] == [2]
+    with pytest.raises(CltxError, match="--references=.*not a file"):
+        run_file(inp, tmp_path / "o2.jsonl", Upper(), cfg, skip_invalid=True, references=tmp_path)
+    report_named = _write(tmp_path, '{"question": "q"}\n', "x.report.json")
+    with pytest.raises(CltxError, match="would replace the input"):
+        run_file(report_named, tmp_path / "x.jsonl", Upper(), cfg)

@@ -105,6 +105,11 @@ class _Writer:
         exists = out.exists() and out.stat().st_size > 0
         if exists and not resume and not overwrite:
             raise bad_arg("OUTPUT", str(out), "exists; pass --resume to continue it or --overwrite to replace it")
+        if rejects.exists() and rejects.stat().st_size > 0 and not resume and not overwrite:
+            raise bad_arg(
+                "--rejects", str(rejects), "exists; pass --resume to continue it, --overwrite to replace it, "
+                "or name another file with --rejects",
+            )  # fmt: skip
         if resume and self.state.exists():
             saved = json.loads(self.state.read_text())
             if saved != fingerprint:
@@ -222,6 +227,15 @@ def run_file(
     if rank is None or world_size is None:
         rank, world_size = dist_env()
     final_rejects = Path(rejects_path) if rejects_path else default_rejects(out)
+    if report_path(out).resolve() == inp.resolve():
+        raise bad_arg("OUTPUT", str(out), f"its report {report_path(out)} would replace the input; rename OUTPUT")
+    if final_rejects.is_dir():
+        raise bad_arg("--rejects", str(final_rejects), "is a folder; give a file path, e.g. rejects.jsonl")
+    for name, other in (("INPUT", inp), ("OUTPUT", out)):
+        if final_rejects.resolve() == other.resolve():  # a new run would delete it first
+            raise bad_arg("--rejects", str(final_rejects), f"is the {name} file; name another file")
+    if references is not None and not Path(references).is_file():
+        raise bad_arg("--references", str(references), "is not a file; give the reference JSONL file")
     if world_size > 1:
         shard_out = out.with_name(f"{out.name}.shard-{rank}-of-{world_size}")
         shard_rej = final_rejects.with_name(f"{final_rejects.name}.shard-{rank}-of-{world_size}")
