@@ -469,6 +469,22 @@ def test_vectors_of_the_wrong_width(models, tmp_path, no_heavy_work):
         _run(models["tied"], models["plm"], tmp_path / "o", vectors=str(vec))
 
 
+def test_vectors_with_a_nan_fail_with_the_line(models, tmp_path, no_heavy_work):
+    """One NaN row would silently reorder every token's neighbours (NaN sorts above all cosines)."""
+    from transformers import AutoTokenizer
+
+    words = [t for t in AutoTokenizer.from_pretrained(models["plm"]).get_vocab() if t.isalpha()][:6]
+    rng = np.random.default_rng(0)
+    lines = [w + " " + " ".join(f"{v:.4f}" for v in rng.normal(size=3)) for w in words]
+    vec = tmp_path / "nan.vec"
+    for bad in ("nan", "inf", "1e39"):  # 1e39 overflows float32
+        rows = list(lines)
+        rows[2] = f"{words[2]} 0.1 {bad} 0.3"
+        vec.write_text(f"{len(words)} 3\n" + "\n".join(rows) + "\n")
+        with pytest.raises(CltxError, match=rf"vectors=.*line 4 \({words[2]!r}\) holds a NaN or infinite"):
+            _run(models["tied"], models["plm"], tmp_path / "o", vectors=str(vec))
+
+
 def test_bad_options_and_occupied_out(models, tmp_path):
     from cltx.salt import SaltConfig
 

@@ -68,7 +68,8 @@ def load_vectors(path: str | Path, words: Iterable[str]) -> tuple[dict[str, np.n
         ``({word: float32 vector (dim,)}, dim)``. The first occurrence of a word wins.
 
     Raises:
-        CltxError: any line whose width differs from the file's (the header's, or the first line's).
+        CltxError: any line whose width differs from the file's (the header's, or the first line's); a
+            wanted word's vector with a non-number, NaN or infinity (beyond float32's range included).
     """
     count, dim = vec_header(path)
     wanted = set(words)
@@ -88,11 +89,19 @@ def load_vectors(path: str | Path, words: Iterable[str]) -> tuple[dict[str, np.n
             word = fields[0]
             if word in wanted and word not in found:
                 try:
-                    found[word] = np.asarray(fields[1:], dtype=np.float32)
+                    with np.errstate(over="ignore"):  # beyond float32's range → inf, rejected below
+                        v = np.asarray(fields[1:], dtype=np.float32)
                 except ValueError as e:
                     raise CltxError(
                         f"vectors={str(path)!r}: line {lineno} has a non-number ({e}); fix: pass a fastText .vec file"
                     ) from e
+                # One NaN row would poison every cosine it meets (NaN sorts above every similarity).
+                if not np.isfinite(v).all():
+                    raise CltxError(
+                        f"vectors={str(path)!r}: line {lineno} ({word!r}) holds a NaN or infinite number; "
+                        "fix: drop or repair that line (every vector must be finite)"
+                    )
+                found[word] = v
     logger.info("vectors: %d of %d wanted words found in %s (dim %d)", len(found), len(wanted), path, dim)
     return found, dim
 
