@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from cltx.cli._ui import RichProgress, out, setup_logging, user_errors
+from cltx.cli._ui import RichProgress, console, out, setup_logging, user_errors
 
 
 class Method(str, Enum):
@@ -29,7 +29,14 @@ def register(app: typer.Typer) -> None:
     @app.command("salt")
     @user_errors
     def salt(
-        out_dir: Annotated[Path, typer.Option("--out", help="Output folder (--method all: a subfolder per method).")],
+        out_dir: Annotated[
+            Path,
+            typer.Option(
+                "--out",
+                help="Output folder (--method all: a subfolder per method): new, empty, or an earlier "
+                "cltx salt output, whose results are replaced.",
+            ),
+        ],
         llm: Annotated[
             str, typer.Option("--llm", help="The LLM: embedded name (smollm2-135m), model folder or hub id.")
         ] = "smollm2-135m",
@@ -82,8 +89,18 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             device=device,
         )
-        with RichProgress() as progress:
-            summary = transfer_vocabulary(config, out_dir, progress=progress)
+        try:
+            with RichProgress() as progress:
+                summary = transfer_vocabulary(config, out_dir, progress=progress)
+        except KeyboardInterrupt:
+            # Not the shared handler's "--resume" hint: salt has no resume, a rerun starts over.
+            from rich.markup import escape
+
+            console.print(
+                f"[yellow]interrupted[/]: {escape(str(out_dir))} is incomplete; rerun the same command to start over",
+                highlight=False,
+            )
+            raise typer.Exit(code=130) from None
 
         m = summary["matching"]
         counts = ", ".join(f"{k} {v}" for k, v in m["match_counts"].items() if v)

@@ -364,6 +364,8 @@ def test_every_method_finite_rules_hold_and_report_complete(models, eval_file, t
             assert key in rep, key
         assert rep["method"] == method
         assert rep["eval"]["bits_per_byte"] == pytest.approx(table["methods"][method]["bits_per_byte"])
+        assert set(rep["timings"]) == {"check", "load", "neighbours", "init", "save", "eval"}
+        assert rep["timings"]["eval"] == rep["eval"]["seconds"] > 0
         assert math.isfinite(rep["eval"]["bits_per_byte"]) and rep["eval"]["bits_per_byte"] > 0
         assert len(rep["tokens"]) == rep["new_tokens"] + rep["unmapped_specials"]
         model, _ = _load(folder)
@@ -485,6 +487,83 @@ def test_vectors_with_a_nan_fail_with_the_line(models, tmp_path, no_heavy_work):
             _run(models["tied"], models["plm"], tmp_path / "o", vectors=str(vec))
 
 
+def test_eval_text_that_is_not_utf8_is_a_user_error(models, tmp_path, no_heavy_work):
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("Stra\u00dfe und Br\u00fccke\n".encode("latin-1"))
+    with pytest.raises(CltxError, match=r"eval_text=.*latin1.txt.*not UTF-8 text \(byte 4"):
+        _run(models["tied"], models["plm"], tmp_path / "o", eval_text=str(bad))
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(CltxError, match=r"^eval_text=.*empty.txt.*no text"):
+        _run(models["tied"], models["plm"], tmp_path / "o", eval_text=str(empty))
+    assert not (tmp_path / "o").exists()
+
+
+def test_out_that_cannot_be_created_fails_before_loading(models, tmp_path, no_heavy_work):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(CltxError, match=r"out=.*a-file/sub.*cannot create the folder"):
+        _run(models["tied"], models["plm"], blocker / "sub")
+
+
+def test_device_index_is_checked(monkeypatch):
+    from cltx.salt import SaltConfig
+    from cltx.salt.transfer import _resolve_device
+
+    for bad in ("cuda:x", "cuda:", "cuda:-1", "gpu"):
+        with pytest.raises(CltxError, match="device="):
+            SaltConfig(device=bad)
+    assert SaltConfig(device="cuda:1").device == "cuda:1"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _resolve_device("cuda:0") == "cuda:0"
+    with pytest.raises(CltxError, match=r"device='cuda:3': this machine has 1 GPU"):
+        _resolve_device("cuda:3")
+
+
+def test_rerun_replaces_every_earlier_result(models, eval_file, tmp_path):
+    """A rerun into an earlier output must not leave the earlier run's results beside its own."""
+    out = tmp_path / "re"
+    _run(models["tied"], models["plm"], out, eval_text=str(eval_file))
+    assert (out / "bits_per_byte.json").exists()
+    (out / "notes.txt").write_text("mine")
+    _run(models["tied"], models["plm"], out, method="mean")
+    assert json.loads((out / "salt_report.json").read_text())["method"] == "mean"
+    assert not (out / "bits_per_byte.json").exists()  # that table scored the earlier salt model
+    _run(models["tied"], models["plm"], out, method="all")
+    assert not (out / "model.safetensors").exists() and not (out / "salt_report.json").exists()
+    assert (out / "salt" / "model.safetensors").exists()
+    _run(models["tied"], models["plm"], out, method="focus")
+    assert not any((out / m).exists() for m in ("salt", "focus", "mean", "random"))
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_interrupted_run_can_be_rerun(models, tmp_path, monkeypatch):
+    from cltx.salt import VocabularyTransfer
+
+    real_save = VocabularyTransfer.save
+
+    def interrupted(self, init, out, **kw):
+        Path(out).mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out)  # weights written, no report yet
+        raise KeyboardInterrupt
+
+    out = tmp_path / "int"
+    monkeypatch.setattr(VocabularyTransfer, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _run(models["tied"], models["plm"], out, method="all")
+    monkeypatch.setattr(VocabularyTransfer, "save", real_save)
+    summary = _run(models["tied"], models["plm"], out, method="all")
+    assert set(summary["methods"]) == {p.name for p in out.iterdir() if p.is_dir()}
+
+
+def test_out_must_not_be_the_input_model(models, tmp_path):
+    out = tmp_path / "chain"
+    _run(models["tied"], models["plm"], out, method="mean")
+    with pytest.raises(CltxError, match=r"out=.*is the llm folder"):
+        _run(out, models["plm"], out)
+
+
 def test_bad_options_and_occupied_out(models, tmp_path):
     from cltx.salt import SaltConfig
 
@@ -530,6 +609,25 @@ def test_cli_bad_input_is_one_red_line(models, tmp_path):
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 1
     assert "error:" in res.output and "no tokenizer" in res.output and "Traceback" not in res.output
+
+
+def test_cli_interrupt_points_to_a_rerun(models, tmp_path, monkeypatch):
+    """salt has no --resume: Ctrl-C must not advise one."""
+    from typer.testing import CliRunner
+
+    import cltx.salt.transfer as transfer
+    from cltx.cli.main import app
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(transfer, "transfer_vocabulary", interrupted)
+    out = tmp_path / "o"
+    args = ["salt", "--llm", str(models["tied"]), "--plm", str(models["plm"]), "--out", str(out)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 130
+    assert "interrupted" in res.output and "rerun the same command" in res.output
+    assert "--resume" not in res.output and "Traceback" not in res.output
 
 
 # ------------------------------------------------------------------------------------ integration

@@ -38,6 +38,25 @@ logger = logging.getLogger(__name__)
 ALL = "all"
 REPORT = "salt_report.json"
 EVAL_TABLE = "bits_per_byte.json"
+# Written into ``--out`` before the first result, so that an interrupted run's folder is still
+# recognised as cltx salt's (and a rerun may reuse it).
+MARKER = ".cltx-salt"
+# What a run writes at the top of ``--out`` (besides the method subfolders of ``--method all``):
+# a rerun removes these first, so no earlier result survives beside the new one.
+OWN_FILES = (
+    REPORT,
+    EVAL_TABLE,
+    "config.json",
+    "generation_config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+)
+OWN_GLOBS = ("model-*-of-*.safetensors",)
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -102,8 +121,10 @@ class SaltConfig:
             raise bad_arg("ridge", self.ridge, "pass a finite number ≥ 0 (0 = minimum-norm least squares)")
         if not isinstance(self.holdout, int) or self.holdout < 0:
             raise bad_arg("holdout", self.holdout, "pass a number of tokens ≥ 0")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise bad_arg("device", self.device, "use auto, cpu, cuda or cuda:N")
+        dev = self.device
+        indexed = isinstance(dev, str) and dev.startswith("cuda:") and dev[5:].isascii() and dev[5:].isdigit()
+        if not (dev in ("auto", "cpu", "cuda") or indexed):
+            raise bad_arg("device", dev, "use auto, cpu, cuda or cuda:N (N a GPU index: 0, 1, …)")
         if self.vectors is not None and not Path(self.vectors).is_file():
             raise bad_arg("vectors", self.vectors, "no such file; pass a fastText .vec text file")
         if self.eval_text is not None and not Path(self.eval_text).is_file():
@@ -138,6 +159,9 @@ def _resolve_device(device: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise bad_arg("device", device, "CUDA is not available here; use --device cpu (or auto)")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise bad_arg("device", device, f"this machine has {n} GPU(s); use cuda:0 … cuda:{n - 1} (or auto)")
     return device
 
 
@@ -710,6 +734,8 @@ class VocabularyTransfer:
         rep["timings"]["save"] = time.perf_counter() - t0
         if extra:
             rep.update(extra)
+            if isinstance(extra.get("eval"), dict) and "seconds" in extra["eval"]:
+                rep["timings"]["eval"] = extra["eval"]["seconds"]
         (out / REPORT).write_text(json.dumps(rep, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
         return out
 
@@ -776,14 +802,51 @@ def _to_basis(idx, positions):
 # --------------------------------------------------------------------------------- entry point
 
 
+def _is_salt_output(p: Path) -> bool:
+    """Whether a folder was written by ``cltx salt`` (also an interrupted run's)."""
+    if any((p / name).exists() for name in (MARKER, REPORT, EVAL_TABLE)):
+        return True
+    return any((p / m / REPORT).exists() for m in METHODS)
+
+
 def check_out_dir(out: str | Path) -> Path:
     """An output folder must be new, empty, or an earlier ``cltx salt`` output (never clobber others)."""
     p = Path(out)
     if p.exists() and not p.is_dir():
         raise bad_arg("out", str(out), "is a file; pass a folder path")
-    if p.is_dir() and any(p.iterdir()) and not ((p / REPORT).exists() or (p / EVAL_TABLE).exists()):
+    if p.is_dir() and any(p.iterdir()) and not _is_salt_output(p):
         raise bad_arg("out", str(out), "exists and holds other files; pass a new or empty folder")
     return p
+
+
+def _make_out_dir(out: Path) -> bool:
+    """Create ``out`` now (before any heavy work), so an impossible path fails at once; True if created."""
+    if out.is_dir():
+        return False
+    try:
+        out.mkdir(parents=True)
+    except OSError as e:
+        why = e.strerror or str(e)
+        raise bad_arg("out", str(out), f"cannot create the folder ({why}); pass a writable folder path") from e
+    return True
+
+
+def clear_earlier_output(out: str | Path) -> None:
+    """Remove an earlier ``cltx salt`` run's results from ``out`` (its model, tokenizer, report,
+    bits-per-byte table, method subfolders) and mark the folder as this run's. Other files stay."""
+    import shutil
+
+    p = check_out_dir(out)
+    p.mkdir(parents=True, exist_ok=True)
+    for name in OWN_FILES:
+        (p / name).unlink(missing_ok=True)
+    for pattern in OWN_GLOBS:
+        for f in p.glob(pattern):
+            f.unlink()
+    for m in METHODS:
+        if (p / m).is_dir():
+            shutil.rmtree(p / m)
+    (p / MARKER).write_text("written by cltx salt; a rerun of cltx salt may replace this folder's results\n")
 
 
 def transfer_vocabulary(config: SaltConfig, out: str | Path, *, progress: Progress | None = None) -> dict:
@@ -799,15 +862,41 @@ def transfer_vocabulary(config: SaltConfig, out: str | Path, *, progress: Progre
         "llm_bits_per_byte": float | None, "matching": {...}, "timings": {...}}``.
     """
     from cltx.paths import data_file
-    from cltx.pretrain import read_documents
 
     progress = ensure_progress(progress)
     out = check_out_dir(out)
+    for arg, name in (("llm", config.llm), ("plm", config.plm)):
+        src = Path(name).expanduser()
+        if src.is_dir() and out.is_dir() and src.resolve() == out.resolve():
+            raise bad_arg("out", str(out), f"is the {arg} folder itself; pass a new folder for the result")
     eval_path = config.eval_text
     if eval_path is None and config.method == ALL:
         eval_path = str(data_file("eval_en.txt"))
-    docs = read_documents(eval_path) if eval_path else None
+    docs = _read_eval_text(eval_path) if eval_path else None
+    created = _make_out_dir(out)
+    try:
+        return _transfer(config, out, eval_path, docs, progress)
+    except BaseException:
+        # A failed first run leaves no empty folder behind.
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
 
+
+def _read_eval_text(path: str) -> list[str]:
+    from cltx.pretrain import read_documents
+
+    try:
+        return read_documents(path)
+    except UnicodeDecodeError as e:
+        bad = e.object[e.start : e.start + 1]
+        raise bad_arg("eval_text", path, f"is not UTF-8 text (byte {e.start} is {bad!r}); convert it to UTF-8") from e
+    except CltxError as e:
+        msg = str(e)
+        raise CltxError("eval_" + msg if msg.startswith("text=") else msg) from e
+
+
+def _transfer(config: SaltConfig, out: Path, eval_path: str | None, docs: list[str] | None, progress) -> dict:
     t = VocabularyTransfer(config, progress)
     progress.start("salt", total=3 + 2 * len(config.methods), description="salt")
     t.check()
@@ -822,6 +911,8 @@ def transfer_vocabulary(config: SaltConfig, out: str | Path, *, progress: Progre
         summary["llm_eval"] = base
     t.neighbours()
     progress.advance("salt")
+    # Every check has passed: only now is an earlier run's result replaced.
+    clear_earlier_output(out)
     for method in config.methods:
         progress.message(f"initialising with {method}")
         init = t.initialize(method)
