@@ -75,6 +75,10 @@ def make_config(
         raise bad_arg("lr", lr, "give a positive learning rate")
     if grad_accum < 1:
         raise bad_arg("grad_accum", grad_accum, "give a positive number of accumulation steps")
+    if warmup_steps < 0:
+        raise bad_arg("warmup_steps", warmup_steps, "give 0 or more warm-up steps")
+    if save_steps < 0:
+        raise bad_arg("save_steps", save_steps, "give 0 (no checkpoints) or a positive number of steps")
     if device not in (None, "cpu", "cuda"):
         raise bad_arg("device", device, "use 'cpu' or 'cuda' (or leave it out: the GPU when present)")
     kw: dict[str, Any] = dict(
@@ -106,39 +110,62 @@ def make_config(
 # --------------------------------------------------------------------------------------- text
 
 
-def read_documents(path: str | Path, *, text_fields: list[str] | None = None) -> list[str]:
+def read_documents(path: str | Path, *, text_fields: list[str] | None = None, argument: str = "text") -> list[str]:
     """Read training documents from a text or JSONL file.
 
-    * ``.jsonl``: one record a line; a document is the record's ``text_fields`` (default: every
-      string field whose name does not start with ``_``) joined by newlines.
-    * anything else: plain text, one document per non-empty line.
+    * ``.jsonl`` / ``.json`` (any case): one record a line, or (``.json``) one JSON array of
+      records; a document is the record's ``text_fields`` (default: every string field whose name
+      does not start with ``_``) joined by newlines.
+    * anything else: plain text, one document per non-empty line (``text_fields`` is an error).
 
     Raises:
-        CltxError: missing file, malformed JSON (file and line named), or no text at all.
+        CltxError: missing file, not UTF-8, malformed JSON (file and line named), or no text at all;
+        ``argument`` names the option in the message (``text``, ``eval_text``).
     """
     p = Path(path)
     if not p.is_file():
-        raise bad_arg("text", str(path), "no such file; pass a .txt (one document a line) or .jsonl file")
-    docs: list[str] = []
-    if p.suffix == ".jsonl":
-        with p.open(encoding="utf-8") as fh:
-            for no, line in enumerate(fh, 1):
+        what = "a folder, not a file" if p.is_dir() else "no such file"
+        raise bad_arg(argument, str(path), f"{what}; pass a .txt (one document a line) or .jsonl file")
+    try:
+        raw = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise bad_arg(argument, str(path), f"not UTF-8 text ({e.reason} at byte {e.start}); re-encode it") from e
+    suffix = p.suffix.lower()
+    if suffix not in (".jsonl", ".json"):
+        if text_fields:
+            raise bad_arg(
+                "text_fields", text_fields, f"only a .jsonl/.json {argument} has fields; {p.name} is read as plain "
+                "text (one document a line): drop --text-field or pass the JSONL file",
+            )  # fmt: skip
+        docs = [ln.strip() for ln in raw.splitlines() if ln.strip()]
+    else:
+        if suffix == ".json" and raw.lstrip().startswith("["):
+            try:
+                records = list(enumerate(json.loads(raw), 1))
+            except json.JSONDecodeError as e:
+                raise CltxError(f"{argument}={str(p)!r}: line {e.lineno} is not valid JSON ({e.msg}); fix it") from e
+        else:
+            records = []
+            for no, line in enumerate(raw.splitlines(), 1):
                 if not line.strip():
                     continue
                 try:
-                    rec = json.loads(line)
+                    records.append((no, json.loads(line)))
                 except json.JSONDecodeError as e:
-                    raise CltxError(f"text={str(p)!r}: line {no} is not valid JSON ({e.msg}); fix the line") from e
-                if not isinstance(rec, dict):
-                    raise CltxError(f"text={str(p)!r}: line {no} is not a JSON object")
-                keys = text_fields or [k for k, v in rec.items() if isinstance(v, str) and not k.startswith("_")]
-                parts = [rec[k] for k in keys if isinstance(rec.get(k), str) and rec[k].strip()]
-                if parts:
-                    docs.append("\n".join(parts))
-    else:
-        docs = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+                    raise CltxError(
+                        f"{argument}={str(p)!r}: line {no} is not valid JSON ({e.msg}); fix the line"
+                    ) from e
+        docs = []
+        for no, rec in records:
+            if not isinstance(rec, dict):
+                raise CltxError(f"{argument}={str(p)!r}: record {no} is not a JSON object")
+            keys = text_fields or [k for k, v in rec.items() if isinstance(v, str) and not k.startswith("_")]
+            parts = [rec[k] for k in keys if isinstance(rec.get(k), str) and rec[k].strip()]
+            if parts:
+                docs.append("\n".join(parts))
     if not docs:
-        raise bad_arg("text", str(path), "the file holds no text; give a non-empty text or JSONL file")
+        hint = f" (no record has a text field among {text_fields})" if text_fields else ""
+        raise bad_arg(argument, str(path), f"the file holds no text{hint}; give a non-empty text or JSONL file")
     return docs
 
 
@@ -297,9 +324,11 @@ def pretrain(
 
     prog = ensure_progress(progress)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise bad_arg("out", str(out), "is a file; give a folder for the model, tokenizer and report")
     cfg = config or make_config(out, **options)
     docs = read_documents(text, text_fields=text_fields)
-    eval_docs = _cap_docs(read_documents(eval_text), cfg.max_eval_bytes) if eval_text else None
+    eval_docs = _cap_docs(read_documents(eval_text, argument="eval_text"), cfg.max_eval_bytes) if eval_text else None
 
     set_seed(cfg.seed)
     t0 = time.perf_counter()

@@ -173,3 +173,53 @@ def test_cli_pretrain(tiny, tmp_path):
         app, ["pretrain", "--model", str(tiny), "--text", str(tmp_path / "nope.txt"), "--out", "x"]
     )
     assert res.exit_code == 1 and "text=" in res.output and "Traceback" not in res.output
+
+
+def test_read_documents_json_suffixes_encoding_and_fields(tmp_path):
+    # .json / .JSONL were read as plain text (each line of JSON syntax a training document), a
+    # --text-field on a .txt was ignored, and a non-UTF-8 byte was a UnicodeDecodeError traceback
+    from cltx.pretrain import read_documents
+
+    arr = tmp_path / "a.json"
+    arr.write_text(json.dumps([{"q": "Olá", "_mt": {"status": "joint"}}, {"q": "Tchau", "a": "x"}]))
+    assert read_documents(arr) == ["Olá", "Tchau\nx"]
+    upper = tmp_path / "b.JSONL"
+    upper.write_text('{"q": "Oi", "n": 3}\n\n{"q": "Até"}\n')
+    assert read_documents(upper) == ["Oi", "Até"]
+    assert read_documents(upper, text_fields=["q"]) == ["Oi", "Até"]
+    with pytest.raises(CltxError, match=r"no text \(no record has a text field among \['title'\]\)"):
+        read_documents(upper, text_fields=["title"])
+    txt = tmp_path / "t.txt"
+    txt.write_text("linha um\nlinha dois\n")
+    with pytest.raises(CltxError, match="text_fields=.*plain text"):
+        read_documents(txt, text_fields=["q"])
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"ok\nbad \xff byte\n")
+    with pytest.raises(CltxError, match="eval_text=.*not UTF-8"):
+        read_documents(bad, argument="eval_text")
+    with pytest.raises(CltxError, match="text=.*a folder"):
+        read_documents(tmp_path)
+
+
+def test_pretrain_options_checked_before_the_model_loads(tmp_path, monkeypatch):
+    # --warmup-steps -1 was a ValueError traceback from transformers, --save-steps -1 was accepted,
+    # --out naming a file failed (FileExistsError traceback) only after the model had loaded, and a
+    # missing --eval-text was reported as text=
+    import cltx.models
+    from cltx.pretrain import pretrain
+
+    def no_load(*a, **k):
+        raise AssertionError("the model loaded before the options were checked")
+
+    monkeypatch.setattr(cltx.models, "load_causal_lm", no_load)
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(TEXT[:4]))
+    for kw, match in (
+        ({"warmup_steps": -1}, "warmup_steps=-1"),
+        ({"save_steps": -1}, "save_steps=-1"),
+        ({"eval_text": tmp_path / "nope.txt"}, "eval_text=.*no such file"),
+    ):
+        with pytest.raises(CltxError, match=match):
+            pretrain("m", text, tmp_path / "o", max_steps=1, **kw)
+    with pytest.raises(CltxError, match="out=.*is a file"):
+        pretrain("m", text, text, max_steps=1)
