@@ -410,7 +410,8 @@ def test_vectors_file_is_the_similarity_space(models, tmp_path):
         f"{len(words)} 5\n" + "".join(w + " " + " ".join(f"{v:.4f}" for v in rng.normal(size=5)) + "\n" for w in words)
     )
     out = tmp_path / "v"
-    _run(models["tied"], models["plm"], out, vectors=str(vec))
+    # The largest seed: the fallback draws' derived seed must still be one torch accepts.
+    _run(models["tied"], models["plm"], out, vectors=str(vec), seed=2**53)
     rep = json.loads((out / "salt_report.json").read_text())
     assert rep["similarity_space"] == "vectors"
     by_init = {}
@@ -573,6 +574,9 @@ def test_bad_options_and_occupied_out(models, tmp_path):
         SaltConfig(k_min=9, k_max=4)
     with pytest.raises(CltxError, match="temperature="):
         SaltConfig(temperature=0)
+    for seed in (2**53 + 1, -(2**53) - 1, 1.5):
+        with pytest.raises(CltxError, match="seed="):
+            SaltConfig(seed=seed)
     with pytest.raises(CltxError, match="vectors="):
         SaltConfig(vectors=str(tmp_path / "missing.vec"))
     occupied = tmp_path / "occupied"

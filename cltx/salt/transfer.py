@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 ALL = "all"
 REPORT = "salt_report.json"
 EVAL_TABLE = "bits_per_byte.json"
+SEED_LIMIT = 2**53
 # Written into ``--out`` before the first result, so that an interrupted run's folder is still
 # recognised as cltx salt's (and a rerun may reuse it).
 MARKER = ".cltx-salt"
@@ -119,6 +120,9 @@ class SaltConfig:
                 raise bad_arg(name, v, "pass a finite number > 0")
         if not (isinstance(self.ridge, (int, float)) and math.isfinite(self.ridge) and self.ridge >= 0):
             raise bad_arg("ridge", self.ridge, "pass a finite number ≥ 0 (0 = minimum-norm least squares)")
+        # The fallback draws are seeded with seed·1000 + …, which torch's generator must still accept.
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or abs(self.seed) > SEED_LIMIT:
+            raise bad_arg("seed", self.seed, f"pass an integer between -{SEED_LIMIT} and {SEED_LIMIT} (2**53)")
         if not isinstance(self.holdout, int) or self.holdout < 0:
             raise bad_arg("holdout", self.holdout, "pass a number of tokens ≥ 0")
         dev = self.device
