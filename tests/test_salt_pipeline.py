@@ -399,6 +399,19 @@ def test_every_method_finite_rules_hold_and_report_complete(models, eval_file, t
                 np.testing.assert_allclose(row, w @ src, rtol=1e-3, atol=1e-4)
 
 
+def test_unknown_tokens_in_the_eval_text_are_counted(models, tmp_path, caplog):
+    """A [UNK] stands for all the bytes it replaced: bits per byte are then optimistic, and say so."""
+    text = tmp_path / "emoji.txt"
+    text.write_text("walk to the river \U0001f600\nthe \u65e5\u672c old house\nthe garden\n", encoding="utf-8")
+    out = tmp_path / "u"
+    with caplog.at_level("WARNING", logger="cltx.salt.transfer"):
+        _run(models["tied"], models["plm"], out, method="mean", eval_text=str(text))
+    rep = json.loads((out / "salt_report.json").read_text())
+    assert rep["eval"]["unk_tokens"] == 3
+    assert any("3 of" in r.getMessage() and "[UNK]" in r.getMessage() for r in caplog.records)
+    assert json.loads((out / "bits_per_byte.json").read_text())["llm_eval"]["unk_tokens"] == 0  # byte-level
+
+
 def test_vectors_file_is_the_similarity_space(models, tmp_path):
     from transformers import AutoTokenizer
 
