@@ -481,7 +481,10 @@ def test_vectors_of_the_wrong_width(models, tmp_path, no_heavy_work):
     with pytest.raises(CltxError, match=r"vectors=.*line 3 has 3 numbers, expected 4"):
         _run(models["tied"], models["plm"], tmp_path / "o", vectors=str(vec))
     vec.write_text("3 4\nthe 0.1 0.2 0.3\n")
-    with pytest.raises(CltxError, match=r"header says 4 dimensions but the first vector has 3"):
+    with pytest.raises(CltxError, match=r"header says 4 dimensions but the first vector has 3; fix"):
+        _run(models["tied"], models["plm"], tmp_path / "o", vectors=str(vec))
+    vec.write_text("1 4\nthe\t0.1\t0.2\t0.3\t0.4\n")
+    with pytest.raises(CltxError, match=r"first vector has 0 \(its fields are separated by tabs"):
         _run(models["tied"], models["plm"], tmp_path / "o", vectors=str(vec))
 
 

@@ -46,8 +46,9 @@ def vec_header(path: str | Path) -> tuple[int | None, int]:
         if second.strip():
             width = len(_fields(second)) - 1
             if width != dim:
+                tabs = " (its fields are separated by tabs: a .vec file uses single spaces)" if "\t" in second else ""
                 raise CltxError(
-                    f"vectors={str(path)!r}: the header says {dim} dimensions but the first vector has {width}; "
+                    f"vectors={str(path)!r}: the header says {dim} dimensions but the first vector has {width}{tabs}; "
                     "fix: pass a well-formed fastText .vec file (one word and <dim> numbers a line)"
                 )
     else:
