@@ -187,7 +187,8 @@ def register(app: typer.Typer) -> None:
         """Translate the named fields of every record, jointly (CS + Indicator Tokens) or field by field.
 
         Output: JSONL in input order with the translated fields replaced, `_source` (the English) and
-        `_mt` (status joint/fallback/separate/failed/empty, IT style, splits). A report is printed and
+        `_mt` (status joint/fallback/separate/failed/empty, IT style, splits); a record's own `_source`/`_mt`
+        (translating a cltx mt output again) are kept as `_source_prev`/`_mt_prev`. A report is printed and
         written to OUTPUT-stem.report.json. Under torchrun/accelerate (WORLD_SIZE > 1) each rank
         translates its share and rank 0 merges in order.
 

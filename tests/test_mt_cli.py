@@ -150,3 +150,29 @@ def test_readme_main_command_on_the_sample_data(tmp_path, monkeypatch):
     rep = json.loads((tmp_path / "runs/sample_pt.report.json").read_text())
     assert rep["failures"] == 0 and rep["joint_success_rate"] >= 0.8
     assert all(x["_mt"]["status"] in ("joint", "fallback") for x in rows)
+
+
+@pytest.mark.parametrize("content", ["", "[]"])
+def test_cli_empty_input_is_one_red_line(files, content):
+    # exited 0 with an empty output and no word
+    tmp, _, eng = files
+    inp = tmp / "e.jsonl"
+    inp.write_text(content)
+    r = _run(inp, tmp / "o.jsonl", "--fields", "question", "--engine", eng)
+    assert r.exit_code == 1
+    assert "holds no records" in _error_line(r)
+    assert not (tmp / "o.jsonl").exists()
+
+
+def test_cli_retranslating_an_output_keeps_its_source_and_mt(files):
+    tmp, inp, eng = files
+    r = _run(inp, tmp / "pt.jsonl", "--fields", "question,instruction", "--engine", eng, "-q")
+    assert r.exit_code == 0, r.output
+    r = _run(tmp / "pt.jsonl", tmp / "en.jsonl", "--fields", "question,instruction", "--engine", eng, "-q")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(x) for x in (tmp / "en.jsonl").read_text().splitlines()]
+    assert rows[0]["_source_prev"] == {"question": "Who?"} and rows[0]["_mt_prev"]["line"] == 1
+    assert rows[0]["_source"] == {"question": "WHO?"}  # joint: the "pt:" went with the Catalyst Statement
+    r = _run(tmp / "en.jsonl", tmp / "pt2.jsonl", "--fields", "question,instruction", "--engine", eng, "-q")
+    assert r.exit_code == 1
+    assert "en.jsonl:1: record already has _source_prev and _mt_prev" in _error_line(r)

@@ -351,3 +351,43 @@ def test_config_errors_name_the_option(kwargs, arg):
 def test_pipeline_reads_limit_from_engine():
     pipe = Pipeline(KeepNewlines(Identity(max_input_len=7)), MTConfig(fields=["a"]))
     assert pipe.limit == 7
+
+
+@pytest.mark.parametrize(
+    ("returned", "needle"),
+    [
+        ([None], "item 1 of 1 as a NoneType (None), not a str"),
+        (["ok", 5], "item 2 of 2 as a int (5), not a str"),
+        ("A", "returned a str, not a list, for 1 texts"),
+    ],
+)
+def test_non_string_engine_output_names_the_item_and_its_type(returned, needle):
+    # [None] was reported as "returned 1 items for 1 texts", which hides what is wrong
+    from cltx.mt.engines import EngineOutputError, checked_translate
+
+    class Bad:
+        name = "bad"
+
+        def translate(self, texts):
+            return returned
+
+    texts = ["a"] if isinstance(returned, str) else ["a"] * len(returned)
+    with pytest.raises(EngineOutputError) as e:
+        checked_translate(Bad(), texts)
+    assert needle in str(e.value) and "one str per input text" in str(e.value)
+    out = translate_records([{"answer": "a"}], Bad(), MTConfig(fields=["answer"], mode="separate"))
+    if len(texts) == 1:
+        assert out[0]["_mt"]["status"] == "failed" and needle in out[0]["_mt"]["error"]
+
+
+def test_existing_source_and_mt_are_kept_as_prev():
+    # a cltx mt output translated again (back-translation) lost its _source/_mt silently
+    rec = {"question": "x", "_mt": {"a": 1}, "_source": 5}
+    out = translate_records([rec], Upper(), MTConfig(fields=["question"]))[0]
+    assert out["_source_prev"] == 5 and out["_mt_prev"] == {"a": 1}
+    assert out["_source"] == {"question": "x"} and out["_mt"]["status"] == "joint"
+    # a third pass would overwrite the *_prev keys: refused, never silent
+    with pytest.raises(CltxError, match=r"_source_prev.*fix: remove or rename"):
+        translate_records([out], Upper(), MTConfig(fields=["question"]))
+    with pytest.raises(CltxError, match="_mt_prev"):
+        MTConfig(fields=["question", "_mt_prev"])

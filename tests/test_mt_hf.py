@@ -154,3 +154,62 @@ def test_nllb_and_m2m100_force_the_target_language_token(tmp_path, lang_tokens, 
     gen = eng.model.generate(**enc, forced_bos_token_id=eng.forced_bos_token_id, max_new_tokens=4)
     assert gen[0, 1].item() == vocab[forced]  # first generated token after the decoder start
     assert len(eng.translate(["the bridge was built", "by local workers"])) == 2
+
+
+def _no_model_load(monkeypatch):
+    import transformers
+
+    class NoLoad:
+        @staticmethod
+        def from_pretrained(*a, **k):
+            raise AssertionError("the model loaded before --engine-option device was checked")
+
+    monkeypatch.setattr(transformers, "AutoModelForSeq2SeqLM", NoLoad)
+
+
+@pytest.mark.parametrize(
+    ("device", "cuda_count", "needle"),
+    [
+        ("gpu0", 1, "--engine-option device='gpu0': use cpu, cuda, cuda:N"),
+        ("cuda:x", 1, "--engine-option device='cuda:x': use cpu, cuda, cuda:N"),
+        ("meta", 1, "--engine-option device='meta': use cpu, cuda, cuda:N"),
+        (-1, 1, "--engine-option device=-1: use cpu, cuda, cuda:N"),
+        ("cuda", 0, "no CUDA GPU is visible here"),
+        ("cuda:3", 2, "device='cuda:3': 2 CUDA GPU(s) are visible: use cuda:0 to cuda:1"),
+        (2, 2, "device='cuda:2': 2 CUDA GPU(s) are visible"),
+    ],
+)
+def test_bad_device_is_a_user_error_before_the_model_loads(tiny_marian, monkeypatch, device, cuda_count, needle):
+    # device=gpu0 was a torch RuntimeError traceback after the model had loaded
+    import torch
+
+    from cltx.errors import CltxError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda_count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: cuda_count)
+    _no_model_load(monkeypatch)
+    with pytest.raises(CltxError) as e:
+        make_engine(f"hf:{tiny_marian}", "en", "pt", options={"device": device})
+    assert needle in str(e.value)
+
+
+def test_device_cpu_and_cli_error_line(tiny_marian, tmp_path):
+    from typer.testing import CliRunner
+
+    from cltx.cli.main import app
+
+    eng = make_engine(f"hf:{tiny_marian}", "en", "pt", options={"device": "cpu"}, keep_newlines=False)
+    assert eng.device.type == "cpu"
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"question": "Who?"}\n')
+    args = ["mt", str(inp), str(tmp_path / "o.jsonl"), "--fields", "question", "--engine", f"hf:{tiny_marian}"]
+    r = CliRunner().invoke(app, [*args, "--engine-option", "device=gpu0"])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: --engine-option device='gpu0'")
+    # a folder without a saved model was a multi-line ValueError traceback from the tokenizer
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    args[-1] = f"hf:{empty}"
+    r = CliRunner().invoke(app, args)
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 1 and len(lines) == 1 and "has no config.json" in lines[0], r.output

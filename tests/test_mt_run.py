@@ -448,3 +448,36 @@ def test_rejects_path_never_destroys_a_file(tmp_path):
     report_named = _write(tmp_path, '{"question": "q"}\n', "x.report.json")
     with pytest.raises(CltxError, match="would replace the input"):
         run_file(report_named, tmp_path / "x.jsonl", Upper(), cfg)
+
+
+def test_back_translation_keeps_the_first_runs_source_and_mt(tmp_path):
+    # translating a cltx mt output again replaced its _source/_mt: the English original was lost
+    inp = _write(tmp_path, '{"id": 1, "question": "who?"}\n{"id": 2, "question": "why?"}\n', "en.jsonl")
+    run_file(inp, tmp_path / "pt.jsonl", Upper(), MTConfig(fields=["question"]))
+    back = MTConfig(fields=["question"], src="pt", tgt="en", mode="separate")
+    run_file(tmp_path / "pt.jsonl", tmp_path / "en2.jsonl", Upper(), back)
+    rows = _rows(tmp_path / "en2.jsonl")
+    assert [r["_source_prev"] for r in rows] == [{"question": "who?"}, {"question": "why?"}]
+    assert [r["_mt_prev"]["status"] for r in rows] == ["joint", "joint"]
+    assert rows[0]["_source"] == {"question": "WHO?"} and rows[0]["_mt"]["status"] == "separate"
+    # a third pass would overwrite _source_prev/_mt_prev: refused before any work, naming line and fix
+    with pytest.raises(CltxError, match=r"en2.jsonl:1: record already has _source_prev and _mt_prev.*jq"):
+        run_file(tmp_path / "en2.jsonl", tmp_path / "pt3.jsonl", Upper(), MTConfig(fields=["question"]))
+    assert not (tmp_path / "pt3.jsonl").exists()
+    run_file(tmp_path / "en2.jsonl", tmp_path / "pt3.jsonl", Upper(), MTConfig(fields=["question"]), skip_invalid=True)
+    assert [json.loads(r["raw"])["_source_prev"] for r in _rows(tmp_path / "pt3.rejects.jsonl")] == [
+        {"question": "who?"},
+        {"question": "why?"},
+    ]
+
+
+@pytest.mark.parametrize(("content", "name"), [("", "e.jsonl"), ("\n  \n\n", "blank.jsonl"), ("[]", "e.json")])
+def test_an_input_without_records_is_a_user_error(tmp_path, content, name):
+    # an empty input wrote an empty output and exited 0 without a word
+    inp = _write(tmp_path, content, name)
+    out = tmp_path / "o.jsonl"
+    out.write_text('{"kept": true}\n')
+    for kw in ({"overwrite": True}, {"resume": True}):
+        with pytest.raises(CltxError, match=rf"INPUT='.*{name}': holds no records.*fix: check the path"):
+            run_file(inp, out, Upper(), MTConfig(fields=["question"]), **kw)
+    assert out.read_text() == '{"kept": true}\n'  # refused before the output is touched

@@ -66,9 +66,23 @@ def checked_translate(engine: Engine, texts: list[str]) -> list[str]:
     if not texts:
         return []
     out = engine.translate(list(texts))
-    if not isinstance(out, (list, tuple)) or len(out) != len(texts) or not all(isinstance(s, str) for s in out):
-        shown = type(out).__name__ if not isinstance(out, (list, tuple)) else f"{len(out)} items"
-        raise EngineOutputError(f"engine {engine_name(engine)} returned {shown} for {len(texts)} texts")
+    name = engine_name(engine)
+    fix = "the engine must return a list of one str per input text, in order"
+    if not isinstance(out, (list, tuple)):
+        what = f"a {type(out).__name__}, not a list,"
+        raise EngineOutputError(f"engine {name} returned {what} for {len(texts)} texts; {fix}")
+    if len(out) != len(texts):
+        raise EngineOutputError(f"engine {name} returned {len(out)} items for {len(texts)} texts; {fix}")
+    bad = [i for i, s in enumerate(out) if not isinstance(s, str)]
+    if bad:
+        i = bad[0]
+        shown = repr(out[i])
+        shown = shown if len(shown) <= 30 else shown[:27] + "..."
+        more = f" ({len(bad)} of {len(out)} items are not strings)" if len(bad) > 1 else ""
+        raise EngineOutputError(
+            f"engine {name} returned item {i + 1} of {len(out)} as a {type(out[i]).__name__} ({shown}), "
+            f"not a str{more}; {fix}"
+        )
     return list(out)
 
 
@@ -360,16 +374,21 @@ class HFEngine:
         num_beams = _int_option("num_beams", num_beams)
         if dtype is not None and dtype not in ("float32", "float16", "bfloat16"):
             raise bad_arg("--engine-option dtype", dtype, "use float32, float16 or bfloat16")
+        device = _device_option(device)
         self.name = f"hf:{model}"
         try:
             path = resolve_model(model)
         except CltxError:
             path = model
+        if Path(path).is_dir() and not (Path(path) / "config.json").is_file():
+            fix = f"{path} has no config.json; give a folder written by save_pretrained (model and tokenizer)"
+            raise bad_arg("--engine", f"hf:{model}", fix)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(str(path))
             self.model = AutoModelForSeq2SeqLM.from_pretrained(str(path))
-        except OSError as e:
-            fix = f"cannot load a seq2seq model there ({e}); give a local folder"
+        except (OSError, ValueError) as e:  # ValueError: a folder without tokenizer/model files
+            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            fix = f"cannot load a seq2seq model there ({why}); give a folder with a saved model and tokenizer"
             raise bad_arg("--engine", f"hf:{model}", fix) from e
         if device is None:
             # one GPU per rank under torchrun / accelerate launch
@@ -518,6 +537,38 @@ def load_callable(spec: str) -> Any:
     if not callable(fn):
         raise bad_arg("--engine", f"python:{spec}", f"{module!r} has no callable {func!r}")
     return fn
+
+
+def _device_option(value: Any) -> str | None:
+    """``--engine-option device=`` checked before the model loads: ``cpu``, ``cuda``, ``cuda:N`` (or
+    ``N``), ``mps``; an accelerator must be present (and ``N`` below its device count)."""
+    import torch
+
+    if value is None:
+        return None
+    valid = "use cpu, cuda, cuda:N (N = GPU index) or mps, or leave it out (the GPU when present)"
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        value = f"cuda:{value}"  # device=0, as in transformers pipelines
+    if not isinstance(value, str):
+        raise bad_arg("--engine-option device", value, valid)
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError) as e:
+        raise bad_arg("--engine-option device", value, valid) from e
+    if dev.type == "cpu":
+        return value
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise bad_arg("--engine-option device", value, "no CUDA GPU is visible here; use cpu (or leave it out)")
+        if dev.index is not None and dev.index >= n:
+            raise bad_arg("--engine-option device", value, f"{n} CUDA GPU(s) are visible: use cuda:0 to cuda:{n - 1}")
+        return value
+    if dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise bad_arg("--engine-option device", value, "MPS is not available here; use cpu (or leave it out)")
+        return value
+    raise bad_arg("--engine-option device", value, valid)
 
 
 def _int_option(name: str, value: Any, *, minimum: int = 1, none_ok: bool = False) -> int | None:

@@ -90,9 +90,11 @@ class MTConfig:
         dup = sorted({f for f in self.fields if self.fields.count(f) > 1})
         if dup:
             raise bad_arg("--fields", ",".join(self.fields), f"{', '.join(dup)} named twice")
-        reserved = [f for f in self.fields if f in ("_source", "_mt")]
+        reserved = [f for f in self.fields if f in ("_source", "_mt", "_source_prev", "_mt_prev")]
         if reserved:
-            raise bad_arg("--fields", ",".join(self.fields), "_source and _mt are written by cltx mt")
+            raise bad_arg(
+                "--fields", ",".join(self.fields), "_source, _mt, _source_prev and _mt_prev are written by cltx mt"
+            )
         if self.mode not in MODES:
             raise bad_arg("--mode", self.mode, f"choose one of {', '.join(MODES)}")
         if not self.styles:
@@ -160,9 +162,25 @@ class RecordResult:
         return self.meta["status"]
 
     def output(self) -> dict:
-        """The output record: all fields, the translated ones replaced, then ``_source`` and ``_mt``."""
-        out = {k: v for k, v in self.record.items() if k not in ("_source", "_mt")}
+        """The output record: all fields, the translated ones replaced, then ``_source`` and ``_mt``.
+
+        The input record's own ``_source``/``_mt`` (an earlier ``cltx mt`` output translated again)
+        are kept as ``_source_prev``/``_mt_prev``, never dropped.
+
+        Raises:
+            CltxError: the record also has ``_source_prev``/``_mt_prev`` (see
+                :func:`cltx.mt.records.previous_run_clash`); input files are checked for this first.
+        """
+        from cltx.mt.records import WRITTEN_KEYS, previous_run_clash
+
+        clash = previous_run_clash(self.record)
+        if clash:
+            raise CltxError(f"record {self.line}: {clash}")
+        out = {k: v for k, v in self.record.items() if k not in WRITTEN_KEYS}
         out.update(self.translated)
+        for k in WRITTEN_KEYS:
+            if k in self.record:
+                out[f"{k}_prev"] = self.record[k]
         out["_source"] = dict(self.source)
         out["_mt"] = dict(self.meta)
         return out

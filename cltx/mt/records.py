@@ -8,6 +8,11 @@ Which fields a record must have: a record is translated on the named fields it *
 value; ``null`` counts as absent); a named field it lacks is simply not translated. It is an error
 when a record has none of the named fields, or — with ``require_all`` — lacks any of them. A named
 field holding anything but a string or null (a number, a list …) is always an error.
+
+Records that already carry ``_source`` / ``_mt`` (a ``cltx mt`` output translated again, e.g. back
+into English) keep them as ``_source_prev`` / ``_mt_prev``: the new run writes its own ``_source``
+and ``_mt``. A record holding both ``_source`` and ``_source_prev`` (or both ``_mt`` and
+``_mt_prev``, a third pass) is an error: moving the old value would overwrite the older one.
 """
 
 from __future__ import annotations
@@ -93,6 +98,27 @@ def read_items(path: str | Path, fields: list[str], *, require_all: bool = False
             yield item
 
 
+#: Keys cltx mt writes into every output record; an input record's own values move to ``KEY_prev``.
+WRITTEN_KEYS = ("_source", "_mt")
+
+
+def previous_run_clash(obj: dict) -> str | None:
+    """Why ``obj``'s own ``_source``/``_mt`` cannot be kept as ``*_prev`` (``None``: they can).
+
+    A second ``cltx mt`` pass over an output moves its ``_source``/``_mt`` to ``_source_prev``/``_mt_prev``;
+    a third pass would overwrite those, so it is refused rather than losing them silently.
+    """
+    clash = [k for k in WRITTEN_KEYS if k in obj and f"{k}_prev" in obj]
+    if not clash:
+        return None
+    prev = [f"{k}_prev" for k in clash]
+    return (
+        f"record already has {' and '.join(prev)} (from earlier cltx mt runs) besides {' and '.join(clash)}; "
+        f"translating it again would overwrite {prev[0]} with {clash[0]}; fix: remove or rename "
+        f"{' and '.join(prev)} first, e.g. jq -c 'del({', '.join('.' + k for k in prev)})'"
+    )
+
+
 def check_record(obj: object, fields: list[str], where: str, *, require_all: bool = False) -> str | None:
     """``None`` if ``obj`` can be translated on ``fields``; else a one-line error message."""
     if not isinstance(obj, dict):
@@ -107,6 +133,9 @@ def check_record(obj: object, fields: list[str], where: str, *, require_all: boo
                 f"{where}: field {f!r} is a {type(v).__name__} ({shown}), not a string; "
                 f"fix: make it a string or leave it out of --fields"
             )
+    clash = previous_run_clash(obj)
+    if clash:
+        return f"{where}: {clash}"
     has = [f for f in fields if isinstance(obj.get(f), str)]
     listed = ", ".join(repr(k) for k in obj) or "no fields"
     if require_all and len(has) < len(fields):

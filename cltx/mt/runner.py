@@ -256,6 +256,13 @@ def run_file(
         else:
             n_invalid += 1
             first_error = first_error or item.error
+    if n_valid + n_invalid == 0:
+        # Almost always a wrong path or an upstream step that wrote nothing; an empty output with
+        # exit 0 would pass that on silently. Checked before the output is created or truncated.
+        raise bad_arg(
+            "INPUT", str(inp), "holds no records (an empty file, only blank lines, or an empty JSON array); "
+            "fix: check the path, or the step that wrote it",
+        )  # fmt: skip
     if n_invalid and not skip_invalid:
         more = f" [{n_invalid - 1} more invalid item(s) in the file]" if n_invalid > 1 else ""
         raise CltxError(f"{first_error}{more}; or pass --skip-invalid to write invalid items to a rejects file")
