@@ -27,7 +27,10 @@ def register(app: typer.Typer) -> None:
         warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warm-up steps.")] = 0,
         bf16: Annotated[bool, typer.Option("--bf16", help="bf16 mixed precision (GPU).")] = False,
         save_steps: Annotated[int, typer.Option("--save-steps", help="Checkpoint every N steps (0: none).")] = 0,
-        resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
+        resume: Annotated[
+            bool,
+            typer.Option("--resume", help="Continue from the last checkpoint in --out (written with --save-steps)."),
+        ] = False,
         seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
         eval_text: Annotated[
             Optional[Path], typer.Option("--eval-text", help="Held-out text: loss and bits/byte before and after.")

@@ -285,6 +285,18 @@ def _cap_docs(docs: list[str], max_bytes: int) -> list[str]:
 # --------------------------------------------------------------------------------------- train
 
 
+def _checkpoints(out: Path) -> list[Path]:
+    """The Trainer's ``checkpoint-N`` folders in ``out``, oldest first (other names are ignored)."""
+    if not out.is_dir():
+        return []
+    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
+
+
+def _saves_checkpoints(cfg: TrainingArguments) -> bool:
+    return str(getattr(cfg.save_strategy, "value", cfg.save_strategy)) != "no"
+
+
 def pretrain(
     model: str,
     text: str | Path,
@@ -307,7 +319,9 @@ def pretrain(
         config: a full :class:`PretrainConfig`; otherwise ``options`` go to :func:`make_config`
             (``max_steps``, ``block_size``, ``batch_size``, ``lr``, ``bf16``, ``seed``,
             ``grad_accum``, ``warmup_steps``, ``save_steps``, ``device``).
-        resume: continue from the last checkpoint in ``out`` (needs ``save_steps``).
+        resume: continue from the last ``checkpoint-N`` folder in ``out`` (written with ``save_steps``).
+            With none there it starts from step 0 when ``save_steps`` is set (a run stopped before
+            its first checkpoint) and is an error when it is not (nothing would ever be resumed).
         eval_text: held-out text scored before and after training (loss and bits per byte).
         text_fields: JSONL fields that form a document (default: all non-underscore strings).
         progress: a :class:`cltx.progress.Progress` sink (the CLI's rich bars).
@@ -327,6 +341,22 @@ def pretrain(
     if out.exists() and not out.is_dir():
         raise bad_arg("out", str(out), "is a file; give a folder for the model, tokenizer and report")
     cfg = config or make_config(out, **options)
+    # Checked before the (slow) model load: --resume with neither a checkpoint to read nor
+    # --save-steps to write one would silently train from step 0 again.
+    resume_from = None
+    if resume:
+        ckpts = _checkpoints(out)
+        if ckpts:
+            resume_from = str(ckpts[-1])
+        elif _saves_checkpoints(cfg):
+            # e.g. a run stopped before its first checkpoint: rerunning the same command is a restart
+            prog.message(f"pretrain: --resume given but no checkpoint in {out} yet; starting from step 0")
+        else:
+            raise bad_arg(
+                "resume", True, f"there is no checkpoint-N folder in {out} to continue from, and save_steps=0 "
+                "(the default) writes none; fix: pass --save-steps N so that runs write checkpoints, or drop "
+                f"--resume (to train the model saved in {out} further, pass it as --model with another --out)",
+            )  # fmt: skip
     docs = read_documents(text, text_fields=text_fields)
     eval_docs = _cap_docs(read_documents(eval_text, argument="eval_text"), cfg.max_eval_bytes) if eval_text else None
 
@@ -359,13 +389,6 @@ def pretrain(
         callbacks=[trainer_callback(prog, "pretrain")],
     )
     trainer.remove_callback(PrinterCallback)  # progress and logs go through cltx.progress, not print()
-    resume_from = None
-    if resume:
-        ckpts = sorted(out.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
-        if ckpts:
-            resume_from = str(ckpts[-1])
-        else:
-            prog.message(f"pretrain: --resume given but no checkpoint in {out}; starting from step 0")
     t_train = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     train_s = time.perf_counter() - t_train
@@ -389,7 +412,7 @@ def pretrain(
     lm.config.use_cache = True
     trainer.save_model(str(out))  # safetensors weights + tokenizer (processing_class)
     steps_done = int(trainer.state.global_step)
-    trained_here = steps_done - (int(resume_from.split("-")[-1]) if resume_from else 0)
+    trained_here = steps_done - (int(Path(resume_from).name.split("-", 1)[1]) if resume_from else 0)
     report = {
         "model": model,
         "text": str(text),

@@ -223,3 +223,35 @@ def test_pretrain_options_checked_before_the_model_loads(tmp_path, monkeypatch):
             pretrain("m", text, tmp_path / "o", max_steps=1, **kw)
     with pytest.raises(CltxError, match="out=.*is a file"):
         pretrain("m", text, text, max_steps=1)
+
+
+def test_resume_without_checkpoints_or_save_steps_is_an_error_before_the_model_loads(tiny, tmp_path, monkeypatch):
+    # --resume without --save-steps silently trained from step 0: there was nothing to resume from
+    import cltx.models
+    from cltx.pretrain import pretrain
+
+    def no_load(*a, **k):
+        raise AssertionError("the model loaded")
+
+    monkeypatch.setattr(cltx.models, "load_causal_lm", no_load)
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(TEXT[:4]))
+    out = tmp_path / "o"
+    with pytest.raises(CltxError, match=r"resume=True: there is no checkpoint-N folder .* fix: pass --save-steps"):
+        pretrain(str(tiny), text, out, resume=True, max_steps=1)
+    (out / "checkpoint-oops").mkdir(parents=True)  # not a Trainer checkpoint: ignored, not a ValueError
+    with pytest.raises(CltxError, match="resume=True"):
+        pretrain(str(tiny), text, out, resume=True, max_steps=1)
+    # with --save-steps a run stopped before its first checkpoint restarts (the model loads)
+    with pytest.raises(AssertionError, match="the model loaded"):
+        pretrain(str(tiny), text, out, resume=True, max_steps=1, save_steps=5)
+    monkeypatch.undo()
+
+    from typer.testing import CliRunner
+
+    from cltx.cli.main import app
+
+    args = ["pretrain", "--model", str(tiny), "--text", str(text), "--out", str(tmp_path / "o2"), "--resume"]
+    res = CliRunner().invoke(app, args)
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: resume=True"), res.output
