@@ -135,6 +135,10 @@ def register(app: typer.Typer) -> None:
 
         from cltx.clo.api import train_clo
 
+        if max_steps < 0:
+            from cltx.errors import bad_arg
+
+            raise bad_arg("max_steps", max_steps, "must be ≥ 0 (0: train for --epochs)")
         spec = data_spec(prompt_fields, response_field, en_key, tgt_key, en_suffix, tgt_suffix)
         with RichProgress() as prog:
             rep = train_clo(

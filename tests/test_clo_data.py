@@ -15,6 +15,7 @@ from cltx.clo.data import (
     build_examples,
     make_bins,
     read_records,
+    read_records_with_lines,
     target_language,
     tokenize_examples,
 )
@@ -195,3 +196,35 @@ def test_long_prompts_skipped_long_responses_cut(tok):
     tex = tokenize_examples(ex, PromptFormatter(tok), 32, rep)
     assert rep.skipped["prompt_too_long"] == 1 and rep.truncated_responses == 1 and rep.used == 2
     assert all(len(t.prompt_tg) + len(t.response_tg) <= 32 for t in tex)
+
+
+def test_skip_report_names_file_lines_past_blank_lines(tmp_path):
+    good = tiny_records(1)[0]
+    bad = {"instruction": "o gato", "output": "", "_source": {"instruction": "the cat", "output": "the dog"}}
+    p = tmp_path / "d.jsonl"
+    # blank lines before and between records: the report must name the file's lines (3 and 6)
+    p.write_text("\n\n" + json.dumps(bad) + "\n" + json.dumps(good) + "\n\n" + json.dumps(bad) + "\n", "utf-8")
+    rows, lines = read_records_with_lines(p)
+    assert lines == [3, 4, 6] and read_records(p) == rows
+    _, rep = build_examples(rows, lines=lines)
+    assert rep.as_dict()["skipped_first_lines"] == {"empty_response": [3, 6]}
+
+
+def test_unreadable_files_are_one_clear_error(tmp_path):
+    bom = tmp_path / "bom.jsonl"  # Windows editors write a byte-order mark
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps(tiny_records(1)[0]).encode())
+    assert len(read_records(bom)) == 1
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"a": "x"}\n{"a": "ol\xe1"}\n')
+    with pytest.raises(CltxError, match=r"line 2: not UTF-8.*fix:"):
+        read_records(latin)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(CltxError, match="holds no records"):
+        read_records(empty)
+    with pytest.raises(CltxError, match="is a folder"):
+        read_records(tmp_path)
+    nums = tmp_path / "nums.jsonl"
+    nums.write_text('{"a": 1}\n\n[1, 2]\n', encoding="utf-8")
+    with pytest.raises(CltxError, match=r"line 3: expected a JSON object"):
+        read_records(nums)

@@ -270,3 +270,29 @@ def test_every_record_once_per_epoch_reshuffled(tmp_path, tok, monkeypatch):
     assert sorted(i for b in first for i in b) == list(range(12)) == sorted(i for b in second for i in b)
     assert sorted(map(tuple, first)) == sorted(map(tuple, second))  # the same whole-record micro-batches
     assert first != second  # in another order
+
+
+def test_gpt2_conv1d_attention_is_found_and_lora_skips_the_mlp(tmp_path, tok):
+    from transformers import BertConfig, BertLMHeadModel, GPT2Config, GPT2LMHeadModel
+
+    from cltx.clo.model import attention_module_names, set_trainable
+
+    cfg = GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=2, n_positions=64)
+    gpt2 = GPT2LMHeadModel(cfg)
+    # GPT-2's projections are transformers' Conv1D, not nn.Linear; its MLP also has a c_proj
+    assert attention_module_names(gpt2) == [
+        f"transformer.h.{i}.attn.{m}" for i in range(2) for m in ("c_attn", "c_proj")
+    ]
+    trainable = {n for n, p in set_trainable(GPT2LMHeadModel(cfg), "attention").named_parameters() if p.requires_grad}
+    assert trainable and all(".attn." in n for n in trainable)
+    lora = set_trainable(GPT2LMHeadModel(cfg), "lora", lora_r=2)
+    adapted = {n.split(".lora_A")[0] for n, _ in lora.named_parameters() if "lora_A" in n}
+    assert adapted and all(".attn." in n for n in adapted), adapted  # mlp.c_proj must stay untouched
+    rep = train_clo(gpt2, tiny_records(4), tmp_path / "gpt2", tokenizer=tok, max_steps=1, max_length=48)
+    assert rep["steps"] == 1
+    # a BERT-style head: the real reason (not a plain linear head), not "no q/k/v/o, use --train full"
+    bert = BertLMHeadModel(
+        BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, is_decoder=True)
+    )
+    with pytest.raises(CltxError, match="not its final hidden states"):
+        CLOTrainer(bert, _args(tmp_path), _bins(tok), processing_class=tok)

@@ -71,12 +71,24 @@ def test_cli_bad_input_is_one_red_line(files, tmp_path):
         (["--data", str(files / "bad.jsonl")], "none of the 1 records"),
         (["--lam", "2"], "lam=2.0"),
         (["--data", str(tmp_path / "missing.jsonl")], "no such file"),
+        # numbers transformers / torch would answer with a traceback, or with a silent 0-step run
+        (["--grad-accum", "0"], "grad_accum=0"),
+        (["--lr", "-1"], "lr=-1.0"),
+        (["--warmup-steps", "-1"], "warmup_steps=-1"),
+        (["--logging-steps", "0"], "logging_steps=0"),
+        (["--seed", "-1"], "seed=-1"),
+        (["--max-steps", "-5"], "max_steps=-5"),
+        (["--max-steps", "0", "--epochs", "0"], "epochs=0.0"),
+        (["--save-steps", "-1"], "save_steps=-1"),
+        (["--beta", "inf"], "beta=inf"),
     ]
     for extra, msg in cases:
         args = {"--model": str(files / "model"), "--data": str(files / "mt.jsonl"), "--out": str(tmp_path / "o")}
         args.update(dict(zip(extra[::2], extra[1::2], strict=True)))
         flat = [x for kv in args.items() for x in kv]
-        res = CliRunner().invoke(app, ["clo", *flat, "--max-steps", "1"])
+        if "--max-steps" not in args:
+            flat += ["--max-steps", "1"]
+        res = CliRunner().invoke(app, ["clo", *flat])
         assert res.exit_code == 1, (extra, res.output)
         assert msg in res.output and "Traceback" not in res.output, (extra, res.output)
 
@@ -85,3 +97,27 @@ def test_max_length_is_bounded_by_the_model_context(files, tmp_path):
     res = _clo(files, tmp_path / "ctx", "--max-length", "100000")
     assert res.exit_code == 0, res.output
     assert "context 256" in res.output
+
+
+def test_resume_refuses_another_run_and_fresh_runs_keep_old_checkpoints(files, tmp_path):
+    out = tmp_path / "run"
+    first = _clo(files, out, "--save-steps", "1")
+    assert first.exit_code == 0, first.output
+    assert (out / "checkpoints" / "checkpoint-2" / "clo_run.json").exists()
+    # other data: the checkpoint's step count would silently apply to different micro-batches
+    other = files / "other.jsonl"
+    other.write_text("\n".join(json.dumps(r) for r in tiny_records(9, seed=7)), encoding="utf-8")
+    res = _clo(files, out, "--resume", "--data", str(other), "--max-steps", "3")
+    assert res.exit_code == 1 and "not the run that wrote the checkpoint" in res.output, res.output
+    assert "micro-batches" in res.output and "Traceback" not in res.output
+    # another --train: the optimizer state would not fit (a bare ValueError before)
+    res = _clo(files, out, "--resume", "--train", "full", "--max-steps", "3")
+    assert res.exit_code == 1 and "train 'attention' → 'full'" in res.output, res.output
+    # a fresh run into the same --out would leave checkpoint-2 of this run for a later --resume
+    res = _clo(files, out)
+    assert res.exit_code == 1 and "holds checkpoints of an earlier run" in res.output, res.output
+    # the same run continues
+    res = _clo(files, out, "--resume", "--max-steps", "3")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((out / "clo_report.json").read_text())
+    assert rep["steps"] == 3 and rep["resumed_from"].endswith("checkpoint-2")

@@ -14,7 +14,7 @@ from cltx.clo.data import (
     build_examples,
     describe_skips,
     make_bins,
-    read_records,
+    read_records_with_lines,
     tokenize_examples,
 )
 from cltx.errors import CltxError, bad_arg
@@ -85,9 +85,11 @@ def prepare_bins(
     pad_to_multiple_of: int = 8,
     use_chat_template: bool | None = None,
     system_prompt: str | None = None,
+    lines: list[int] | None = None,
 ):
-    """Records → micro-batches; returns ``(bins, data_report)``. Raises when nothing is usable."""
-    examples, report = build_examples(records, spec)
+    """Records → micro-batches; returns ``(bins, data_report)``. Raises when nothing is usable.
+    ``lines``: each record's line in its file (for the skip report; default: record numbers)."""
+    examples, report = build_examples(records, spec, lines=lines)
     fmt = PromptFormatter(tokenizer, use_chat_template=use_chat_template, system_prompt=system_prompt)
     tokenized = tokenize_examples(examples, fmt, max_length, report)
     if not tokenized:
@@ -146,46 +148,17 @@ def train_clo(
     from cltx.clo.trainer import CLOConfig, CLOTrainer, throughput
 
     progress = ensure_progress(progress)
+    if save_steps < 0:
+        raise bad_arg("save_steps", save_steps, "must be ≥ 0 (0: no checkpoints)")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise bad_arg("out", str(out), "is a file; pass a folder")
-    if isinstance(model, (str, Path)):
-        model_name = str(model)
-        progress.message(f"loading {model_name}")
-        model, tok = load_policy(model_name)
-        tokenizer = tokenizer or tok
-    else:
-        model_name = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
-        if tokenizer is None:
-            raise bad_arg("tokenizer", None, "pass the tokenizer with an already loaded model")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    context = model_context(model)
-    if context and max_length > context:
-        progress.message(f"max_length {max_length} > the model's context {context}: using {context}")
-        max_length = context
-    records = read_records(data) if isinstance(data, (str, Path)) else list(data)
-    bins, data_report = prepare_bins(
-        records,
-        tokenizer,
-        method=method,
-        spec=spec,
-        max_length=max_length,
-        records_per_bin=batch_size,
-        seed=seed,
-        pad_to_multiple_of=config.get("pad_to_multiple_of", 8),
-        use_chat_template=use_chat_template,
-        system_prompt=system_prompt,
-    )
-    if data_report.skipped:
-        progress.message(f"data: {data_report.used}/{data_report.records} records used; {describe_skips(data_report)}")
-    if data_report.truncated_responses:
-        progress.message(f"data: {data_report.truncated_responses} records had responses cut to max_length")
     if lr is None:
         lr = 1e-5 if train_mode == "full" else (1e-4 if train_mode == "lora" else 2e-5)
     ckpt_dir = out / "checkpoints"
     if config.pop("gradient_checkpointing", False):
         config[checkpointing_field()] = True
+    # Options, data and checkpoints are checked before the (slow) model load.
     args = CLOConfig(
         output_dir=str(ckpt_dir),
         method=method,
@@ -207,13 +180,59 @@ def train_clo(
         use_cpu=not torch.cuda.is_available(),
         **config,
     )
+    if isinstance(data, (str, Path)):
+        records, lines = read_records_with_lines(data)
+    else:
+        records, lines = list(data), None
+    old = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     resume_from = None
     if resume:
-        resume_from = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+        resume_from = old
         if resume_from is None:
             progress.message(f"resume: no checkpoint in {ckpt_dir}; starting from the beginning")
         else:
             progress.message(f"resume: continuing from {resume_from}")
+    elif old is not None:
+        # A fresh run would mix its checkpoints with the old run's; a later --resume would then pick
+        # the old run's last one (and, past max_steps, silently return the old model).
+        raise bad_arg(
+            "out",
+            str(out),
+            f"holds checkpoints of an earlier run ({old}); fix: add --resume to continue that run, "
+            f"or pass a new --out (or delete {ckpt_dir})",
+        )
+    if isinstance(model, (str, Path)):
+        model_name = str(model)
+        progress.message(f"loading {model_name}")
+        model, tok = load_policy(model_name)
+        tokenizer = tokenizer or tok
+    else:
+        model_name = getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
+        if tokenizer is None:
+            raise bad_arg("tokenizer", None, "pass the tokenizer with an already loaded model")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    context = model_context(model)
+    if context and max_length > context:
+        progress.message(f"max_length {max_length} > the model's context {context}: using {context}")
+        max_length = args.max_length = context
+    bins, data_report = prepare_bins(
+        records,
+        tokenizer,
+        method=method,
+        spec=spec,
+        max_length=max_length,
+        records_per_bin=batch_size,
+        seed=seed,
+        pad_to_multiple_of=config.get("pad_to_multiple_of", 8),
+        use_chat_template=use_chat_template,
+        system_prompt=system_prompt,
+        lines=lines,
+    )
+    if data_report.skipped:
+        progress.message(f"data: {data_report.used}/{data_report.records} records used; {describe_skips(data_report)}")
+    if data_report.truncated_responses:
+        progress.message(f"data: {data_report.truncated_responses} records had responses cut to max_length")
     trainer = CLOTrainer(
         model, args, bins, processing_class=tokenizer, progress=progress, callbacks=[trainer_callback(progress)]
     )

@@ -145,6 +145,10 @@ class DataReport:
     skipped: Counter = dataclasses.field(default_factory=Counter)
     skipped_examples: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     truncated_responses: int = 0
+    lines: list[int] | None = None  # file line of each record; None: record numbers
+
+    def line(self, index: int) -> int:
+        return self.lines[index] if self.lines is not None else index + 1
 
     def skip(self, reason: str, index: int) -> None:
         self.skipped[reason] += 1
@@ -157,24 +161,43 @@ class DataReport:
             "records": self.records,
             "used": self.used,
             "skipped": dict(self.skipped),
-            "skipped_first_lines": {k: [i + 1 for i in v] for k, v in self.skipped_examples.items()},
+            "skipped_first_lines": {k: [self.line(i) for i in v] for k, v in self.skipped_examples.items()},
             "truncated_responses": self.truncated_responses,
         }
 
 
 def read_records(path: str | Path, *, argument: str = "data") -> list[dict]:
     """Read a JSONL file (or a JSON array). Malformed lines are errors naming file and line."""
+    return read_records_with_lines(path, argument=argument)[0]
+
+
+def read_records_with_lines(path: str | Path, *, argument: str = "data") -> tuple[list[dict], list[int]]:
+    """Read a JSONL file (or a JSON array): the records and the file line of each (a JSON array:
+    the record numbers). Blank lines are skipped; a UTF-8 byte-order mark is accepted; malformed
+    lines, non-UTF-8 bytes and a file without records are errors naming the file (and line)."""
     p = Path(path)
+    if p.is_dir():
+        raise bad_arg(argument, str(path), "is a folder; pass the JSONL file written by `cltx mt` or a bilingual JSONL")
     if not p.is_file():
         raise bad_arg(argument, str(path), "no such file; pass the JSONL written by `cltx mt` or a bilingual JSONL")
-    text = p.read_text(encoding="utf-8")
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise CltxError(
+            f"{argument}={str(path)!r} line {line}: not UTF-8 text (byte {e.start}); fix: save the file as UTF-8 JSONL"
+        ) from e
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise CltxError(f"{argument}={str(path)!r}: not valid JSON ({e}); fix: repair the file") from e
+        if not isinstance(rows, list):
+            raise CltxError(f"{argument}={str(path)!r}: expected a JSON array of objects; fix: write JSONL")
+        lines, what = list(range(1, len(rows) + 1)), "record"
     else:
-        rows = []
+        rows, lines, what = [], [], "line"
         for n, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
@@ -184,10 +207,16 @@ def read_records(path: str | Path, *, argument: str = "data") -> list[dict]:
                 raise CltxError(
                     f"{argument}={str(path)!r} line {n}: not valid JSON ({e.msg}); fix: repair that line"
                 ) from e
-    for n, row in enumerate(rows, 1):
+            lines.append(n)
+    for n, row in zip(lines, rows, strict=True):
         if not isinstance(row, dict):
-            raise CltxError(f"{argument}={str(path)!r} record {n}: expected a JSON object, got {type(row).__name__}")
-    return rows
+            raise CltxError(
+                f"{argument}={str(path)!r} {what} {n}: expected a JSON object, got {type(row).__name__}; "
+                "fix: one JSON object per line"
+            )
+    if not rows:
+        raise bad_arg(argument, str(path), "holds no records; pass the JSONL written by `cltx mt` or a bilingual JSONL")
+    return rows, lines
 
 
 def _layout(view: dict, spec: DataSpec) -> tuple[tuple[str, ...], str] | None:
@@ -218,10 +247,17 @@ def _prompt_response(view: dict, layout, spec: DataSpec) -> tuple[str, str] | st
     return spec.joiner.join(parts), resp.strip()
 
 
-def build_examples(records: list[dict], spec: DataSpec | None = None) -> tuple[list[Example], DataReport]:
-    """Turn records into bilingual examples, counting every skipped record by reason."""
+def build_examples(
+    records: list[dict], spec: DataSpec | None = None, *, lines: list[int] | None = None
+) -> tuple[list[Example], DataReport]:
+    """Turn records into bilingual examples, counting every skipped record by reason.
+
+    ``lines``: the file line of each record (:func:`read_records_with_lines`), so the report names
+    real lines; default: record numbers."""
     spec = spec or DataSpec()
-    report = DataReport(records=len(records))
+    if lines is not None and len(lines) != len(records):
+        raise bad_arg("lines", len(lines), f"must give one line per record ({len(records)})")
+    report = DataReport(records=len(records), lines=list(lines) if lines is not None else None)
     out: list[Example] = []
     for i, rec in enumerate(records):
         mt = rec.get("_mt")

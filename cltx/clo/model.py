@@ -123,8 +123,19 @@ def disable_dropout(model: nn.Module) -> None:
             setattr(cfg, attr, 0.0)
 
 
+def _is_projection(m: nn.Module) -> bool:
+    """A linear layer: ``nn.Linear`` or transformers' ``Conv1D`` (GPT-2's c_attn / c_proj)."""
+    if isinstance(m, nn.Linear):
+        return True
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # pragma: no cover - transformers without Conv1D
+        return False
+    return isinstance(m, Conv1D)
+
+
 def attention_module_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and ATTENTION_MODULES.search(n)]
+    return [n for n, m in model.named_modules() if _is_projection(m) and ATTENTION_MODULES.search(n)]
 
 
 def set_trainable(model: nn.Module, mode: str, *, lora_r: int = 16, lora_alpha: int = 32) -> nn.Module:
@@ -145,8 +156,8 @@ def set_trainable(model: nn.Module, mode: str, *, lora_r: int = 16, lora_alpha: 
         return model
     from peft import LoraConfig, get_peft_model
 
-    targets = sorted({n.rsplit(".", 1)[-1] for n in names})
-    cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=targets, bias="none")
+    # Full module names: a bare suffix would also catch MLP layers of the same name (GPT-2's mlp.c_proj).
+    cfg = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=list(names), bias="none")
     return get_peft_model(model, cfg)
 
 

@@ -48,6 +48,7 @@ from cltx.clo.model import (
     TRAIN_MODES,
     CLOModel,
     causal_lm,
+    check_logits_path,
     disable_dropout,
     merge_lora_state_dict,
     model_fingerprint,
@@ -60,6 +61,9 @@ from cltx.progress import Progress, ensure_progress
 logger = logging.getLogger(__name__)
 
 REF_CACHE_VERSION = 1
+
+# In every checkpoint: the identity of the run that wrote it (CLOTrainer.run_identity).
+RUN_FILE = "clo_run.json"
 
 # How many micro-batches the reference pass has run in this process (tests read it).
 REF_FORWARD_CALLS = 0
@@ -114,14 +118,15 @@ class CLOConfig(TrainingArguments):
             raise bad_arg("train", self.train_mode, f"choose one of {', '.join(TRAIN_MODES)}")
         if not 0.0 <= self.lam <= 1.0:
             raise bad_arg("lam", self.lam, "must be in [0, 1] (0.5 in the paper)")
-        if not self.beta > 0:
-            raise bad_arg("beta", self.beta, "must be > 0 (default 0.1)")
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            raise bad_arg("beta", self.beta, "must be a finite number > 0 (default 0.1)")
         if self.max_length < 8:
             raise bad_arg("max_length", self.max_length, "must be ≥ 8 tokens")
         if self.memory_budget_gib is not None and not self.memory_budget_gib > 0:
             raise bad_arg("memory_budget_gib", self.memory_budget_gib, "must be > 0 GiB (or unset)")
         if self.lora_r < 1:
             raise bad_arg("lora_r", self.lora_r, "must be ≥ 1")
+        self._check_training_numbers()
         self._check_fsdp_config()
         # The CLI draws its own progress (cltx.progress.trainer_callback); bins are not columns.
         self.disable_tqdm = True
@@ -136,6 +141,28 @@ class CLOConfig(TrainingArguments):
                 "FSDP shards the model over several processes; fix: launch with "
                 "`torchrun --nproc_per_node N -m cltx.cli.main clo … --fsdp` (or `accelerate launch`), or drop --fsdp",
             )
+
+    def _check_training_numbers(self) -> None:
+        """House-style errors for the Trainer numbers the CLI passes through (transformers and torch
+        would raise a bare traceback, or silently train zero steps)."""
+        if self.gradient_accumulation_steps < 1:
+            raise bad_arg("grad_accum", self.gradient_accumulation_steps, "must be ≥ 1 (micro-batches per step)")
+        lr = self.learning_rate
+        if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+            raise bad_arg("lr", lr, "must be a finite number > 0, e.g. 2e-5")
+        if self.warmup_steps < 0:
+            raise bad_arg("warmup_steps", self.warmup_steps, "must be ≥ 0")
+        if (
+            str(getattr(self.logging_strategy, "value", self.logging_strategy)) == "steps"
+            and not self.logging_steps > 0
+        ):
+            raise bad_arg("logging_steps", self.logging_steps, "must be > 0 (log every N steps)")
+        if not 0 <= self.seed < 2**32:
+            raise bad_arg("seed", self.seed, "must be in [0, 2**32 - 1]")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise bad_arg("max_steps", self.max_steps, "must be > 0 (or -1: train for num_train_epochs)")
+        if self.max_steps < 0 and not (math.isfinite(self.num_train_epochs) and self.num_train_epochs > 0):
+            raise bad_arg("epochs", self.num_train_epochs, "must be > 0 (or give max_steps)")
 
     def _check_fsdp_config(self) -> None:
         """A readable error for a bad ``fsdp_config`` (transformers would raise a bare traceback)."""
@@ -244,6 +271,7 @@ class CLOTrainer(Trainer):
             from transformers import set_seed
 
             set_seed(args.seed)  # a LoRA adapter's initial A matrices come from this seed
+            check_logits_path(model)  # before choosing parameters: "not a plain LM head" is the real error
             policy = set_trainable(model, args.train_mode, lora_r=args.lora_r, lora_alpha=args.lora_alpha)
             disable_dropout(policy)
             wrapper = CLOModel(
@@ -279,6 +307,8 @@ class CLOTrainer(Trainer):
         self._ref_needed: list[int] = []
         self._ref_missing: list[int] = []
         self.tokens_trained = 0
+        self._start_fingerprint: str | None = None
+        self._identity: dict | None = None
         if args.method == "clo":
             self._prepare_reference()
 
@@ -312,7 +342,7 @@ class CLOTrainer(Trainer):
         wrapper = self.accelerator.unwrap_model(self.model)
         parts = {
             "v": REF_CACHE_VERSION,
-            "model": model_fingerprint(wrapper.policy),
+            "model": self._model_fingerprint(wrapper.policy),
             "bins": bins_hash(self.train_bins),
             "average_logps": self.args.average_logps,
             "precision": "bf16" if self.args.bf16 else ("fp16" if self.args.fp16 else "fp32"),
@@ -320,6 +350,78 @@ class CLOTrainer(Trainer):
             "train_mode": self.args.train_mode,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
+
+    def _model_fingerprint(self, policy=None) -> str:
+        """The starting model's fingerprint, computed once (before any step changes the weights)."""
+        if self._start_fingerprint is None:
+            policy = policy if policy is not None else self.accelerator.unwrap_model(self.model).policy
+            self._start_fingerprint = model_fingerprint(policy)
+        return self._start_fingerprint
+
+    # ---- run identity (resume) ------------------------------------------------------------------
+
+    def run_identity(self) -> dict:
+        """What makes a checkpoint's run "the same run": the starting model, the exact micro-batches
+        (data, template, max length, batch size, seed, method) and the options that shape the
+        loss or the optimizer. Stored in every checkpoint; ``--resume`` refuses a mismatch."""
+        if self._identity is None:
+
+            def compute() -> dict:
+                a = self.args
+                return {
+                    "model": self._model_fingerprint(),
+                    "data": bins_hash(self.train_bins),
+                    "method": a.method,
+                    "train": a.train_mode,
+                    "lora_r": a.lora_r if a.train_mode == "lora" else None,
+                    "lam": a.lam,
+                    "beta": a.beta,
+                    "average_logps": a.average_logps,
+                    "grad_accum": a.gradient_accumulation_steps,
+                    "processes": self.accelerator.num_processes,
+                }
+
+            self._identity = self._on_main_and_broadcast(compute)
+        return self._identity
+
+    def _on_main_and_broadcast(self, fn):
+        """``fn()`` on rank 0, the same value on every rank (under FSDP only rank 0 may hold the
+        starting weights; ranks must agree on errors or the others would hang in a collective)."""
+        if self.accelerator.num_processes == 1:
+            return fn()
+        import torch.distributed as dist
+
+        box = [fn() if self.accelerator.is_main_process else None]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _check_same_run(self, checkpoint: str) -> None:
+        def compare() -> str | None:
+            f = Path(checkpoint) / RUN_FILE
+            if not f.is_file():
+                return None  # a checkpoint written before run files existed: nothing to compare
+            try:
+                saved = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return None
+            now = self.run_identity()
+            changed = [k for k in now if k in saved and saved[k] != now[k]]
+            if not changed:
+                return None
+            words = {
+                "model": "the starting --model's weights",
+                "data": "the training micro-batches (--data, "
+                "--max-length, --batch-size, --seed, chat template or field options)",
+            }
+            what = "; ".join(words.get(k, f"{k} {saved[k]!r} → {now[k]!r}") for k in changed)
+            return (
+                f"resume={checkpoint!r}: this is not the run that wrote the checkpoint ({what} changed); "
+                "fix: rerun with the first run's options, or drop --resume and pass a new --out"
+            )
+
+        msg = self._on_main_and_broadcast(compare)
+        if msg:
+            raise CltxError(msg)
 
     def needed_bins(self) -> list[int]:
         """The micro-batches this run will use: all of them, unless ``max_steps`` ends the run
@@ -439,6 +541,13 @@ class CLOTrainer(Trainer):
         return out
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
+        if resume_from_checkpoint is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        if resume_from_checkpoint:
+            self._check_same_run(str(resume_from_checkpoint))
+        self.run_identity()  # before the first step changes the weights (checkpoints store it)
         if resume_from_checkpoint and self._ref_missing and self.is_fsdp_enabled:
             # FSDP loads the checkpoint into the wrapped model before the deferred reference pass
             raise bad_arg(
@@ -517,6 +626,8 @@ class CLOTrainer(Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+        if self._identity is not None:
+            Path(output_dir, RUN_FILE).write_text(json.dumps(self._identity, indent=1), encoding="utf-8")
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         if self.is_fsdp_enabled:
