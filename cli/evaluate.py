@@ -86,5 +86,13 @@ def register(app: typer.Typer) -> None:
                 f"{r['nll_tgt']:.4f}",
             )
         out.print(table)
+        skipped = res["skipped"]
+        if skipped:
+            first = res.get("skipped_first_lines", {})
+            parts = [
+                f"{n} {reason}" + (f" (first lines {first[reason]})" if first.get(reason) else "")
+                for reason, n in sorted(skipped.items(), key=lambda kv: -kv[1])
+            ]
+            out.print(f"skipped {sum(skipped.values())} of {res['records']} records: " + ", ".join(parts))
         if json_out:
             out.print(f"report: {json_out}")

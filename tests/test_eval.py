@@ -129,3 +129,44 @@ def test_target_language_from_the_mt_report(tmp_path, tok, monkeypatch):
     monkeypatch.setattr(ev, "_generate", lambda model, tok_, prompts, *a: ["o gato"] * len(prompts))
     res = ev.evaluate_models([("m", tiny_llama(tok), tok)], data)
     assert res["tgt"] == "pt" and res["models"][0]["tgt"]["language"] == "pt"
+
+
+def test_target_language_must_be_measurable(tok):
+    recs = tiny_records(2)
+    m = ("m", tiny_llama(tok), tok)
+    for bad, msg in (("xx", "py3langid"), ("por", "ISO 639-1"), ("en", "English")):
+        with pytest.raises(CltxError, match=rf"^tgt='{bad}'.*{msg}"):
+            ev.evaluate_models([m], recs, tgt=bad)
+    with pytest.raises(CltxError, match="^batch_size=0"):
+        ev.evaluate_models([m], recs, tgt="pt", batch_size=0)
+
+
+def test_models_answer_the_same_prompts_and_skips_are_shown(tmp_path, tok, monkeypatch):
+    recs = tiny_records(4, seed=3)
+    long_ = {
+        "instruction": "o gato " * 30,
+        "output": "o cao",
+        "_source": {"instruction": "the cat " * 30, "output": "a"},
+    }
+    recs.insert(1, long_)  # fits a 256-token context, not a 32-token one
+    recs.insert(3, {"instruction": "o gato", "output": "", "_source": {"instruction": "the cat", "output": "dog"}})
+    short = tiny_llama(tok, seed=1)
+    short.config.max_position_embeddings = 32
+    monkeypatch.setattr(ev, "_generate", lambda model, tok_, prompts, *a: ["o gato"] * len(prompts))
+    res = ev.evaluate_models([("long", tiny_llama(tok), tok), ("short", short, tok)], recs, limit=3)
+    assert res["usable"] == 3 and [m["en"]["prompts"] for m in res["models"]] == [3, 3]
+    assert [s["record"] for s in res["models"][0]["samples"]][:3] == [1, 3, 5]  # the same records for both
+    assert [s["record"] for s in res["models"][1]["samples"]][:3] == [1, 3, 5]
+    assert res["skipped"] == {"empty_response": 1, "prompt_too_long": 1}
+    assert res["skipped_first_lines"] == {"empty_response": [4], "prompt_too_long": [2]}
+    # on the screen: the skipped records, with their lines (the JSON alone was easy to miss)
+    tok.save_pretrained(tmp_path / "m")
+    tiny_llama(tok).save_pretrained(tmp_path / "m")
+    data = tmp_path / "held.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in recs), encoding="utf-8")
+    out = CliRunner().invoke(
+        app, ["eval", "--model", str(tmp_path / "m"), "--data", str(data), "--max-new-tokens", "2"]
+    )
+    assert out.exit_code == 0, out.output
+    assert "skipped 1 of 6 records: 1 empty_response (first lines [4])" in " ".join(out.output.split())
+    assert "5 held-out records" in out.output

@@ -23,7 +23,7 @@ from cltx.clo.data import (
     _sequence,
     build_examples,
     describe_skips,
-    read_records,
+    read_records_with_lines,
     target_language,
     tokenize_examples,
 )
@@ -109,8 +109,10 @@ def evaluate_model(
     system_prompt: str | None = None,
     progress: Progress | None = None,
     name: str = "model",
+    data_report=None,
 ) -> dict[str, Any]:
-    """Evaluate one loaded model on prepared examples; see the module docstring."""
+    """Evaluate one loaded model on prepared examples; see the module docstring. ``data_report``:
+    the :class:`~cltx.clo.data.DataReport` whose file lines name each sample's record."""
     progress = ensure_progress(progress)
     model.eval()
     result: dict[str, Any] = {"model": name}
@@ -138,7 +140,7 @@ def evaluate_model(
             ex = by_index[t.index]
             samples.append(
                 {
-                    "record": t.index + 1,
+                    "record": data_report.line(t.index) if data_report is not None else t.index + 1,
                     "prompt_language": want,
                     "prompt": ex.prompt_en if lang == "en" else ex.prompt_tg,
                     "answer": a,
@@ -180,6 +182,8 @@ def evaluate_models(
     """
     import torch
 
+    from cltx.clo.api import load_policy
+
     progress = ensure_progress(progress)
     if not models:
         raise bad_arg("model", models, "pass at least one --model")
@@ -187,43 +191,64 @@ def evaluate_models(
         raise bad_arg("limit", limit, "must be ≥ 0 (0: every record)")
     if max_new_tokens < 1:
         raise bad_arg("max_new_tokens", max_new_tokens, "must be ≥ 1")
-    records = read_records(data) if isinstance(data, (str, Path)) else list(data)
+    if batch_size < 1:
+        raise bad_arg("batch_size", batch_size, "must be ≥ 1 (prompts per generation batch)")
+    if isinstance(data, (str, Path)):
+        records, lines = read_records_with_lines(data)
+    else:
+        records, lines = list(data), None
     tgt = tgt or target_language(records) or _report_language(data)
     if not tgt:
         raise bad_arg("tgt", tgt, "the records do not name their target language (_mt.tgt); pass --tgt, e.g. --tgt pt")
-    examples, report = build_examples(records, spec)
-    if limit:
-        examples = examples[:limit]
-    results = []
-    for entry in models:
-        if isinstance(entry, tuple):
-            name, model, tok = entry
-        else:
-            from cltx.clo.api import load_policy
+    check_language(tgt)
+    examples, report = build_examples(records, spec, lines=lines)
 
-            name = str(entry)
+    # Every model answers the same prompts: a record whose prompt does not fit one model's context
+    # (another tokenizer, a shorter context) is left out for all of them, and counted.
+    views = []
+    for entry in models:
+        name, tok, context = _tokenizer_view(entry)
+        fmt = PromptFormatter(tok, use_chat_template=use_chat_template, system_prompt=system_prompt)
+        rep = dataclass_copy(report)
+        tokenized = tokenize_examples(examples, fmt, min(max_length, context or max_length), rep)
+        if not tokenized:
+            raise CltxError(
+                f"data: no usable held-out records for {name} ({describe_skips(rep)}); "
+                "fix: check the field options or --max-length"
+            )
+        views.append((entry, name, tokenized, rep))
+    common = set.intersection(*({t.index for t in tokenized} for _, _, tokenized, _ in views))
+    order = [e.index for e in examples if e.index in common]
+    if not order:
+        raise CltxError(
+            "data: no held-out record fits every model's --max-length/context; fix: raise --max-length or "
+            "evaluate the models separately"
+        )
+    dropped = len(examples) - len(order)
+    if limit:
+        order = order[:limit]
+    keep = set(order)
+    skipped = dict(report.skipped)
+    first_lines = report.as_dict()["skipped_first_lines"]
+    if dropped:
+        skipped["prompt_too_long"] = skipped.get("prompt_too_long", 0) + dropped
+        first_lines["prompt_too_long"] = [report.line(e.index) for e in examples if e.index not in common][:5]
+    results = []
+    for entry, name, tokenized, rep in views:
+        if isinstance(entry, tuple):
+            _, model, tok = entry
+        else:
             progress.message(f"loading {name}")
             model, tok = load_policy(name)
             if torch.cuda.is_available():
                 model.to("cuda")
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
-        from cltx.clo.api import model_context
-
-        fmt = PromptFormatter(tok, use_chat_template=use_chat_template, system_prompt=system_prompt)
-        rep = dataclass_copy(report)
-        limit_len = min(max_length, model_context(model) or max_length)
-        tokenized = tokenize_examples(examples, fmt, limit_len, rep)
-        if not tokenized:
-            raise CltxError(
-                f"data: no usable held-out records for {name} ({describe_skips(rep)}); "
-                "fix: check the field options or --max-length"
-            )
         res = evaluate_model(
             model,
             tok,
             examples,
-            tokenized,
+            [t for t in tokenized if t.index in keep],
             tgt=tgt,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
@@ -231,14 +256,16 @@ def evaluate_models(
             system_prompt=system_prompt,
             progress=progress,
             name=name,
+            data_report=report,
         )
         res["skipped"] = dict(rep.skipped)
         results.append(res)
     full = {
         "tgt": tgt,
         "records": report.records,
-        "usable": len(examples),
-        "skipped": dict(report.skipped),
+        "usable": len(order),
+        "skipped": skipped,
+        "skipped_first_lines": first_lines,
         "max_new_tokens": max_new_tokens,
         "models": results,
     }
@@ -247,6 +274,57 @@ def evaluate_models(
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(full, indent=2, ensure_ascii=False), encoding="utf-8")
     return full
+
+
+def _tokenizer_view(entry) -> tuple[str, Any, int | None]:
+    """(name, tokenizer, context length) of a model entry without loading its weights."""
+    if isinstance(entry, tuple):
+        from cltx.clo.api import model_context
+
+        name, model, tok = entry
+        if tok.pad_token is None:
+            tok.pad_token = tok.eos_token
+        return str(name), tok, model_context(model)
+    import types
+
+    from transformers import AutoConfig
+
+    from cltx.models import load_tokenizer, resolve_model
+
+    name = str(entry)
+    try:
+        cfg = AutoConfig.from_pretrained(resolve_model(name))
+    except (OSError, ValueError, KeyError) as e:
+        raise bad_arg(
+            "model", name, f"cannot be loaded as a causal LM ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
+        ) from e
+    from cltx.clo.api import model_context
+
+    tok = load_tokenizer(name)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return name, tok, model_context(types.SimpleNamespace(config=cfg))
+
+
+def known_languages() -> set[str]:
+    """The language codes py3langid can return."""
+    import py3langid as langid
+
+    return {code for code, _ in langid.rank("a")}
+
+
+def check_language(tgt: str) -> None:
+    """Refuse a target language that the share cannot measure (it would silently read 0 %)."""
+    code = _norm_lang(tgt)
+    if code == "en":
+        raise bad_arg("tgt", tgt, "is English, the source language; fix: pass the target language, e.g. --tgt pt")
+    if code not in known_languages():
+        raise bad_arg(
+            "tgt",
+            tgt,
+            "is not a language py3langid identifies, so every answer would count as off-language; "
+            "fix: pass an ISO 639-1 code such as pt, de, es (pt-BR works too)",
+        )
 
 
 def _report_language(data) -> str | None:
