@@ -294,7 +294,14 @@ def test_saved_folder_reloads_generates_and_stops_on_eos(salt_runs):
     # The tiny LLM's tokenizer prepends its bos, so the new one does too; never a trailing [SEP].
     assert ids[0] == tok.bos_token_id and tok.eos_token_id not in ids
     assert "token_type_ids" not in enc
-    assert tok.decode(ids, skip_special_tokens=True) == "walk to the harbour"
+    # Every word-start token decodes with its space, the first included: decoding is additive over any split of
+    # the ids, so the text of generated tokens alone appends to the prompt's (transformers' text-generation
+    # pipeline does exactly that; the PLM's WordPiece decoder gave "walk to theharbour" there).
+    assert tok.decode(ids, skip_special_tokens=True) == " walk to the harbour"
+    body = tok("Walk to the harbour, then walk back.", add_special_tokens=False)["input_ids"]
+    whole = tok.decode(body)
+    assert whole == " walk to the harbour, then walk back."
+    assert all(tok.decode(body[:i]) + tok.decode(body[i:]) == whole for i in range(1, len(body)))
 
     n = len(ids)
     ends = [tok.eos_token_id]

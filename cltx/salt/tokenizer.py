@@ -6,9 +6,18 @@ PLM's vocabulary, normaliser, pre-tokenizer, model and decoder, and replaces the
 it prepends the bos exactly when the LLM's own tokenizer does, and never appends anything. Its
 bos/eos/pad/unk are the PLM's tokens that play those roles (BERT: ``[CLS]``, ``[SEP]``, ``[PAD]``,
 ``[UNK]``), whose embedding rows come from the LLM's tokens of the same role.
+
+A WordPiece decoder is replaced by one that puts the space before every word-start token, the first
+included (as byte-level BPE and SentencePiece tokens carry theirs): a WordPiece decoder joins tokens
+with spaces *between* them, so text decoded from the generated tokens alone — what transformers'
+text-generation pipeline appends to the prompt — lost the space at the prompt boundary ("… France
+isthe capital"). The decoded text of a whole sequence now starts with that space.
 """
 
 from __future__ import annotations
+
+import json
+import re
 
 from cltx.errors import CltxError
 
@@ -20,6 +29,28 @@ def llm_adds_bos(llm_tokenizer) -> bool:
         return False
     ids = llm_tokenizer("a", add_special_tokens=True)["input_ids"]
     return bool(ids) and ids[0] == bos
+
+
+def _spaced_wordpiece_decoder(backend) -> tuple[bool, bool]:
+    """Give a WordPiece decoder's word-start tokens their own leading space (see the module docstring).
+
+    Returns whether the decoder was replaced and whether it cleaned up spaces (`` .`` → ``.``) itself, which
+    the new tokenizer's ``clean_up_tokenization_spaces`` then does instead.
+    """
+    from tokenizers import Regex, decoders
+
+    spec = json.loads(backend.to_str()).get("decoder") or {}
+    if spec.get("type") != "WordPiece":
+        return False, False
+    prefix = spec.get("prefix", "##")
+    backend.decoder = decoders.Sequence(
+        [
+            decoders.Replace(Regex(f"^(?!{re.escape(prefix)})"), " "),
+            decoders.Replace(Regex(f"^{re.escape(prefix)}"), ""),
+            decoders.Fuse(),
+        ]
+    )
+    return True, bool(spec.get("cleanup", True))
 
 
 def _max_length(llm_tokenizer, llm_config) -> int:
@@ -55,6 +86,7 @@ def causal_tokenizer(plm_tokenizer, llm_tokenizer, roles: dict[str, tuple[int, i
     backend = Tokenizer.from_str(plm_tokenizer.backend_tokenizer.to_str())
     backend.no_truncation()
     backend.no_padding()
+    _, cleanup = _spaced_wordpiece_decoder(backend)
     convert = plm_tokenizer.convert_ids_to_tokens
     bos = convert(roles["bos"][0]) if "bos" in roles else None
     eos = convert(roles["eos"][0])
@@ -79,7 +111,7 @@ def causal_tokenizer(plm_tokenizer, llm_tokenizer, roles: dict[str, tuple[int, i
         model_input_names=["input_ids", "attention_mask"],
         padding_side=getattr(llm_tokenizer, "padding_side", "right"),
         model_max_length=_max_length(llm_tokenizer, llm_config),
-        clean_up_tokenization_spaces=bool(getattr(plm_tokenizer, "clean_up_tokenization_spaces", False)),
+        clean_up_tokenization_spaces=cleanup or bool(getattr(plm_tokenizer, "clean_up_tokenization_spaces", False)),
         **kwargs,
     )
     return tok
