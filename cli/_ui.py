@@ -31,22 +31,47 @@ def fail(message: str) -> None:
     raise typer.Exit(code=1)
 
 
-def user_errors(fn):
-    """Decorator for commands: CltxError (and missing files) become one red line and exit 1."""
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, ``timeout``, a scheduler's pre-emption) turned into an interrupt, so that it ends
+    like Ctrl-C: with the hint how to continue instead of a silent death."""
+
+
+def _raise_terminated(signum, frame):  # noqa: ARG001 - the signal handler's signature
+    raise _Terminated()
+
+
+def user_errors(fn=None, *, on_interrupt: str = "rerun the same command"):
+    """Decorator for commands: CltxError (and missing files) become one red line and exit 1; Ctrl-C and SIGTERM
+    end with ``on_interrupt`` (how this command continues: ``--resume``, or a plain rerun) and exit 130 / 143.
+
+    Use as ``@user_errors`` or ``@user_errors(on_interrupt="rerun with --resume to continue")``.
+    """
+    if fn is None:
+        return functools.partial(user_errors, on_interrupt=on_interrupt)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        import signal
+        import threading
+
         from cltx.errors import CltxError
 
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return fn(*args, **kwargs)
         except CltxError as e:
             fail(str(e))
         except FileNotFoundError as e:
             fail(f"{e.filename or e}: no such file; fix: check the path")
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]: partial output kept; rerun with --resume to continue")
-            raise typer.Exit(code=130) from None
+        except KeyboardInterrupt as e:
+            what = "terminated" if isinstance(e, _Terminated) else "interrupted"
+            console.print(f"[yellow]{what}[/]: partial output kept; {on_interrupt}")
+            raise typer.Exit(code=143 if isinstance(e, _Terminated) else 130) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
 

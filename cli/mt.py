@@ -82,7 +82,7 @@ def render_report(report: dict) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command("mt")
-    @user_errors
+    @user_errors(on_interrupt="rerun with --resume to continue")
     def mt(
         input: Annotated[Path, typer.Argument(help="English records: JSONL (one object per line) or a JSON array.")],
         output: Annotated[Path, typer.Argument(help="Where to write the translated JSONL.")],

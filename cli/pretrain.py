@@ -12,7 +12,7 @@ from cltx.cli._ui import RichProgress, out, setup_logging, user_errors
 
 def register(app: typer.Typer) -> None:
     @app.command("pretrain")
-    @user_errors
+    @user_errors(on_interrupt="rerun with --resume to continue from the last checkpoint (--save-steps)")
     def pretrain_cmd(
         model: Annotated[
             str, typer.Option("--model", help="Embedded name, model folder (e.g. a `cltx salt` output) or hub id.")

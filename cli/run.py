@@ -14,7 +14,7 @@ _VERDICT_STYLE = {"reproduced": "green", "not reproduced": "red", "inconclusive"
 
 def register(app: typer.Typer) -> None:
     @app.command("run")
-    @user_errors
+    @user_errors(on_interrupt="rerun the same command: finished stages are reused")
     def run_cmd(
         config: Annotated[
             str, typer.Argument(help="TOML run config, or a shipped one: 'default', 'quick' (cltx/data/run_*.toml).")
