@@ -69,7 +69,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
         max_length: Annotated[int, typer.Option("--max-length", help="Prompt + response tokens.")] = 1024,
         bf16: Annotated[bool, typer.Option("--bf16", help="bf16 mixed precision (GPU).")] = False,
-        resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = False,
+        resume: Annotated[
+            bool,
+            typer.Option(
+                "--resume", help="Continue from the last checkpoint in --out (written with --save-steps; same run)."
+            ),
+        ] = False,
         seed: Annotated[int, typer.Option("--seed", help="Random seed (also fixes the micro-batches).")] = 0,
         save_steps: Annotated[int, typer.Option("--save-steps", help="Checkpoint every N steps (0: none).")] = 0,
         logging_steps: Annotated[int, typer.Option("--logging-steps", help="Log metrics every N steps.")] = 5,

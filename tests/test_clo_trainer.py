@@ -3,6 +3,7 @@ goes through cltx.kernels.clo_loss (its CPU reference path here)."""
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 
@@ -149,6 +150,11 @@ def test_resume_continues_the_same_run(tmp_path, tok):
     shutil.copytree(tmp_path / "a" / "checkpoints" / "checkpoint-3", tmp_path / "b" / "checkpoints" / "checkpoint-3")
     rep = train_clo(tiny_llama(tok), recs, tmp_path / "b", resume=True, **common)
     assert rep["resumed_from"].endswith("checkpoint-3") and rep["steps"] == 6
+    # the token count is the whole run's, not only the resumed part's
+    whole = json.loads((tmp_path / "a" / "clo_report.json").read_text())["tokens"]
+    assert rep["tokens"] == whole and 0 < rep["tokens_this_session"] < whole
+    run3 = json.loads((tmp_path / "b" / "checkpoints" / "checkpoint-3" / "clo_run.json").read_text())
+    assert rep["tokens"] == run3["tokens_trained"] + rep["tokens_this_session"]
     resumed = LlamaForCausalLM.from_pretrained(tmp_path / "b").state_dict()
     start = tiny_llama(tok).state_dict()
     moved = 0
@@ -156,6 +162,33 @@ def test_resume_continues_the_same_run(tmp_path, tok):
         torch.testing.assert_close(resumed[k], v, rtol=1e-5, atol=1e-6)
         moved += not torch.equal(v, start[k])
     assert moved > 0
+
+
+def test_resume_with_another_model_is_refused_before_the_reference_pass(tmp_path, tok, monkeypatch):
+    monkeypatch.setenv("CLTX_CACHE", str(tmp_path / "cache"))
+    common = dict(tokenizer=tok, max_steps=2, save_steps=1, batch_size=2, max_length=48)
+    train_clo(tiny_llama(tok), tiny_records(8), tmp_path / "a", **common)
+    calls = clo_trainer.REF_FORWARD_CALLS
+    with pytest.raises(CltxError, match=r"not the run that wrote the checkpoint \(the starting --model's weights"):
+        train_clo(tiny_llama(tok, seed=1), tiny_records(8), tmp_path / "a", resume=True, **common)
+    assert clo_trainer.REF_FORWARD_CALLS == calls  # refused before a pass over the data
+    # the trainer itself checks args.resume_from_checkpoint at construction, before that pass
+    ck = str(tmp_path / "a" / "checkpoints" / "checkpoint-2")
+    args = _args(tmp_path, resume_from_checkpoint=ck)
+    with pytest.raises(CltxError, match="not the run that wrote the checkpoint"):
+        CLOTrainer(tiny_llama(tok, seed=1), args, _bins(tok), processing_class=tok)
+    assert clo_trainer.REF_FORWARD_CALLS == calls
+
+
+def test_first_and_last_steps_are_always_logged(tmp_path, tok):
+    for max_steps, logged in ((7, [1, 5, 7]), (1, [1]), (10, [1, 5, 10])):
+        tr = CLOTrainer(
+            tiny_llama(tok), _args(tmp_path, logging_steps=5, max_steps=max_steps), _bins(tok), processing_class=tok
+        )
+        tr.train()
+        steps = [h["step"] for h in tr.state.log_history if "loss" in h]
+        assert steps == logged, (max_steps, steps)
+        assert len(_logs(tr, "rewards/margins")) == len(logged) and _logs(tr, "rewards/margins")[0] == 0.0
 
 
 def test_sft_method_trains_on_both_directions(tmp_path, tok):

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from transformers import LlamaModel
 from typer.testing import CliRunner
 
+import cltx.clo.api as clo_api
+import cltx.clo.trainer as clo_trainer
 from cltx.cli.main import app
 from cltx.clo._tiny import tiny_llama, tiny_records, tiny_tokenizer
 
@@ -107,9 +110,11 @@ def test_resume_refuses_another_run_and_fresh_runs_keep_old_checkpoints(files, t
     # other data: the checkpoint's step count would silently apply to different micro-batches
     other = files / "other.jsonl"
     other.write_text("\n".join(json.dumps(r) for r in tiny_records(9, seed=7)), encoding="utf-8")
+    calls = clo_trainer.REF_FORWARD_CALLS
     res = _clo(files, out, "--resume", "--data", str(other), "--max-steps", "3")
     assert res.exit_code == 1 and "not the run that wrote the checkpoint" in res.output, res.output
     assert "micro-batches" in res.output and "Traceback" not in res.output
+    assert clo_trainer.REF_FORWARD_CALLS == calls  # refused before the reference pass over the new data
     # another --train: the optimizer state would not fit (a bare ValueError before)
     res = _clo(files, out, "--resume", "--train", "full", "--max-steps", "3")
     assert res.exit_code == 1 and "train 'attention' → 'full'" in res.output, res.output
@@ -121,3 +126,55 @@ def test_resume_refuses_another_run_and_fresh_runs_keep_old_checkpoints(files, t
     assert res.exit_code == 0, res.output
     rep = json.loads((out / "clo_report.json").read_text())
     assert rep["steps"] == 3 and rep["resumed_from"].endswith("checkpoint-2")
+
+
+def test_resume_with_another_model_is_refused_before_it_loads(files, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLTX_CACHE", str(tmp_path / "cache"))  # no reference cache hit for the other model
+    out = tmp_path / "run"
+    assert _clo(files, out, "--save-steps", "1").exit_code == 0
+    tok = tiny_tokenizer()
+    tiny_llama(tok, seed=1).save_pretrained(tmp_path / "other")
+    tok.save_pretrained(tmp_path / "other")
+    loads = []
+    real_load = clo_api.load_policy
+    monkeypatch.setattr(clo_api, "load_policy", lambda name: loads.append(name) or real_load(name))
+    calls = clo_trainer.REF_FORWARD_CALLS
+    res = _clo(files, out, "--resume", "--model", str(tmp_path / "other"), "--max-steps", "3")
+    assert res.exit_code == 1 and "not the run that wrote the checkpoint" in res.output, res.output
+    assert "--model's files" in res.output and "Traceback" not in res.output
+    assert loads == [] and clo_trainer.REF_FORWARD_CALLS == calls  # neither the load nor the reference pass ran
+    # the same model under another path (a copy of its folder) is the same run
+    shutil.copytree(files / "model", tmp_path / "copy")
+    res = _clo(files, out, "--resume", "--model", str(tmp_path / "copy"), "--max-steps", "3")
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "clo_report.json").read_text())["steps"] == 3
+
+
+def test_resume_without_checkpoints(files, tmp_path):
+    # no checkpoint and no --save-steps: nothing could ever be resumed; refused before the model loads
+    # (the bare model body would fail the LM-head check once loaded)
+    res = _clo(files, tmp_path / "none", "--resume", "--model", str(files / "body"))
+    assert res.exit_code == 1 and "resume=True" in res.output and "--save-steps" in res.output, res.output
+    assert "LM head" not in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "none" / "clo_report.json").exists()
+    # with --save-steps, a run stopped before its first checkpoint restarts from step 0
+    res = _clo(files, tmp_path / "early", "--resume", "--save-steps", "5")
+    assert res.exit_code == 0, res.output
+    assert "starting from step 0" in res.output
+    rep = json.loads((tmp_path / "early" / "clo_report.json").read_text())
+    assert rep["steps"] == 2 and rep["resumed_from"] is None
+
+
+def test_short_run_reports_its_loss(files, tmp_path):
+    # --logging-steps 5 (the default) > --max-steps 1: the first (and last) step is logged anyway
+    res = _clo(files, tmp_path / "short", "--max-steps", "1")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "short" / "clo_report.json").read_text())
+    assert rep["first_log"]["step"] == 1 and rep["last_log"]["step"] == 1
+    assert rep["first_log"]["loss"] > 0 and rep["first_log"]["rewards/margins"] == 0.0
+    assert "loss first → last log" in res.output
+    # a run past the logging grid logs its last step too
+    res = _clo(files, tmp_path / "seven", "--max-steps", "7", "--logging-steps", "5")
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "seven" / "clo_report.json").read_text())
+    assert [h["step"] for h in rep["log_history"] if "loss" in h] == [1, 5, 7] and rep["last_log"]["step"] == 7

@@ -136,16 +136,22 @@ def train_clo(
         data: ``cltx mt`` output / bilingual JSONL path, or the records themselves.
         out: output folder: the final model, ``checkpoints/``, and ``clo_report.json``.
         batch_size: records per micro-batch per device (a CLO record = 2 pairs = 4 sequences).
-        resume: continue from the last checkpoint in ``out/checkpoints``.
+        resume: continue from the last checkpoint in ``out/checkpoints`` (written with ``save_steps``).
+            With none there it starts from step 0 when ``save_steps`` is set (a run stopped before its
+            first checkpoint) and is an error when it is not (nothing would ever be resumed). Another
+            run's checkpoint (model, data, options) is refused before the model loads or, for the
+            data, before the reference pass.
         Remaining keyword arguments go to :class:`cltx.clo.trainer.CLOConfig`.
 
     Returns:
-        The run report (also written to ``out/clo_report.json``).
+        The run report (also written to ``out/clo_report.json``). ``tokens``: the whole run's trained
+        (non-padding) tokens, a resumed run's included; ``tokens_this_session`` and
+        ``tokens_per_second``: this call's part.
     """
     import torch
     from transformers.trainer_utils import get_last_checkpoint
 
-    from cltx.clo.trainer import CLOConfig, CLOTrainer, throughput
+    from cltx.clo.trainer import CLOConfig, CLOTrainer, check_resume_options, throughput
 
     progress = ensure_progress(progress)
     if save_steps < 0:
@@ -188,10 +194,19 @@ def train_clo(
     resume_from = None
     if resume:
         resume_from = old
-        if resume_from is None:
-            progress.message(f"resume: no checkpoint in {ckpt_dir}; starting from the beginning")
-        else:
+        if resume_from is not None:
             progress.message(f"resume: continuing from {resume_from}")
+        elif save_steps > 0:
+            # e.g. a run stopped before its first checkpoint: rerunning the same command is a restart
+            progress.message(f"resume: no checkpoint in {ckpt_dir} yet; starting from step 0")
+        else:
+            raise bad_arg(
+                "resume",
+                True,
+                f"there is no checkpoint in {ckpt_dir} to continue from, and save_steps=0 (the default) writes "
+                "none; fix: pass --save-steps N so that runs write checkpoints, or drop --resume (to train the "
+                f"model saved in {out} further, pass it as --model with another --out)",
+            )
     elif old is not None:
         # A fresh run would mix its checkpoints with the old run's; a later --resume would then pick
         # the old run's last one (and, past max_steps, silently return the old model).
@@ -201,6 +216,17 @@ def train_clo(
             f"holds checkpoints of an earlier run ({old}); fix: add --resume to continue that run, "
             f"or pass a new --out (or delete {ckpt_dir})",
         )
+    if resume_from is not None:
+        # Options and the model's files are compared before the (slow) load and the reference pass;
+        # the trainer compares the loaded weights and the micro-batches before its reference pass.
+        from cltx.models import resolve_model
+
+        if isinstance(model, (str, Path)):
+            source = resolve_model(str(model))
+        else:
+            source = getattr(getattr(model, "config", None), "_name_or_path", None)
+        check_resume_options(resume_from, args, model_source=source)
+        args.resume_from_checkpoint = resume_from
     if isinstance(model, (str, Path)):
         model_name = str(model)
         progress.message(f"loading {model_name}")
@@ -240,10 +266,8 @@ def train_clo(
     result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - t0
     trainer.save_final(out)
-    tokens = torch.tensor(float(trainer.tokens_trained), device=trainer.args.device)
-    if trainer.accelerator.num_processes > 1:
-        tokens = trainer.accelerator.reduce(tokens, reduction="sum")
-    tokens = int(tokens.item())
+    tokens_here = trainer.session_tokens()  # collective: every rank
+    tokens = None if trainer.tokens_before is None else trainer.tokens_before + tokens_here
     logs = [h for h in trainer.state.log_history if "loss" in h]
     report = {
         "model": model_name,
@@ -259,7 +283,8 @@ def train_clo(
         "steps": trainer.state.global_step,
         "train_seconds": round(train_seconds, 3),
         "tokens": tokens,
-        "tokens_per_second": round(throughput(tokens, result.metrics["train_runtime"]), 1),
+        "tokens_this_session": tokens_here,
+        "tokens_per_second": round(throughput(tokens_here, result.metrics["train_runtime"]), 1),
         "train_loss": result.metrics.get("train_loss"),
         "first_log": logs[0] if logs else None,
         "last_log": logs[-1] if logs else None,

@@ -10,8 +10,11 @@ then see one forward and one backward per micro-batch.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import re
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -164,11 +167,15 @@ def set_trainable(model: nn.Module, mode: str, *, lora_r: int = 16, lora_alpha: 
 def model_fingerprint(model: nn.Module) -> str:
     """A cheap identity of the starting weights for the reference-log-prob cache key: the config and
     every tensor's name, shape, dtype and a strided sample of up to 16,384 of its values (no
-    full-size copies: an 8B model fingerprints in seconds without extra device memory)."""
+    full-size copies: an 8B model fingerprints in seconds without extra device memory). The folder
+    the model was loaded from (the config's ``_name_or_path``) is not part of it: the same weights
+    under another path are the same model."""
     h = hashlib.sha256()
     cfg = getattr(causal_lm(model), "config", None)
     if cfg is not None:
-        h.update(cfg.to_json_string(use_diff=False).encode())
+        fields = json.loads(cfg.to_json_string(use_diff=False))
+        fields.pop("_name_or_path", None)
+        h.update(json.dumps(fields, sort_keys=True).encode())
     with torch.no_grad():
         for name, p in causal_lm(model).state_dict().items():
             if "lora_" in name:  # a fresh adapter adds exactly zero: not part of the starting function
@@ -180,6 +187,61 @@ def model_fingerprint(model: nn.Module) -> str:
             step = max(1, flat.numel() // 16384)
             sample = torch.cat([flat[::step], flat[-1:]]).to(torch.float64).cpu()
             h.update(sample.numpy().tobytes())
+    return h.hexdigest()
+
+
+# The files transformers loads a model's weights from (single, sharded, index, PEFT adapter).
+_WEIGHT_FILE = re.compile(r"^(model|pytorch_model|adapter_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?$")
+_FILE_HEAD_BYTES = 1 << 16
+_FILE_SAMPLES, _FILE_SAMPLE_BYTES = 64, 4096
+
+
+def _local_model_dir(name_or_path: str | os.PathLike | None) -> Path | None:
+    """The folder a model is loaded from: a local folder, or a hub id's snapshot in the local hub
+    cache (never a download). None when neither exists."""
+    if not name_or_path:
+        return None
+    p = Path(name_or_path).expanduser()
+    if p.is_dir():
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(str(name_or_path), local_files_only=True))
+    except Exception:  # not a hub id, or not in the cache: no fingerprint
+        return None
+
+
+def model_files_fingerprint(name_or_path: str | os.PathLike | None) -> str | None:
+    """A cheap identity of a saved model, read from its files without loading it: ``config.json``
+    (and ``adapter_config.json``) and, for every weight file, its name, size, first 64 KiB (a
+    safetensors header: every tensor's name, dtype, shape and offset) and 64 evenly spaced 4 KiB
+    samples (about 320 KiB read per file, whatever the model's size). ``--resume`` compares it with
+    the checkpoint's before the model loads.
+
+    Returns:
+        A hex digest, or None when ``name_or_path`` is not a local folder or cached hub model with
+        weight files (e.g. a model built in memory).
+    """
+    folder = _local_model_dir(name_or_path)
+    if folder is None:
+        return None
+    weights = sorted(f for f in folder.iterdir() if f.is_file() and _WEIGHT_FILE.match(f.name))
+    if not weights:
+        return None
+    h = hashlib.sha256()
+    for name in ("config.json", "adapter_config.json"):
+        if (folder / name).is_file():
+            h.update(name.encode() + (folder / name).read_bytes())
+    for f in weights:
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            h.update(fh.read(_FILE_HEAD_BYTES))
+            if size > _FILE_HEAD_BYTES:
+                for k in range(_FILE_SAMPLES):
+                    fh.seek(_FILE_HEAD_BYTES + (size - _FILE_HEAD_BYTES) * k // _FILE_SAMPLES)
+                    h.update(fh.read(_FILE_SAMPLE_BYTES))
     return h.hexdigest()
 
 

@@ -51,6 +51,7 @@ from cltx.clo.model import (
     check_logits_path,
     disable_dropout,
     merge_lora_state_dict,
+    model_files_fingerprint,
     model_fingerprint,
     set_trainable,
 )
@@ -75,6 +76,68 @@ _PAIR_METRICS = {
     "logps/chosen": "chosen_logps",
     "logps/rejected": "rejected_logps",
 }
+
+# How a changed part of the run identity is named in the refusal of --resume.
+_IDENTITY_WORDS = {
+    "weights": "the starting --model's weights",
+    "model_files": "the starting --model's files (config and weights)",
+    "data": "the training micro-batches (--data, --max-length, --batch-size, --seed, chat template or field options)",
+}
+
+
+def options_identity(args: CLOConfig, processes: int) -> dict:
+    """The part of a run's identity that the options alone fix (no model, no data): the method and
+    the options that shape the loss or the optimizer state."""
+    return {
+        "method": args.method,
+        "train": args.train_mode,
+        "lora_r": args.lora_r if args.train_mode == "lora" else None,
+        "lam": args.lam,
+        "beta": args.beta,
+        "average_logps": args.average_logps,
+        "grad_accum": args.gradient_accumulation_steps,
+        "processes": processes,
+    }
+
+
+def read_run_file(checkpoint: str | os.PathLike) -> dict | None:
+    """The ``clo_run.json`` of a checkpoint (None: none there, e.g. written before run files existed)."""
+    f = Path(checkpoint) / RUN_FILE
+    if not f.is_file():
+        return None
+    try:
+        saved = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return saved if isinstance(saved, dict) else None
+
+
+def run_mismatch(checkpoint: str | os.PathLike, now: dict) -> str | None:
+    """The refusal of resuming ``checkpoint`` in the run described by ``now`` (None: the same run, as
+    far as both know). ``model_files`` is compared only when both runs know it (a model built in
+    memory has none)."""
+    saved = read_run_file(checkpoint)
+    if saved is None:
+        return None
+    unknown = {k for k in ("model_files",) if saved.get(k) is None or now.get(k) is None}
+    changed = [k for k in now if k in saved and k not in unknown and saved[k] != now[k]]
+    if not changed:
+        return None
+    what = "; ".join(_IDENTITY_WORDS.get(k, f"{k} {saved[k]!r} → {now[k]!r}") for k in changed)
+    return (
+        f"resume={str(checkpoint)!r}: this is not the run that wrote the checkpoint ({what} changed); "
+        "fix: rerun with the first run's options, or drop --resume and pass a new --out"
+    )
+
+
+def check_resume_options(checkpoint: str | os.PathLike, args: CLOConfig, *, model_source=None) -> None:
+    """Refuse resuming ``checkpoint`` with other options or another saved model, before the model
+    loads (the weights and the micro-batches are compared again by :class:`CLOTrainer`, before its
+    reference pass). ``model_source``: the folder or hub id the model will be loaded from."""
+    now = {**options_identity(args, args.world_size), "model_files": model_files_fingerprint(model_source)}
+    msg = run_mismatch(checkpoint, now)
+    if msg:
+        raise CltxError(msg)
 
 
 @dataclasses.dataclass
@@ -240,10 +303,18 @@ class CLOTrainer(Trainer):
 
     Args:
         model: a ``*ForCausalLM`` (fp32 master weights recommended; ``bf16=True`` autocasts).
-        args: a :class:`CLOConfig`.
+        args: a :class:`CLOConfig`. ``args.resume_from_checkpoint`` (a checkpoint folder, or True for
+            the last one in ``output_dir``) is the checkpoint ``train()`` continues from by default; it
+            is checked against this run at construction, before the reference pass (another model,
+            data or options are refused at once, not after that pass).
         train_bins: micro-batches from :func:`cltx.clo.data.make_bins` (method must match ``args``).
         processing_class: the tokenizer (saved with the model).
         Other keyword arguments go to ``transformers.Trainer``.
+
+    The first and the last optimizer step are always logged (besides every ``logging_steps``), so
+    every run has a first and a last logged loss. ``tokens_trained`` counts this process's
+    non-padding tokens of this ``train()``; :meth:`run_tokens` is the whole run's count (all ranks,
+    plus what the resumed checkpoint had trained, stored in its ``clo_run.json``).
     """
 
     # compute_loss normalises over the whole accumulated, all-rank batch itself.
@@ -307,10 +378,27 @@ class CLOTrainer(Trainer):
         self._ref_needed: list[int] = []
         self._ref_missing: list[int] = []
         self.tokens_trained = 0
+        # the whole run's tokens (all ranks) before the resumed checkpoint; None: not recorded there
+        self.tokens_before: int | None = 0
         self._start_fingerprint: str | None = None
         self._identity: dict | None = None
+        self.add_callback(_LogFirstAndLastStep())
+        resume = self._resume_checkpoint(args.resume_from_checkpoint)
+        if resume:
+            # before the reference pass: resuming another run must not cost a pass over the data first
+            self._check_same_run(resume)
         if args.method == "clo":
             self._prepare_reference()
+
+    def _resume_checkpoint(self, resume) -> str | None:
+        if resume is True:
+            from transformers.trainer_utils import get_last_checkpoint
+
+            found = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            if found is None:
+                raise bad_arg("resume_from_checkpoint", True, f"no checkpoint in {self.args.output_dir} to resume")
+            return found
+        return str(resume) if resume else None
 
     # ---- data ---------------------------------------------------------------------------------
 
@@ -367,18 +455,15 @@ class CLOTrainer(Trainer):
         if self._identity is None:
 
             def compute() -> dict:
-                a = self.args
+                lm = causal_lm(self.accelerator.unwrap_model(self.model).policy)
                 return {
-                    "model": self._model_fingerprint(),
+                    # named "weights", not "model": run files of cd15d9e hold a fingerprint that
+                    # included the load path; under the old key they are not compared (not refused)
+                    "weights": self._model_fingerprint(),
+                    # the files it was loaded from: lets --resume refuse another --model before loading it
+                    "model_files": model_files_fingerprint(getattr(lm.config, "_name_or_path", None)),
                     "data": bins_hash(self.train_bins),
-                    "method": a.method,
-                    "train": a.train_mode,
-                    "lora_r": a.lora_r if a.train_mode == "lora" else None,
-                    "lam": a.lam,
-                    "beta": a.beta,
-                    "average_logps": a.average_logps,
-                    "grad_accum": a.gradient_accumulation_steps,
-                    "processes": self.accelerator.num_processes,
+                    **options_identity(self.args, self.accelerator.num_processes),
                 }
 
             self._identity = self._on_main_and_broadcast(compute)
@@ -396,32 +481,24 @@ class CLOTrainer(Trainer):
         return box[0]
 
     def _check_same_run(self, checkpoint: str) -> None:
-        def compare() -> str | None:
-            f = Path(checkpoint) / RUN_FILE
-            if not f.is_file():
-                return None  # a checkpoint written before run files existed: nothing to compare
-            try:
-                saved = json.loads(f.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                return None
-            now = self.run_identity()
-            changed = [k for k in now if k in saved and saved[k] != now[k]]
-            if not changed:
-                return None
-            words = {
-                "model": "the starting --model's weights",
-                "data": "the training micro-batches (--data, "
-                "--max-length, --batch-size, --seed, chat template or field options)",
-            }
-            what = "; ".join(words.get(k, f"{k} {saved[k]!r} → {now[k]!r}") for k in changed)
-            return (
-                f"resume={checkpoint!r}: this is not the run that wrote the checkpoint ({what} changed); "
-                "fix: rerun with the first run's options, or drop --resume and pass a new --out"
-            )
-
-        msg = self._on_main_and_broadcast(compare)
+        self.run_identity()  # every rank takes part in its broadcast
+        msg = self._on_main_and_broadcast(lambda: run_mismatch(checkpoint, self.run_identity()))
         if msg:
             raise CltxError(msg)
+
+    def session_tokens(self) -> int:
+        """Every rank's ``tokens_trained`` summed: this ``train()``'s tokens. Collective: call it on
+        every rank."""
+        here = torch.tensor(float(self.tokens_trained), device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            here = self.accelerator.reduce(here, reduction="sum")
+        return int(here.item())
+
+    def run_tokens(self) -> int | None:
+        """The whole run's trained tokens: :meth:`session_tokens` plus the resumed checkpoint's count
+        (None when that checkpoint did not record one). Collective: call it on every rank."""
+        here = self.session_tokens()
+        return None if self.tokens_before is None else self.tokens_before + here
 
     def needed_bins(self) -> list[int]:
         """The micro-batches this run will use: all of them, unless ``max_steps`` ends the run
@@ -541,12 +618,21 @@ class CLOTrainer(Trainer):
         return out
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
-        if resume_from_checkpoint is True:
-            from transformers.trainer_utils import get_last_checkpoint
-
-            resume_from_checkpoint = get_last_checkpoint(self.args.output_dir)
+        """``transformers.Trainer.train``; ``resume_from_checkpoint`` defaults to
+        ``args.resume_from_checkpoint`` (False: start from step 0 regardless)."""
+        if resume_from_checkpoint is None:
+            resume_from_checkpoint = self.args.resume_from_checkpoint
+        resume_from_checkpoint = self._resume_checkpoint(resume_from_checkpoint)
+        self.tokens_before = 0
         if resume_from_checkpoint:
-            self._check_same_run(str(resume_from_checkpoint))
+            self._check_same_run(resume_from_checkpoint)
+            saved = read_run_file(resume_from_checkpoint) or {}
+            self.tokens_before = saved.get("tokens_trained")
+            if self.tokens_before is None:
+                logger.warning(
+                    "resume: %s does not record the tokens trained before it; the run's token count is unknown",
+                    resume_from_checkpoint,
+                )
         self.run_identity()  # before the first step changes the weights (checkpoints store it)
         if resume_from_checkpoint and self._ref_missing and self.is_fsdp_enabled:
             # FSDP loads the checkpoint into the wrapped model before the deferred reference pass
@@ -626,8 +712,19 @@ class CLOTrainer(Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
-        if self._identity is not None:
-            Path(output_dir, RUN_FILE).write_text(json.dumps(self._identity, indent=1), encoding="utf-8")
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Every checkpoint also gets ``clo_run.json``: the run identity (``--resume`` refuses
+        another run) and the whole run's tokens so far (a resumed run's count goes on from it).
+        Written first, so no checkpoint has weights without it; every rank takes part in the count."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        run = {**self.run_identity(), "tokens_trained": self.run_tokens()}
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / RUN_FILE).write_text(json.dumps(run, indent=1), encoding="utf-8")
+        super()._save_checkpoint(model, trial)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         if self.is_fsdp_enabled:
@@ -695,6 +792,17 @@ class CLOTrainer(Trainer):
         if self.processing_class is not None:
             self.processing_class.save_pretrained(out)
         return out
+
+
+class _LogFirstAndLastStep(TrainerCallback):
+    """Log step 1 and the last step too, not only every ``logging_steps``: a run shorter than
+    ``logging_steps`` would otherwise log no loss at all, and a longer one not its final loss."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if str(getattr(args.logging_strategy, "value", args.logging_strategy)) == "no":
+            return
+        if state.global_step == 1 or state.global_step >= state.max_steps:
+            control.should_log = True
 
 
 class _ReferenceAtTrainBegin(TrainerCallback):
