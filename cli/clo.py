@@ -43,7 +43,7 @@ def data_spec(prompt_fields, response_field, en_key, tgt_key, en_suffix, tgt_suf
 
 def register(app: typer.Typer) -> None:
     @app.command("clo")
-    @user_errors
+    @user_errors(on_interrupt="rerun with --resume to continue from the last checkpoint (--save-steps)")
     def clo_cmd(
         data: Annotated[
             Path, typer.Option("--data", help="`cltx mt` output (English in `_source`) or a bilingual JSONL.")
