@@ -38,7 +38,8 @@ def triton_available() -> bool:
 
 def choose(kernel: str, *tensors: torch.Tensor | None) -> str:
     """Return ``"triton"`` or ``"reference"`` for a call on ``tensors`` and log it once."""
-    ts = [t for t in tensors if t is not None]
+    # Non-tensors are skipped: the kernel's own validation names them (a list was an AttributeError here).
+    ts = [t for t in tensors if isinstance(t, torch.Tensor)]
     if os.environ.get("CLTX_FORCE_REFERENCE", "0") == "1" or not triton_available():
         path = "reference"
     elif ts and all(t.is_cuda for t in ts):

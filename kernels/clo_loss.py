@@ -278,13 +278,18 @@ def clo_loss(
         bias: optional (V,) LM head bias.
         beta: DPO temperature β. lam: λ, the NLL weight.
         average_logps: mean instead of sum of token log-probs per sequence (CL term only).
-        memory_budget_gib: working memory beyond the gradients (logits chunk, casts); default 2 GiB.
-        mode: force ``"pair"`` or ``"recompute"`` (tests, benchmarks); ``None`` picks per budget.
+        memory_budget_gib: working memory beyond the gradients (logits chunk, casts): a finite number > 0;
+            default 2 GiB.
+        mode: force ``"pair"``, ``"deferred"`` or ``"recompute"`` (tests, benchmarks); ``None`` picks per budget.
 
     Returns:
         ``(loss, metrics)``: the scalar loss (fp32; fp64 for fp64 inputs) and a dict of detached tensors
         ``chosen_logps``, ``rejected_logps`` (P,), ``rewards_chosen``, ``rewards_rejected``, ``margins``
         (P,), ``accuracy``, ``nll``, ``cl``.
+
+    The gradients are computed in the forward: backward runs once per call (``retain_graph`` for a second
+    backward and ``create_graph=True`` are refused with an error). Bad arguments raise
+    :class:`cltx.errors.CltxError` naming the argument.
     """
     path = choose("clo_loss", hidden, weight, bias, labels)
     use_triton = path == "triton" and hidden.dtype in _KERNEL_DTYPES and not _BROKEN

@@ -340,20 +340,35 @@ def validate(
     P = P2 // 2
     if T < 1 or H < 1:
         raise bad_arg("hidden.shape", tuple(hidden.shape), "pass at least one position and one feature")
-    if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or weight.shape[1] != H:
-        raise bad_arg("weight.shape", tuple(weight.shape), f"pass the LM head weight (V, H) with H = {H}")
+    for name, t in (
+        ("weight", weight),
+        ("labels", labels),
+        ("ref_chosen_logps", ref_chosen_logps),
+        ("ref_rejected_logps", ref_rejected_logps),
+        ("nll_mask", nll_mask),
+    ):
+        if not isinstance(t, torch.Tensor):  # a list here was an AttributeError from deep inside
+            raise bad_arg(name, t, "pass a torch.Tensor (e.g. torch.tensor(...))")
+    if bias is not None and not isinstance(bias, torch.Tensor):
+        raise bad_arg("bias", bias, "pass a torch.Tensor or None")
+    if weight.dim() != 2 or weight.shape[1] != H or weight.shape[0] < 1:
+        raise bad_arg("weight.shape", tuple(weight.shape), f"pass the LM head weight (V, H) with V >= 1 and H = {H}")
     if not weight.is_floating_point():
         raise bad_arg("weight.dtype", weight.dtype, "pass a floating-point weight")
     V = weight.shape[0]
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != V or not bias.is_floating_point()):
-        raise bad_arg("bias.shape", tuple(bias.shape), f"pass a floating-point bias of shape ({V},) or None")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != V):
+        raise bad_arg("bias.shape", tuple(bias.shape), f"pass a bias of shape ({V},) or None")
+    if bias is not None and not bias.is_floating_point():
+        raise bad_arg("bias.dtype", bias.dtype, "pass a floating-point bias (the LM head's)")
     if tuple(labels.shape) != (P2, T):
         raise bad_arg("labels.shape", tuple(labels.shape), f"pass labels aligned with hidden: ({P2}, {T})")
     if labels.dtype not in (torch.int64, torch.int32):
         raise bad_arg("labels.dtype", labels.dtype, "pass integer token ids (int64), -100 for unscored positions")
     for name, t in (("ref_chosen_logps", ref_chosen_logps), ("ref_rejected_logps", ref_rejected_logps)):
-        if tuple(t.shape) != (P,) or not t.is_floating_point():
+        if tuple(t.shape) != (P,):
             raise bad_arg(f"{name}.shape", tuple(t.shape), f"pass one float log-prob per pair: ({P},)")
+        if not t.is_floating_point():
+            raise bad_arg(f"{name}.dtype", t.dtype, "pass float log-probs (e.g. .float())")
     if tuple(nll_mask.shape) != (P,):
         raise bad_arg("nll_mask.shape", tuple(nll_mask.shape), f"pass one bool per pair: ({P},)")
     dev = hidden.device
@@ -367,12 +382,27 @@ def validate(
     ):
         if t is not None and t.device != dev:
             raise bad_arg(f"{name}.device", str(t.device), f"put every tensor on {dev} (where hidden is)")
-    if not math.isfinite(beta):
+    beta_f = _real(beta)
+    if beta_f is None or not math.isfinite(beta_f):
         raise bad_arg("beta", beta, "pass a finite float (e.g. 0.1)")
-    if not (0.0 <= lam <= 1.0):
+    lam_f = _real(lam)
+    if lam_f is None or not (0.0 <= lam_f <= 1.0):
         raise bad_arg("lam", lam, "pass a weight between 0 and 1 (0.5 in the paper)")
-    if memory_budget_gib is not None and not (memory_budget_gib > 0):
-        raise bad_arg("memory_budget_gib", memory_budget_gib, "pass a positive number of GiB, or None for 2")
+    if memory_budget_gib is not None:
+        budget = _real(memory_budget_gib)
+        # inf was an OverflowError from deep inside (int(inf · 2**30))
+        if budget is None or not (0 < budget < math.inf):
+            raise bad_arg("memory_budget_gib", memory_budget_gib, "pass a finite positive number of GiB, or None for 2")
+
+
+def _real(x: object) -> float | None:
+    """``x`` as a float when it is a real number (int, float, 0-d tensor), else None (str, None, bool)."""
+    if isinstance(x, (str, bytes, bool)) or x is None:
+        return None
+    try:
+        return float(x)
+    except (TypeError, ValueError, RuntimeError):
+        return None
 
 
 def compute_dtype(hidden: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
@@ -1002,8 +1032,19 @@ class FusedCloFunction(torch.autograd.Function):
     def backward(ctx, grad_loss, *_unused):
         grads = ctx.grads
         if grads is None:
-            raise RuntimeError("clo_loss: backward ran twice on one graph (retain_graph is not supported)")
+            raise RuntimeError(
+                "clo_loss: backward ran twice on one graph (retain_graph is not supported: the gradients are "
+                "computed in the forward and handed over once); call clo_loss again for each backward"
+            )
         ctx.grads = None
+        if torch.is_grad_enabled():
+            # create_graph=True: the stored gradients are constants, so any gradient taken of them would silently
+            # miss the second-order terms (e.g. a gradient penalty added to another loss).
+            raise RuntimeError(
+                "clo_loss: create_graph=True is not supported: its gradients are first-order only (computed in "
+                "the forward), so differentiating them (gradient penalties, Hessian-vector products) would silently "
+                "drop clo_loss's second-order terms; use an unfused log-softmax loss for those, or create_graph=False"
+            )
         # Skip the scaling (a read and write of every gradient) for the usual loss.backward(); on a GPU the
         # check waits for the queued forward work but leaves the device busy.
         if bool(grad_loss == 1):
@@ -1075,7 +1116,7 @@ def clo_loss_reference(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The pure-PyTorch CLO loss, chunked over tokens under ``memory_budget_gib`` (see the module docstring).
 
-    Args and returns as :func:`cltx.kernels.clo_loss`; ``mode`` forces ``"pair"`` or ``"recompute"``.
+    Args and returns as :func:`cltx.kernels.clo_loss`; ``mode`` forces ``"pair"``, ``"deferred"`` or ``"recompute"``.
     """
     return run_clo_loss(
         hidden,

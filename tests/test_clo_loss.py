@@ -434,6 +434,79 @@ def test_label_out_of_range_is_an_error():
         clo_loss_reference(inp["hidden"], inp["weight"], inp["labels"], inp["ref_c"], inp["ref_r"], inp["nll_mask"])
 
 
+def _call(inp, **kw):
+    args = [inp[k] for k in ("hidden", "weight", "labels", "ref_c", "ref_r", "nll_mask")]
+    return clo_loss_public(*args, **kw)
+
+
+def clo_loss_public(*args, **kw):
+    from cltx.kernels import clo_loss
+
+    return clo_loss(*args, **kw)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"memory_budget_gib": float("inf")}, r"memory_budget_gib=inf"),  # was an OverflowError from deep inside
+        ({"memory_budget_gib": "2"}, r"memory_budget_gib='2'"),  # was a TypeError
+        ({"lam": None}, r"lam=None"),
+        ({"beta": "0.1"}, r"beta='0.1'"),
+        ({"nll_mask": [True, False]}, r"nll_mask=\[True, False\]: pass a torch.Tensor"),  # was an AttributeError
+        ({"ref_c": [0.0, 1.0]}, r"ref_chosen_logps=\[0.0, 1.0\]"),
+        ({"labels": "list"}, r"labels=\[\["),
+        ({"weight": "list"}, r"weight=\[\["),
+        ({"bias": "list"}, r"bias=\[0.0"),
+        ({"ref_c": "int"}, r"ref_chosen_logps\.dtype=torch\.int64"),  # was reported as a bad shape (2,) vs (2,)
+        ({"bias": "int"}, r"bias\.dtype=torch\.int64"),
+        ({"weight": "empty"}, r"weight\.shape=\(0, 8\)"),  # was 'labels out of range' for every label
+    ],
+)
+def test_bad_arguments_are_clear_errors_on_the_public_function(change, match):
+    inp = make_inputs(2, 5, 8, 19, dtype=torch.float32, seed=12)
+    kw = {}
+    for key, v in change.items():
+        if key == "bias":
+            kw["bias"] = [0.0] * 19 if v == "list" else torch.zeros(19, dtype=torch.long)
+        elif key in inp:
+            if v == "list":
+                v = inp[key].tolist()
+            elif v == "int":
+                v = inp[key].round().long()
+            elif v == "empty":
+                v = inp[key][:0]
+            inp[key] = v
+        else:
+            kw[key] = v
+    with pytest.raises(CltxError, match=match):
+        _call(inp, **kw)
+
+
+def test_create_graph_is_refused_not_silently_first_order():
+    """Gradients come from the forward, so a gradient of them has no second-order terms: create_graph=True
+    used to return a constant gradient, and a penalty on it (added to another loss) was silently dropped."""
+    inp = make_inputs(2, 5, 8, 19, dtype=torch.float64, seed=13)
+    h = inp["hidden"].clone().requires_grad_()
+    inp["hidden"] = h
+    loss, _ = _call(inp)
+    with pytest.raises(RuntimeError, match="create_graph=True is not supported"):
+        torch.autograd.grad(loss, h, create_graph=True)
+    # create_graph=False after a refused call still works on a fresh graph and matches the oracle
+    loss, _ = _call(inp)
+    (g,) = torch.autograd.grad(loss, h)
+    _, _, grads0 = run_oracle({**inp, "hidden": h.detach(), "bias": None}, need=("hidden",))
+    assert_close(g, grads0["hidden"], 1e-10, "grad hidden")
+
+
+def test_second_backward_error_says_what_to_do():
+    inp = make_inputs(2, 5, 8, 19, dtype=torch.float64, seed=14)
+    inp["hidden"] = inp["hidden"].clone().requires_grad_()
+    loss, _ = _call(inp)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="call clo_loss again for each backward"):
+        loss.backward()
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 @pytest.mark.parametrize("vocab", [128256, 21504, 5003])
 def test_row_kernels_compile_for_sm90(dtype, vocab):
