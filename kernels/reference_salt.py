@@ -97,6 +97,12 @@ def check_salt_inputs(
         raise bad_arg("device", sorted(str(d) for d in devs), "put all four tensors on the same device")
     if not (isinstance(ridge, (int, float)) and ridge >= 0 and ridge == ridge and ridge != float("inf")):
         raise bad_arg("ridge", ridge, "pass a finite ridge >= 0 (0 = minimum-norm least squares)")
+    for name, t in (("x_query", x_query), ("x_basis", x_basis), ("y_basis", y_basis)):
+        # A NaN/inf row made the solve raise a LinAlgError from deep inside (reference) or write NaN (kernel).
+        bad = ~torch.isfinite(t)
+        if bool(bad.any()):
+            row = int(bad.any(1).nonzero()[0, 0])
+            raise bad_arg(name, f"NaN or inf in row {row}", "pass finite embeddings (fix or drop that row)")
     neighbors = neighbors.long()
     if neighbors.numel():
         lo, hi = int(neighbors.min()), int(neighbors.max())
@@ -194,6 +200,8 @@ def salt_alpha_reference(
     xb = x_basis.to(acc)
     alpha = torch.zeros(n, k, dtype=torch.float32, device=x_query.device)
     c = _chunk_rows(k, d_in, chunk_size)
+    if x_basis.shape[0] == 0:  # an empty basis: every slot is -1 (checked), nothing to gather
+        return alpha
     # The batched solve runs on larger blocks than the gather (LAPACK's per-call overhead dominates
     # small batches); its G block is at most 32 MB.
     block = max(c, min(n, _CHUNK_BYTES // (4 * k * k)))

@@ -741,6 +741,9 @@ def salt_fit(
         (n, d_out) in ``y_basis``'s dtype (fp32 accumulation), or ``(out, alpha)``.
     """
     neighbors = check_salt_inputs(x_query, x_basis, y_basis, neighbors, ridge)
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        # checked here, not only on the reference path: the Triton path ignored a bad value silently
+        raise bad_arg("chunk_size", chunk_size, "pass a positive number of tokens per chunk, or None")
     path = choose("salt_fit", x_query, x_basis, y_basis, neighbors)
     k, d_in = neighbors.shape[1], x_query.shape[1]
     if path == "triton" and (k > _TRITON_MAX_K or k > d_in):
@@ -753,7 +756,9 @@ def salt_fit(
         path = "reference"
     if path == "triton":
         out, alpha, flags = _salt_fit_triton(x_query, x_basis, y_basis, neighbors, float(ridge), return_alpha)
-        redo = torch.nonzero(flags)[:, 0]
+        # Tokens the kernel flagged, and any non-finite row: an fp32 Gram that overflows or underflows (inputs
+        # scaled ~1e±19) gives NaN without a flag; the reference re-solves those from a float64 Gram.
+        redo = torch.nonzero((flags != 0) | ~torch.isfinite(out).all(1))[:, 0]
         if redo.numel():
             # Ill-conditioned neighbour sets: the reference re-solves them (fp32, then float64).
             logger.debug("salt_fit: %d of %d tokens re-solved by the reference", redo.numel(), flags.numel())

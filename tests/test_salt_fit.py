@@ -179,6 +179,13 @@ def test_k_gt_d_in_is_minimum_norm():
         ({"x_basis": "wrong_width"}, "x_basis.shape"),
         ({"y_basis": "wrong_rows"}, "y_basis.shape"),
         ({"x_query": "int"}, "x_query.dtype"),
+        # NaN/inf rows: the reference raised a LinAlgError from eigh, the kernel wrote NaN rows
+        ({"x_query": "nan_row"}, r"x_query='NaN or inf in row 2'"),
+        ({"x_basis": "inf_row"}, r"x_basis='NaN or inf in row 3'"),
+        ({"y_basis": "nan_row_y"}, r"y_basis='NaN or inf in row 2'"),
+        # chunk_size was checked on the reference path only, and 1.5 was truncated silently there
+        ({"chunk_size": 1.5}, r"chunk_size=1\.5"),
+        ({"chunk_size": True}, r"chunk_size=True"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(kwargs, match):
@@ -191,12 +198,26 @@ def test_bad_inputs_raise_clear_errors(kwargs, match):
         "wrong_width": torch.randn(20, 9),
         "wrong_rows": torch.randn(19, 6),
         "int": xq.long(),
+        "nan_row": xq.clone().index_fill_(0, torch.tensor([2]), float("nan")),
+        "inf_row": xb.clone().index_fill_(0, torch.tensor([3]), float("inf")),
+        "nan_row_y": yb.clone().index_fill_(0, torch.tensor([2]), float("nan")),
     }
     for key, v in kwargs.items():
         args[key] = special.get(v, v) if isinstance(v, str) else v
     ridge = args.pop("ridge")
+    chunk = args.pop("chunk_size", None)
     with pytest.raises(CltxError, match=match):
-        salt_fit(*args.values(), ridge=ridge)
+        salt_fit(*args.values(), ridge=ridge, chunk_size=chunk)
+
+
+def test_empty_basis_gives_zero_rows():
+    """m = 0 (every slot -1): zero rows, like any token without a neighbour (the reference raised an
+    index_select RuntimeError)."""
+    xq = torch.randn(4, 8)
+    nb = torch.full((4, 3), -1, dtype=torch.int64)
+    out, alpha = salt_fit(xq, torch.randn(0, 8), torch.randn(0, 5), nb, return_alpha=True)
+    assert out.shape == (4, 5) and alpha.shape == (4, 3)
+    assert (out == 0).all() and (alpha == 0).all()
 
 
 # ---- interpreter tier (the Triton kernel on CPU, small sizes) ----------------------------------
@@ -249,6 +270,19 @@ def test_interpreter_flags_exactly_the_ill_conditioned_tokens(variant):
     assert flags[:8].sum() >= 4  # square random sets: most are too ill-conditioned for fp32
     e, scale, _ = oracle(xq, xb, yb, nb)
     assert rel_err(_triton_only(xq, xb, yb, nb), e, scale) < TOL["fp32"]
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("scale", [1e20, 1e-20])
+def test_interpreter_extreme_scales_are_never_nan(scale, variant):
+    """Inputs scaled so far that the kernel's fp32 Gram overflows (1e20² · d) or goes subnormal: the kernel
+    wrote NaN rows without flagging them; they are now re-solved by the reference (float64 Gram)."""
+    xq, xb, yb, nb = problem(6, 20, 9, 13, 4, seed=41)
+    xq, xb = xq * scale, xb * scale
+    out, alpha = _triton_only(xq, xb, yb, nb, return_alpha=True)
+    e, sc, a = oracle(xq, xb, yb, nb)
+    assert torch.isfinite(out).all() and torch.isfinite(alpha).all()
+    assert rel_err(out, e, sc) < TOL["fp32"]
 
 
 @pytest.mark.interpreter
