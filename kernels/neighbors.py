@@ -97,19 +97,38 @@ def select_neighbors(
         raise bad_arg("basis.shape", tuple(basis.shape), f"basis must have d={query.shape[1]} columns like query")
     if basis.device != query.device:
         raise bad_arg("basis.device", str(basis.device), f"put basis on {query.device} like query")
-    if not isinstance(k_max, int) or k_max < 1:
+    if not isinstance(k_max, int) or isinstance(k_max, bool) or k_max < 1:
         raise bad_arg("k_max", k_max, "pass a positive integer")
-    if not isinstance(k_min, int) or not 1 <= k_min <= k_max:
+    if not isinstance(k_min, int) or isinstance(k_min, bool) or not 1 <= k_min <= k_max:
         raise bad_arg("k_min", k_min, f"pass an integer in [1, k_max={k_max}]")
     if not (isinstance(temperature, (int, float)) and temperature > 0 and temperature != float("inf")):
         raise bad_arg("temperature", temperature, "pass a finite temperature > 0")
     if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
         raise bad_arg("chunk_size", chunk_size, "pass a positive number of queries per chunk, or None")
     n, m = query.shape[0], basis.shape[0]
+    for name, t in (("query", query), ("basis", basis)):
+        # NaN sorts above every similarity in topk: a NaN basis row was picked first and the weights no longer
+        # summed to 1; a NaN query silently got no neighbour.
+        bad = ~torch.isfinite(t)
+        if bool(bad.any()):
+            row = int(bad.any(1).nonzero()[0, 0])
+            raise bad_arg(name, f"NaN or inf in row {row}", "pass finite vectors (fix or drop that row)")
     if exclude is not None:
-        if not isinstance(exclude, torch.Tensor) or exclude.shape != (n,) or exclude.dtype.is_floating_point:
-            raise bad_arg("exclude", getattr(exclude, "shape", exclude), f"pass an ({n},) int64 tensor (-1 = none)")
+        if (
+            not isinstance(exclude, torch.Tensor)
+            or exclude.shape != (n,)
+            or exclude.dtype.is_floating_point
+            or exclude.dtype == torch.bool
+        ):
+            shown = exclude.dtype if isinstance(exclude, torch.Tensor) and exclude.shape == (n,) else None
+            raise bad_arg(
+                "exclude", shown or getattr(exclude, "shape", exclude), f"pass an ({n},) int64 tensor (-1 = none)"
+            )
         exclude = exclude.to(device=query.device, dtype=torch.int64)
+        if n:
+            lo, hi = int(exclude.min()), int(exclude.max())
+            if lo < -1 or hi >= m:  # was an IndexError from inside (>= m) or silently ignored (< -1)
+                raise bad_arg("exclude", f"values in [{lo}, {hi}]", f"use basis row indices in [0, {m}), -1 = none")
     dev = query.device
     indices = torch.full((n, k_max), -1, dtype=torch.int64, device=dev)
     weights = torch.zeros(n, k_max, dtype=torch.float32, device=dev)

@@ -107,6 +107,11 @@ def test_sparsemax_sorted_closed_form():
         ({"k_min": 9, "k_max": 8}, "k_min"),
         ({"temperature": 0.0}, "temperature"),
         ({"chunk_size": 0}, "chunk_size"),
+        ({"k_max": True}, "k_max=True"),  # was a TypeError from topk
+        # exclude: >= m was an IndexError from inside; < -1 and bool were taken silently
+        ({"exclude": torch.full((3,), 10)}, r"exclude='values in \[10, 10\]'"),
+        ({"exclude": torch.full((3,), -2)}, r"exclude='values in \[-2, -2\]'"),
+        ({"exclude": torch.ones(3, dtype=torch.bool)}, "exclude=torch.bool"),
     ],
 )
 def test_bad_arguments(kwargs, match):
@@ -115,6 +120,18 @@ def test_bad_arguments(kwargs, match):
         select_neighbors(q, b, **kwargs)
     with pytest.raises(CltxError, match="basis.shape"):
         select_neighbors(q, torch.randn(10, 5))
+
+
+@pytest.mark.parametrize("which", ["query", "basis"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_vectors_are_an_error(which, bad):
+    """A NaN basis row sorted above every cosine in topk: it was picked first and the weights summed to
+    more than 1; a NaN query silently got no neighbour."""
+    q, b = data(3, 10, 4, seed=7)
+    t = q if which == "query" else b
+    t[1, 2] = bad
+    with pytest.raises(CltxError, match=rf"{which}='NaN or inf in row 1'"):
+        select_neighbors(q, b, k_max=4)
 
 
 @pytest.mark.gpu
