@@ -242,7 +242,10 @@ if triton is not None:
         a_norm = tl.sqrt(tl.sum(alpha * alpha, axis=AXIS))
         rho = s_norm / tl.maximum(p_norm, 1e-30)
         tail = s_norm * rho / tl.maximum(1.0 - rho, 1e-30)
-        return (rho >= 1.0) | (tail > 1e-5 * a_norm + 1e-30)
+        # Non-finite weights (NaN fails every comparison above) are flagged too: an fp32 Gram that overflows or
+        # underflows (inputs scaled ~1e±19) gives them, and the float64 re-solve gets those tokens right.
+        not_finite = (a_norm != a_norm) | (a_norm > 3.0e38)
+        return (rho >= 1.0) | (tail > 1e-5 * a_norm + 1e-30) | not_finite
 
     @triton.jit
     def _salt_fit_fwd_kernel(
@@ -756,9 +759,9 @@ def salt_fit(
         path = "reference"
     if path == "triton":
         out, alpha, flags = _salt_fit_triton(x_query, x_basis, y_basis, neighbors, float(ridge), return_alpha)
-        # Tokens the kernel flagged, and any non-finite row: an fp32 Gram that overflows or underflows (inputs
-        # scaled ~1e±19) gives NaN without a flag; the reference re-solves those from a float64 Gram.
-        redo = torch.nonzero((flags != 0) | ~torch.isfinite(out).all(1))[:, 0]
+        # Tokens the kernel flagged: unconverged, or with non-finite weights (an fp32 Gram that overflows or
+        # underflows, inputs scaled ~1e±19); the reference re-solves those from a float64 Gram.
+        redo = torch.nonzero(flags)[:, 0]
         if redo.numel():
             # Ill-conditioned neighbour sets: the reference re-solves them (fp32, then float64).
             logger.debug("salt_fit: %d of %d tokens re-solved by the reference", redo.numel(), flags.numel())
