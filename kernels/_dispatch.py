@@ -53,3 +53,19 @@ def choose(kernel: str, *tensors: torch.Tensor | None) -> str:
         _logged.add(key)
         logger.info("%s: using the %s path%s", kernel, path, " (Triton interpreter)" if interpreting() else "")
     return path
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    """Raise a user error naming ``name`` and the first row of the 2-D ``t`` holding NaN or inf.
+
+    One float64 sum finds out whether there is any: no temporary the size of ``t`` (an isfinite mask of a
+    4096-wide embedding table is a quarter of its size) and one read of it; a float64 sum of fp32/bf16 values
+    cannot overflow. The row is looked up only when there is one.
+    """
+    from cltx.errors import bad_arg
+
+    acc = torch.float32 if t.device.type == "mps" else torch.float64  # MPS has no float64: a sum may overflow
+    if t.numel() and not bool(torch.isfinite(t.sum(dtype=acc))):
+        rows = (~torch.isfinite(t)).reshape(t.shape[0], -1).any(1).nonzero()
+        if rows.numel():  # else the float32 sum overflowed on finite values
+            raise bad_arg(name, f"NaN or inf in row {int(rows[0, 0])}", "pass finite values (fix or drop that row)")

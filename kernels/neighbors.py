@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from cltx.errors import bad_arg
+from cltx.kernels._dispatch import check_finite
 
 __all__ = ["select_neighbors", "sparsemax_sorted"]
 
@@ -109,10 +110,7 @@ def select_neighbors(
     for name, t in (("query", query), ("basis", basis)):
         # NaN sorts above every similarity in topk: a NaN basis row was picked first and the weights no longer
         # summed to 1; a NaN query silently got no neighbour.
-        bad = ~torch.isfinite(t)
-        if bool(bad.any()):
-            row = int(bad.any(1).nonzero()[0, 0])
-            raise bad_arg(name, f"NaN or inf in row {row}", "pass finite vectors (fix or drop that row)")
+        check_finite(name, t)
     if exclude is not None:
         if (
             not isinstance(exclude, torch.Tensor)

@@ -38,6 +38,7 @@ import warnings
 import torch
 
 from cltx.errors import bad_arg
+from cltx.kernels._dispatch import check_finite
 
 __all__ = ["salt_fit_reference", "salt_alpha_reference", "regularisation", "check_salt_inputs"]
 
@@ -99,12 +100,7 @@ def check_salt_inputs(
         raise bad_arg("ridge", ridge, "pass a finite ridge >= 0 (0 = minimum-norm least squares)")
     for name, t in (("x_query", x_query), ("x_basis", x_basis), ("y_basis", y_basis)):
         # A NaN/inf row made the solve raise a LinAlgError from deep inside (reference) or write NaN (kernel).
-        # One float64 sum per tensor finds it: no temporary the size of the input (an isfinite mask of y_basis
-        # is 82 MB at the paper shape, past the kernel's peak-memory margin) and one read of it (~0.1 ms on an
-        # H200 for all three); a float64 sum of fp32/bf16 values cannot overflow. The row only when there is one.
-        if t.numel() and not bool(torch.isfinite(t.sum(dtype=torch.float64))):
-            row = int((~torch.isfinite(t)).any(1).nonzero()[0, 0])
-            raise bad_arg(name, f"NaN or inf in row {row}", "pass finite embeddings (fix or drop that row)")
+        check_finite(name, t)
     neighbors = neighbors.long()
     if neighbors.numel():
         lo, hi = int(neighbors.min()), int(neighbors.max())
