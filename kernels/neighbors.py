@@ -63,6 +63,16 @@ def sparsemax_sorted(z: torch.Tensor, valid: torch.Tensor | None = None) -> tupl
 
 
 @torch.no_grad()
+def _as_int(x):
+    """``x`` as a Python int when it is an integer (int, numpy integer), else unchanged (a bool stays a bool, which
+    the callers refuse)."""
+    import numbers
+
+    if isinstance(x, numbers.Integral) and not isinstance(x, bool):
+        return int(x)
+    return x
+
+
 def select_neighbors(
     query: torch.Tensor,
     basis: torch.Tensor,
@@ -98,6 +108,8 @@ def select_neighbors(
         raise bad_arg("basis.shape", tuple(basis.shape), f"basis must have d={query.shape[1]} columns like query")
     if basis.device != query.device:
         raise bad_arg("basis.device", str(basis.device), f"put basis on {query.device} like query")
+    # numpy / 0-d integer values are integers too (numbers.Integral); a bool is not
+    k_max, k_min = _as_int(k_max), _as_int(k_min)
     if not isinstance(k_max, int) or isinstance(k_max, bool) or k_max < 1:
         raise bad_arg("k_max", k_max, "pass a positive integer")
     if not isinstance(k_min, int) or isinstance(k_min, bool) or not 1 <= k_min <= k_max:

@@ -143,3 +143,15 @@ def test_gpu_matches_cpu():
     same = (idx.cpu() == ref_idx).float().mean().item()
     assert same > 0.99  # fp32 rounding may swap near-ties
     torch.testing.assert_close(w.cpu().sum(1), ref_w.sum(1))
+
+
+def test_numpy_integers_are_integers():
+    """k_max=np.int64(4) (e.g. from an array of settings) was refused as 'pass a positive integer'."""
+    import numpy as np
+
+    q, b = data(5, 12, 8, seed=3)
+    idx, w = select_neighbors(q, b, k_max=np.int64(4), k_min=np.int32(2))
+    ref_idx, ref_w = select_neighbors(q, b, k_max=4, k_min=2)
+    assert torch.equal(idx, ref_idx) and torch.equal(w, ref_w)
+    with pytest.raises(CltxError, match="k_max"):
+        select_neighbors(q, b, k_max=True)
