@@ -84,6 +84,8 @@ class MTConfig:
     def __post_init__(self) -> None:
         if isinstance(self.fields, str):
             self.fields = [f.strip() for f in self.fields.split(",")]
+        if not isinstance(self.fields, (list, tuple)) or not all(isinstance(f, str) for f in self.fields):
+            raise bad_arg("--fields", self.fields, "give field names as strings, e.g. fields=['question', 'answer']")
         self.fields = [f for f in self.fields if f]
         if not self.fields:
             raise bad_arg("--fields", self.fields, "name at least one field, e.g. --fields instruction,input,output")
@@ -248,9 +250,24 @@ class Pipeline:
     def __init__(self, engine: Engine, config: MTConfig, hooks: Sequence[RecordHook] = (), *, quality=None) -> None:
         from cltx.mt.protect import compile_patterns
 
+        if not isinstance(config, MTConfig):
+            raise bad_arg("config", config, "give an MTConfig, e.g. MTConfig(fields=['question', 'answer'])")
+        if isinstance(engine, str):  # str has a .translate of its own
+            raise bad_arg("engine", engine, f"give an engine object, e.g. make_engine({engine!r}, 'en', 'pt')")
+        if not callable(getattr(engine, "translate", None)):
+            raise bad_arg(
+                "engine", engine, "give an engine: an object with translate(list[str]) -> list[str], "
+                "e.g. make_engine('bergamot', 'en', 'pt')",
+            )  # fmt: skip
+        if isinstance(hooks, (str, bytes)) or not isinstance(hooks, Iterable):
+            raise bad_arg("hooks", hooks, "give a list of callables fn(result: RecordResult)")
+        hooks = list(hooks)
+        for h in hooks:
+            if not callable(h):
+                raise bad_arg("hooks", h, "each hook must be a callable fn(result: RecordResult)")
         self.engine = engine
         self.config = config
-        self.hooks = list(hooks)
+        self.hooks = hooks
         self._patterns = compile_patterns(config.protect_patterns) if config.protect else None
         if quality is None and config.quality:
             from cltx.mt.quality import QualityConfig, QualityGate
@@ -485,10 +502,24 @@ class Pipeline:
 def translate_records(
     records: Sequence[dict], engine: Engine, config: MTConfig, hooks: Sequence[RecordHook] = ()
 ) -> list[dict]:
-    """In-memory convenience: translate checked records, return the output records in order."""
+    """In-memory convenience: translate records, return the output records in order.
+
+    Each record is checked as ``cltx mt`` checks a file's lines (:func:`cltx.mt.records.check_record`)
+    before any engine time is spent; the first invalid one raises :class:`CltxError` naming
+    ``records[i]``. ``_mt.line`` is the record's 1-based position.
+    """
+    from cltx.mt.records import check_record
+
+    if isinstance(records, (dict, str, bytes)) or not isinstance(records, Iterable):
+        raise bad_arg("records", records, "give a list of dicts, one per record")
     pipe = Pipeline(engine, config, hooks)
     out: list[dict] = []
     items = list(enumerate(records, start=1))
+    bad = [(i, e) for i, rec in items if (e := check_record(rec, config.fields, f"records[{i - 1}]",
+                                                          require_all=config.require_all))]  # fmt: skip
+    if bad:
+        more = f" [{len(bad) - 1} more invalid record(s)]" if len(bad) > 1 else ""
+        raise CltxError(f"{bad[0][1]}{more}")
     for k in range(0, len(items), config.batch_records):
         out.extend(r.output() for r in pipe.translate_batch(items[k : k + config.batch_records]))
     return out
