@@ -17,3 +17,20 @@ def bad_arg(name: str, value: object, fix: str) -> CltxError:
     if len(shown) > 200:
         shown = shown[:197] + "..."
     return CltxError(f"{name}={shown}: {fix}")
+
+
+def check_options(options: dict, known, *, where: str) -> None:
+    """Raise the house-style error for the first key of ``options`` that is not in ``known``.
+
+    For ``**options`` that are passed on to a config class: a misspelt keyword was a bare
+    ``TypeError: __init__() got an unexpected keyword argument`` from deep inside transformers.
+    """
+    import difflib
+
+    known = sorted(set(known))
+    for name, value in options.items():
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+        hint = f"did you mean {', '.join(close)}?" if close else f"see help({where}) for the options"
+        raise bad_arg(name, value, f"not an option of {where}; fix: {hint}")

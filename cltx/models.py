@@ -22,6 +22,7 @@ from pathlib import Path
 
 from cltx.errors import CltxError
 from cltx.paths import cache_dir
+from cltx.progress import quiet_hf_bars
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def _file_lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+@quiet_hf_bars()
 def _materialize_smollm2() -> Path:
     target = cache_dir() / "models" / "smollm2-135m"
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
@@ -223,6 +225,7 @@ def _offline_hint(name: str, err: Exception) -> CltxError:
     )
 
 
+@quiet_hf_bars()
 def load_tokenizer(name: str, *, argument: str = "model"):
     """Load a tokenizer by embedded name, folder or hub id."""
     from transformers import AutoTokenizer
@@ -234,6 +237,7 @@ def load_tokenizer(name: str, *, argument: str = "model"):
         raise _offline_hint(name, e) from e
 
 
+@quiet_hf_bars()
 def load_causal_lm(name: str, *, dtype=None, device: str | None = None, argument: str = "model"):
     """Load a causal LM (``AutoModelForCausalLM``) and its tokenizer.
 
@@ -256,6 +260,7 @@ def load_causal_lm(name: str, *, dtype=None, device: str | None = None, argument
     return model, tok
 
 
+@quiet_hf_bars()
 def load_encoder(name: str, *, argument: str = "plm"):
     """Load a (masked or causal) PLM as a bare ``AutoModel`` plus its tokenizer."""
     from transformers import AutoModel

@@ -25,8 +25,8 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from cltx.errors import CltxError, bad_arg
-from cltx.progress import Progress, ensure_progress, trainer_callback
+from cltx.errors import CltxError, bad_arg, check_options
+from cltx.progress import Progress, ensure_progress, quiet_hf_bars, trainer_callback
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,11 @@ def make_config(
     **extra: Any,
 ) -> PretrainConfig:
     """Build a :class:`PretrainConfig` with cltx's defaults from plain keyword options."""
+    import dataclasses
+    import inspect
+
+    named = [p for p in inspect.signature(make_config).parameters if p not in ("out", "extra")]
+    check_options(extra, [f.name for f in dataclasses.fields(PretrainConfig) if f.init] + named, where="pretrain")
     if batch_size < 1:
         raise bad_arg("batch_size", batch_size, "give a positive batch size")
     if not lr > 0:
@@ -297,6 +302,7 @@ def _saves_checkpoints(cfg: TrainingArguments) -> bool:
     return str(getattr(cfg.save_strategy, "value", cfg.save_strategy)) != "no"
 
 
+@quiet_hf_bars()
 def pretrain(
     model: str,
     text: str | Path,

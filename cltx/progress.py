@@ -8,6 +8,7 @@ caller passes in. The CLI passes one that renders rich progress bars with ETA; l
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -40,6 +41,43 @@ class NullProgress(Progress):
 
 def ensure_progress(progress: Progress | None) -> Progress:
     return progress if progress is not None else NullProgress()
+
+
+class quiet_hf_bars(contextlib.ContextDecorator):
+    """Turn transformers' (and the hub client's) own tqdm bars off for a call; restore them after.
+
+    ``from_pretrained`` draws "Loading weights", ``save_pretrained`` "Writing model shards": in a
+    library call those are bars on the caller's stderr that cltx did not ask for (and, under the
+    CLI, lines interleaved with rich's). Used as a decorator on cltx's public entry points; nesting
+    is fine (an inner exit leaves the bars off when they were off on entry).
+    """
+
+    def _recreate_cm(self):  # a fresh state per decorated call (recursion, threads)
+        return type(self)()
+
+    def __enter__(self):
+        try:
+            from huggingface_hub.utils import are_progress_bars_disabled
+            from transformers.utils import logging as hf_logging
+        except ImportError:  # pragma: no cover - transformers is a dependency
+            self._saved = None
+            return self
+        self._saved = (hf_logging.is_progress_bar_enabled(), are_progress_bars_disabled())
+        hf_logging.disable_progress_bar()
+        return self
+
+    def __exit__(self, *exc):
+        if self._saved is None:
+            return False
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+
+        transformers_on, hub_off = self._saved
+        if transformers_on:
+            hf_logging.enable_progress_bar()  # also turns the hub's bars back on …
+            if hub_off:
+                disable_progress_bars()  # … unless they were off before
+        return False
 
 
 def trainer_callback(progress: Progress, task: str = "train"):

@@ -329,3 +329,38 @@ def test_gpt2_conv1d_attention_is_found_and_lora_skips_the_mlp(tmp_path, tok):
     )
     with pytest.raises(CltxError, match="not its final hidden states"):
         CLOTrainer(bert, _args(tmp_path), _bins(tok), processing_class=tok)
+
+
+def test_library_call_checks_options_and_records_and_draws_no_bars(tmp_path, tok, capfd, monkeypatch, request):
+    # A misspelt option was a bare TypeError from CLOConfig.__init__, a list of strings an
+    # AttributeError after the model loaded; transformers' own "Loading weights"/"Writing model
+    # shards" bars were drawn on the caller's stderr (only the CLI turned them off).
+    from transformers.utils import logging as hf_logging
+
+    import cltx.clo.api as api
+
+    def no_load(*a, **k):
+        raise AssertionError("the model loaded before the options were checked")
+
+    with monkeypatch.context() as m:
+        m.setattr(api, "load_policy", no_load)
+        with pytest.raises(CltxError, match=r"max_step=1: not an option of train_clo; fix: did you mean max_steps"):
+            train_clo("m", tiny_records(4), tmp_path / "x", max_step=1)
+        with pytest.raises(CltxError, match=r"data\[1\]='x': each record must be a dict"):
+            train_clo("m", [tiny_records(1)[0], "x"], tmp_path / "x", max_steps=1)
+        with pytest.raises(CltxError, match=r"data=\{.*give a JSONL path or a list of records"):
+            train_clo("m", tiny_records(1)[0], tmp_path / "x", max_steps=1)
+    model_dir = tmp_path / "m"
+    tiny_llama(tok).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    monkeypatch.setenv("CLTX_CACHE", str(tmp_path / "cache"))
+    was = hf_logging.is_progress_bar_enabled()  # an in-process CLI test turns them off for good
+    hf_logging.enable_progress_bar()
+    request.addfinalizer(lambda: was or hf_logging.disable_progress_bar())
+    capfd.readouterr()
+    rep = train_clo(str(model_dir), tiny_records(4), tmp_path / "out", max_steps=1, max_length=48)
+    captured = capfd.readouterr()
+    assert rep["steps"] == 1 and (tmp_path / "out" / "model.safetensors").exists()
+    assert captured.out == ""
+    assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err
+    assert hf_logging.is_progress_bar_enabled()  # the caller's setting is restored

@@ -255,3 +255,27 @@ def test_resume_without_checkpoints_or_save_steps_is_an_error_before_the_model_l
     res = CliRunner().invoke(app, args)
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert res.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: resume=True"), res.output
+
+
+def test_library_call_draws_no_bars_and_names_a_misspelt_option(tiny, tmp_path, capfd, request):
+    # transformers' own "Loading weights"/"Writing model shards" tqdm bars went to the caller's
+    # stderr (only the CLI turned them off), and max_step=… was a bare TypeError from PretrainConfig.
+    from transformers.utils import logging as hf_logging
+
+    from cltx.pretrain import pretrain
+
+    text = tmp_path / "t.txt"
+    text.write_text("\n".join(TEXT))
+    with pytest.raises(CltxError, match=r"max_step=2: not an option of pretrain; fix: did you mean max_steps"):
+        pretrain(str(tiny), text, tmp_path / "bad", max_step=2)
+    was = hf_logging.is_progress_bar_enabled()  # an in-process CLI test turns them off for good
+    hf_logging.enable_progress_bar()
+    request.addfinalizer(lambda: was or hf_logging.disable_progress_bar())
+    capfd.readouterr()
+    for k in range(2):  # twice in one process
+        rep = pretrain(str(tiny), text, tmp_path / f"o{k}", max_steps=2, block_size=16, batch_size=2, device="cpu")
+        assert rep["steps"] == 2
+        captured = capfd.readouterr()
+        assert captured.out == ""
+        assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err, captured.err
+    assert hf_logging.is_progress_bar_enabled()  # the caller's setting is restored

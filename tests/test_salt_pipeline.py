@@ -678,3 +678,35 @@ def test_embedded_salt_beats_random_and_mean_in_bits_per_byte():
         bpb[method] = t.evaluate(docs)["bits_per_byte"]
     assert all(math.isfinite(v) for v in bpb.values())
     assert bpb["salt"] < bpb["random"] and bpb["salt"] < bpb["mean"], bpb
+
+
+def test_library_steps_draw_no_bars_and_check_their_arguments(models, tmp_path, capfd, request):
+    # The README's step API: transformers' "Loading weights"/"Writing model shards" bars went to the
+    # caller's stderr (only the CLI turned them off); evaluate("a text") was a TypeError deep in
+    # bits_per_byte ('int' object is not iterable) and a dict config an AttributeError.
+    from transformers.utils import logging as hf_logging
+
+    from cltx.salt import SaltConfig, VocabularyTransfer, transfer_vocabulary
+
+    with pytest.raises(CltxError, match=r"config=\{'llm'.*give a SaltConfig"):
+        transfer_vocabulary({"llm": str(models["tied"])}, tmp_path / "x")
+    with pytest.raises(CltxError, match=r"config=.*give a SaltConfig"):
+        VocabularyTransfer({"llm": str(models["tied"])})
+    was = hf_logging.is_progress_bar_enabled()  # an in-process CLI test turns them off for good
+    hf_logging.enable_progress_bar()
+    request.addfinalizer(lambda: was or hf_logging.disable_progress_bar())
+    capfd.readouterr()
+    vt = VocabularyTransfer(SaltConfig(llm=str(models["tied"]), plm=str(models["plm"]), device="cpu"))
+    vt.check()
+    vt.load()
+    vt.neighbours()
+    init = vt.initialize("salt")
+    vt.apply(init)
+    vt.save(init, tmp_path / "salt")
+    captured = capfd.readouterr()
+    assert captured.out == ""
+    assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err, captured.err
+    assert hf_logging.is_progress_bar_enabled()  # the caller's setting is restored
+    with pytest.raises(CltxError, match=r"docs='the river': give a list of strings"):
+        vt.evaluate("the river")
+    assert vt.evaluate(["the river", "a market"])["tokens"] > 0

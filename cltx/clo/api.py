@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ from cltx.clo.data import (
     read_records_with_lines,
     tokenize_examples,
 )
-from cltx.errors import CltxError, bad_arg
-from cltx.progress import Progress, ensure_progress, trainer_callback
+from cltx.errors import CltxError, bad_arg, check_options
+from cltx.progress import Progress, ensure_progress, quiet_hf_bars, trainer_callback
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ def prepare_bins(
     return bins, report
 
 
+@quiet_hf_bars()
 def train_clo(
     model: Any,
     data: str | Path | list[dict],
@@ -148,12 +150,18 @@ def train_clo(
         (non-padding) tokens, a resumed run's included; ``tokens_this_session`` and
         ``tokens_per_second``: this call's part.
     """
+    import dataclasses
+    import inspect
+
     import torch
     from transformers.trainer_utils import get_last_checkpoint
 
     from cltx.clo.trainer import CLOConfig, CLOTrainer, check_resume_options, throughput
 
     progress = ensure_progress(progress)
+    named = [p for p in inspect.signature(train_clo).parameters if p not in ("model", "data", "out", "config")]
+    fields = [f.name for f in dataclasses.fields(CLOConfig) if f.init]
+    check_options(config, [*fields, *named, "gradient_checkpointing"], where="train_clo")
     if save_steps < 0:
         raise bad_arg("save_steps", save_steps, "must be ≥ 0 (0: no checkpoints)")
     out = Path(out)
@@ -189,7 +197,12 @@ def train_clo(
     if isinstance(data, (str, Path)):
         records, lines = read_records_with_lines(data)
     else:
+        if isinstance(data, dict) or not isinstance(data, Iterable):
+            raise bad_arg("data", data, "give a JSONL path or a list of records (dicts)")
         records, lines = list(data), None
+        odd = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+        if odd is not None:
+            raise bad_arg(f"data[{odd}]", records[odd], "each record must be a dict (a JSON object)")
     old = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     resume_from = None
     if resume:

@@ -28,7 +28,7 @@ from cltx.clo.data import (
     tokenize_examples,
 )
 from cltx.errors import CltxError, bad_arg
-from cltx.progress import Progress, ensure_progress
+from cltx.progress import Progress, ensure_progress, quiet_hf_bars
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,7 @@ def evaluate_model(
     return result
 
 
+@quiet_hf_bars()
 def evaluate_models(
     models: list[Any],
     data: str | Path | list[dict],

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from cltx.errors import CltxError, bad_arg
+from cltx.progress import quiet_hf_bars
 
 logger = logging.getLogger(__name__)
 
@@ -384,8 +385,9 @@ class HFEngine:
             fix = f"{path} has no config.json; give a folder written by save_pretrained (model and tokenizer)"
             raise bad_arg("--engine", f"hf:{model}", fix)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(str(path))
-            self.model = AutoModelForSeq2SeqLM.from_pretrained(str(path))
+            with quiet_hf_bars():
+                self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+                self.model = AutoModelForSeq2SeqLM.from_pretrained(str(path))
         except (OSError, ValueError) as e:  # ValueError: a folder without tokenizer/model files
             why = (str(e).strip().splitlines() or [type(e).__name__])[0]
             fix = f"cannot load a seq2seq model there ({why}); give a folder with a saved model and tokenizer"

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from cltx.errors import CltxError, bad_arg
-from cltx.progress import Progress, ensure_progress
+from cltx.progress import Progress, ensure_progress, quiet_hf_bars
 from cltx.salt.matching import Matching, match_vocabularies
 from cltx.salt.methods import METHODS
 
@@ -198,6 +198,8 @@ class VocabularyTransfer:
     """
 
     def __init__(self, config: SaltConfig, progress: Progress | None = None):
+        if not isinstance(config, SaltConfig):
+            raise bad_arg("config", config, "give a SaltConfig, e.g. SaltConfig(llm='smollm2-135m', plm='minilm-l6')")
         self.cfg = config
         self.progress = ensure_progress(progress)
         self.timings: dict[str, float] = {}
@@ -294,6 +296,7 @@ class VocabularyTransfer:
 
     # ----------------------------------------------------------------------------- 2. load
 
+    @quiet_hf_bars()
     def load(self) -> None:
         """Load the LLM and the PLM's input embeddings; check shapes against the tokenizers."""
         import torch
@@ -726,6 +729,7 @@ class VocabularyTransfer:
             "tokens": tokens,
         }
 
+    @quiet_hf_bars()
     def save(self, init: Initialization, out: str | Path, *, extra: dict | None = None) -> Path:
         """Write the model, the causal tokenizer and ``salt_report.json`` to ``out``."""
         self.apply(init)
@@ -750,6 +754,9 @@ class VocabularyTransfer:
         with its own tokenizer (only before the first :meth:`apply`)."""
         from cltx.pretrain import bits_per_byte
 
+        if isinstance(docs, str) or not all(isinstance(d, str) for d in docs):
+            raise bad_arg("docs", docs, "give a list of strings (documents), e.g. evaluate(['one text', 'another'])")
+        docs = list(docs)
         if original:
             if self._resized:
                 raise RuntimeError("the original LLM can only be scored before the first apply()")
@@ -866,6 +873,7 @@ def clear_earlier_output(out: str | Path) -> None:
     (p / MARKER).write_text("written by cltx salt; a rerun of cltx salt may replace this folder's results\n")
 
 
+@quiet_hf_bars()
 def transfer_vocabulary(config: SaltConfig, out: str | Path, *, progress: Progress | None = None) -> dict:
     """Run ``cltx salt``: initialise with one method (saved in ``out``) or all (``out/<method>/``).
 
@@ -881,6 +889,8 @@ def transfer_vocabulary(config: SaltConfig, out: str | Path, *, progress: Progre
     from cltx.paths import data_file
 
     progress = ensure_progress(progress)
+    if not isinstance(config, SaltConfig):
+        raise bad_arg("config", config, "give a SaltConfig, e.g. SaltConfig(llm='smollm2-135m', plm='minilm-l6')")
     out = check_out_dir(out)
     for arg, name in (("llm", config.llm), ("plm", config.plm)):
         src = Path(name).expanduser()
