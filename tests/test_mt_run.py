@@ -481,3 +481,22 @@ def test_an_input_without_records_is_a_user_error(tmp_path, content, name):
         with pytest.raises(CltxError, match=rf"INPUT='.*{name}': holds no records.*fix: check the path"):
             run_file(inp, out, Upper(), MTConfig(fields=["question"]), **kw)
     assert out.read_text() == '{"kept": true}\n'  # refused before the output is touched
+
+
+def test_rank_zero_says_which_ranks_it_waits_for(tmp_path, monkeypatch, caplog):
+    # A rank that died (killed, or failed at start) left rank 0 waiting for its shard in silence.
+    import cltx.mt.runner as runner
+
+    monkeypatch.setattr(runner, "WAIT_WARNING_S", 0.0)
+    inp = _sample(tmp_path, 6)
+    cfg = MTConfig(fields=FIELDS, batch_records=2)
+    with caplog.at_level("WARNING", logger="cltx.mt.runner"), pytest.raises(CltxError, match="waited"):
+        run_file(inp, tmp_path / "out.jsonl", Upper(), cfg, rank=0, world_size=3, merge_timeout=0.3)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "waiting for rank(s) 1, 2 of 3" in warnings[0] and "--resume" in warnings[0]
+    # the missing ranks finish: rank 0's rerun with --resume merges everything
+    for rank in (1, 2):
+        run_file(inp, tmp_path / "out.jsonl", Upper(), cfg, rank=rank, world_size=3)
+    rep = run_file(inp, tmp_path / "out.jsonl", Upper(), cfg, rank=0, world_size=3, resume=True, merge_timeout=30)
+    assert rep["records"] == 6 and [r["_mt"]["line"] for r in _rows(tmp_path / "out.jsonl")] == list(range(1, 7))

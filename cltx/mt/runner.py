@@ -35,6 +35,9 @@ from cltx.progress import Progress, ensure_progress
 
 logger = logging.getLogger(__name__)
 
+#: Seconds rank 0 waits for the other shards before it says so (a rank that died never finishes).
+WAIT_WARNING_S = 30.0
+
 
 def dumps(obj: dict) -> str:
     return json.dumps(obj, ensure_ascii=False)
@@ -332,7 +335,17 @@ def run_file(
             return None
         markers = [out.with_name(f"{out.name}.shard-{r}-of-{world_size}.done") for r in range(world_size)]
         waited = time.perf_counter()
+        warned = False
         while not all(m.exists() for m in markers):
+            if not warned and time.perf_counter() - waited >= WAIT_WARNING_S:
+                # Without this a rank that died left rank 0 waiting silently for ever.
+                late = [r for r, m in enumerate(markers) if not m.exists()]
+                logger.warning(
+                    "rank 0: done with its shard, waiting for rank(s) %s of %d to finish before merging into %s; "
+                    "if one of them died, rerun it (same command, same RANK/WORLD_SIZE) with --resume: this "
+                    "rank merges as soon as it is done", ", ".join(map(str, late)), world_size, out,
+                )  # fmt: skip
+                warned = True
             if merge_timeout is not None and time.perf_counter() - waited > merge_timeout:
                 missing = [str(m) for m in markers if not m.exists()]
                 raise CltxError(f"rank 0 waited {merge_timeout:.0f}s for shards {missing}; fix: rerun the ranks")
