@@ -215,9 +215,10 @@ def register(app: typer.Typer) -> None:
         )  # fmt: skip
         if no_protect and protect:
             raise bad_arg("--protect", protect, "cannot be combined with --no-protect; drop one of them")
-        eng = make_engine(engine, src, tgt, options=parse_options(engine_option), keep_newlines=keep_newlines)
         if no_cache and cache is not None:
             raise bad_arg("--cache", str(cache), "cannot be combined with --no-cache; drop one of them")
+        rank, _ = dist_env()  # a bad RANK/WORLD_SIZE is reported before an hf: engine loads its model
+        eng = make_engine(engine, src, tgt, options=parse_options(engine_option), keep_newlines=keep_newlines)
         # bergamot and hf engines are cached by default: their identity (package version, weight
         # files) is in the key. A python: engine may depend on what cltx cannot see (an API's model
         # version, environment variables): cached only when --cache names a folder.
@@ -226,7 +227,6 @@ def register(app: typer.Typer) -> None:
 
             eid, eopts = engine_identity(engine, parse_options(engine_option), keep_newlines=keep_newlines)
             eng = CachedEngine(eng, TranslationCache(cache), engine=eid, options=eopts, src=src, tgt=tgt)
-        rank, _ = dist_env()
         with RichProgress(disable=quiet or rank != 0) as progress:
             report = run_file(
                 input, output, eng, config, resume=resume, overwrite=overwrite, skip_invalid=skip_invalid,

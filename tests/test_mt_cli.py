@@ -176,3 +176,14 @@ def test_cli_retranslating_an_output_keeps_its_source_and_mt(files):
     r = _run(tmp / "en.jsonl", tmp / "pt2.jsonl", "--fields", "question,instruction", "--engine", eng, "-q")
     assert r.exit_code == 1
     assert "en.jsonl:1: record already has _source_prev and _mt_prev" in _error_line(r)
+
+
+def test_cli_bad_rank_is_reported_before_the_engine_loads(tmp_path, monkeypatch):
+    """With an hf: engine the model loaded before a bad RANK/WORLD_SIZE was reported."""
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"question": "a"}\n')
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    res = _run(inp, tmp_path / "o.jsonl", "--fields", "question", "--engine", f"hf:{tmp_path / 'no-model'}")
+    assert res.exit_code == 1
+    assert "RANK=3 WORLD_SIZE=2" in res.output and "no-model" not in res.output

@@ -500,3 +500,29 @@ def test_rank_zero_says_which_ranks_it_waits_for(tmp_path, monkeypatch, caplog):
         run_file(inp, tmp_path / "out.jsonl", Upper(), cfg, rank=rank, world_size=3)
     rep = run_file(inp, tmp_path / "out.jsonl", Upper(), cfg, rank=0, world_size=3, resume=True, merge_timeout=30)
     assert rep["records"] == 6 and [r["_mt"]["line"] for r in _rows(tmp_path / "out.jsonl")] == list(range(1, 7))
+
+
+def test_every_rank_refuses_an_existing_output(tmp_path):
+    """Rank 0 refused an existing OUTPUT, but the other ranks translated their whole share beside it and left
+    their shard files behind."""
+    inp = _sample(tmp_path, 6)
+    cfg = MTConfig(fields=FIELDS, batch_records=2)
+    out = tmp_path / "out.jsonl"
+    run_file(inp, out, Upper(), cfg)
+    before = out.read_bytes()
+    for rank in (0, 1):
+        with pytest.raises(CltxError, match="exists; pass --resume"):
+            run_file(inp, out, Upper(), cfg, rank=rank, world_size=2)
+    assert out.read_bytes() == before
+    assert not [p.name for p in tmp_path.iterdir() if "shard" in p.name]
+
+
+def test_bad_rank_environment_names_the_fix(monkeypatch):
+    from cltx.mt.runner import dist_env
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(CltxError, match=r"RANK=1 WORLD_SIZE=1 \(WORLD_SIZE is not set: 1 assumed\).*fix: set both"):
+        dist_env()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert dist_env() == (1, 2)

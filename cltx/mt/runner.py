@@ -59,7 +59,11 @@ def dist_env() -> tuple[int, int]:
     except ValueError as e:
         raise CltxError(f"RANK/WORLD_SIZE must be integers ({e}); fix: check the launcher's environment") from e
     if world < 1 or not 0 <= rank < world:
-        raise CltxError(f"RANK={rank} WORLD_SIZE={world}: need 0 <= RANK < WORLD_SIZE")
+        unset = "" if "WORLD_SIZE" in os.environ else " (WORLD_SIZE is not set: 1 assumed)"
+        raise CltxError(
+            f"RANK={rank} WORLD_SIZE={world}{unset}: need 0 <= RANK < WORLD_SIZE; fix: set both for every process "
+            "(RANK=0 … WORLD_SIZE-1, the same WORLD_SIZE), or start them with torchrun / accelerate launch"
+        )
     return rank, world
 
 
@@ -245,7 +249,9 @@ def run_file(
         done_marker = shard_out.with_name(shard_out.name + ".done")
         if done_marker.exists():
             done_marker.unlink()
-        if rank == 0 and out.exists() and not (resume or overwrite):
+        # every rank, not rank 0 only: another rank would translate its whole share into a shard beside an
+        # OUTPUT that rank 0 refuses to replace, and leave the shard behind
+        if out.exists() and not (resume or overwrite):
             raise bad_arg("OUTPUT", str(out), "exists; pass --resume to continue it or --overwrite to replace it")
     else:
         shard_out, shard_rej = out, final_rejects
