@@ -177,6 +177,11 @@ def _convert_smollm2(target: Path) -> Path:
     plain.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     try:
         tmp = Path(tempfile.mkdtemp(prefix=".smollm2-", dir=target.parent))
+        # mkdtemp makes the folder 0700: the renamed folder would be unreadable to the other users of a shared
+        # CLTX_CACHE. Give it the mode a plain mkdir gives (0777 less the umask).
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
     except OSError as e:
         raise _cache_error(target.parent, e) from e
     try:

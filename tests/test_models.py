@@ -1,5 +1,7 @@
 """The embedded default models load offline and produce sensible output."""
 
+import os
+
 import pytest
 import torch
 
@@ -168,6 +170,10 @@ def test_a_truncated_converted_model_and_stale_temporary_folders_are_rebuilt(fre
     target = _materialize_smollm2()
     good = (target / "model.safetensors").read_bytes()
     assert prepared_path("smollm2-135m") == target
+    # a plain folder's mode (mkdtemp's 0700 made it unreadable to the other users of a shared CLTX_CACHE)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~umask
     (target / "model.safetensors").write_bytes(good[: len(good) // 2])
     (fresh_cache / ".smollm2-killed").mkdir()
     (fresh_cache / ".smollm2-killed" / "model.safetensors").write_bytes(b"\0" * 1000)
