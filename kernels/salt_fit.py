@@ -71,7 +71,6 @@ from cltx.kernels.reference_salt import (
     check_salt_inputs,
     regularisation,
     salt_alpha_reference,
-    salt_fit_reference,
 )
 
 try:  # triton is optional on CPU-only installs (the reference path needs only torch)
@@ -773,7 +772,9 @@ def salt_fit(
     if return_alpha:
         alpha = salt_alpha_reference(x_query, x_basis, neighbors, ridge=ridge, chunk_size=chunk_size)
         return apply_alpha(alpha, neighbors, y_basis), alpha
-    return salt_fit_reference(x_query, x_basis, y_basis, neighbors, ridge=ridge, chunk_size=chunk_size)
+    # salt_fit_reference without its own input check (done above: a second pass over the inputs)
+    alpha = salt_alpha_reference(x_query, x_basis, neighbors, ridge=ridge, chunk_size=chunk_size)
+    return apply_alpha(alpha, neighbors, y_basis)
 
 
 class _CallableModule(types.ModuleType):
