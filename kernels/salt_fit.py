@@ -112,15 +112,15 @@ def _config(k: int, d_in: int, d_out: int, *, interpret: bool, variant: str = "v
     BLOCK_D: d_in tile of the Gram phase; BLOCK_N: d_out tile of the fused αᵀY phase (v1, K = 16).
 
     Variants (``CLTX_SALT_VARIANT``):
-      v2 (default): the solve always hands its (n, K) weights to ``_salt_apply_kernel`` (SPLIT),
+      v1 (the default, measured fastest on an H200): the kernel of the first H200 run — αᵀY fused at
+        K = 16, unrolled sweeps, one token a program in the apply kernel at K ≥ 32.
+      v2: the solve always hands its (n, K) weights to ``_salt_apply_kernel`` (SPLIT),
         whose d_out-tile-major grid keeps the Y column slice it works on in L2 (Y then comes from
         HBM about once instead of once per neighbour), TOKENS tokens a program; the K Gauss–Jordan
         sweeps are a runtime loop (one body: ~2.5k SASS instructions at K = 64 instead of ~9.7k
         straight-line ones, which overflowed the instruction cache on every program).
       v2-3xtf32: v2 with the fp32 Gram on tensor cores split in three TF32 products (hi·hi + hi·lo +
         lo·hi: fp32-accurate); bf16 inputs are unaffected.
-      v1: the kernel of the first H200 run (fused αᵀY at K = 16, unrolled sweeps, one token a
-        program in the apply kernel), kept for comparison.
       v3: ``_salt_fit_batched_fwd_kernel``, TOKENS tokens a program on 1-2 warps (see
         :func:`_config_v3`).
     """
