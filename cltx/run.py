@@ -273,6 +273,12 @@ def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     base_path = Path(base_name) if Path(base_name).is_absolute() else path.parent / base_name
     if not base_path.is_file() and base_name in PACKAGED_CONFIGS:
         base_path = _resolve_config_path(base_name)
+    if not base_path.is_file() and "/" not in base_name:
+        # a bare name not beside the config is a shipped file, as for data paths (extends = "run_default.toml")
+        from cltx.paths import data_file
+
+        if data_file(base_name).is_file():
+            base_path = data_file(base_name)
     if not base_path.is_file():
         raise CltxError(f"config={str(path)!r}: extends={base_name!r} does not exist; fix the path")
     return _deep_merge(_read_toml(base_path, seen + (path,)), _with_base_dir(data, path.parent))

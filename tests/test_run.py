@@ -43,6 +43,31 @@ def test_per_device_values(tmp_path):
         load_config(bad, device="cpu")
 
 
+def test_default_config_lists_every_option():
+    # The README sends users to run_default.toml "for every option with a comment": set or commented out.
+    import dataclasses
+    import re
+
+    from cltx.paths import data_file
+    from cltx.run import SECTIONS
+
+    text = data_file("run_default.toml").read_text(encoding="utf-8")
+    missing = []
+    for section, cls in SECTIONS.items():
+        body = re.search(rf"^\[{section}\]\n(.*?)(?=^\[|\Z)", text, re.S | re.M).group(1)
+        keys = set(re.findall(r"^#?\s*([a-z_0-9]+)\s*=", body, re.M))
+        missing += [f"{section}.{f.name}" for f in dataclasses.fields(cls) if f.name not in keys]
+    assert not missing
+
+
+def test_extends_a_shipped_config_by_its_file_name(tmp_path):
+    # The README's rule for relative paths: a bare name not beside the config is a shipped data file.
+    p = _write(tmp_path, 'extends = "run_default.toml"\n[eval]\nprompts = 2\n')
+    cfg = load_config(p, device="cpu")
+    assert cfg.eval.prompts == 2
+    assert cfg.salt.methods == load_config("default", device="cpu").salt.methods
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
