@@ -11,6 +11,11 @@ class CltxError(ValueError):
     """A user mistake (bad argument, missing file, malformed data): reported without a traceback."""
 
 
+class OptionError(CltxError, TypeError):
+    """A keyword that is not an option: a :class:`CltxError` for the CLI, and still the
+    ``TypeError`` that Python raises for an unexpected keyword argument."""
+
+
 def bad_arg(name: str, value: object, fix: str) -> CltxError:
     """Build the house-style error: ``name=value`` is wrong, and what to do instead."""
     shown = repr(value)
@@ -33,4 +38,4 @@ def check_options(options: dict, known, *, where: str) -> None:
             continue
         close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
         hint = f"did you mean {', '.join(close)}?" if close else f"see help({where}) for the options"
-        raise bad_arg(name, value, f"not an option of {where}; fix: {hint}")
+        raise OptionError(str(bad_arg(name, value, f"not an option of {where}; fix: {hint}")))

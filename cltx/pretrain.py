@@ -25,6 +25,7 @@ from typing import Any
 
 from transformers import TrainingArguments
 
+from cltx._validate import TRAINING_NUMBERS, check_args, check_fields, checked_init
 from cltx.errors import CltxError, bad_arg, check_options
 from cltx.progress import Progress, ensure_progress, quiet_hf_bars, trainer_callback
 
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 REPORT_NAME = "pretrain_report.json"
 
 
+@checked_init
 @dataclass
 class PretrainConfig(TrainingArguments):
     """Options of continued pre-training: ``TrainingArguments`` plus the packing block size.
@@ -46,6 +48,8 @@ class PretrainConfig(TrainingArguments):
     max_eval_bytes: int = field(default=200_000, metadata={"help": "Cap on the evaluation text (bytes)."})
 
     def __post_init__(self):
+        # Types first: max_steps="3" was a TypeError from the comparison below or deep in the Trainer.
+        check_fields(self, only=("block_size", "max_eval_bytes", *TRAINING_NUMBERS))
         if self.block_size < 2:
             raise bad_arg("block_size", self.block_size, "use at least 2 tokens per block")
         if self.max_steps is None or self.max_steps <= 0:
@@ -74,6 +78,13 @@ def make_config(
 
     named = [p for p in inspect.signature(make_config).parameters if p not in ("out", "extra")]
     check_options(extra, [f.name for f in dataclasses.fields(PretrainConfig) if f.init] + named, where="pretrain")
+    # Types before the comparisons below (lr="1e-4" was a TypeError); PretrainConfig turns numpy
+    # numbers into Python ones.
+    given = dict(
+        max_steps=max_steps, block_size=block_size, batch_size=batch_size, lr=lr, bf16=bf16, seed=seed,
+        grad_accum=grad_accum, warmup_steps=warmup_steps, save_steps=save_steps, device=device,
+    )  # fmt: skip
+    check_args(make_config, given, only=named)
     if batch_size < 1:
         raise bad_arg("batch_size", batch_size, "give a positive batch size")
     if not lr > 0:
@@ -343,6 +354,11 @@ def pretrain(
     from cltx.models import load_causal_lm
 
     prog = ensure_progress(progress)
+    check_args(
+        pretrain,
+        dict(text=text, out=out, config=config, resume=resume, eval_text=eval_text, text_fields=text_fields),
+        only=("text", "out", "config", "resume", "eval_text", "text_fields"),
+    )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise bad_arg("out", str(out), "is a file; give a folder for the model, tokenizer and report")

@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from cltx._validate import check_args
 from cltx.clo.data import (
     DataSpec,
     PromptFormatter,
@@ -162,6 +163,15 @@ def train_clo(
     named = [p for p in inspect.signature(train_clo).parameters if p not in ("model", "data", "out", "config")]
     fields = [f.name for f in dataclasses.fields(CLOConfig) if f.init]
     check_options(config, [*fields, *named, "gradient_checkpointing"], where="train_clo")
+    # Types before the comparisons below (save_steps="10" was a TypeError); CLOConfig checks its
+    # fields again (a direct CLOConfig) and turns numpy numbers into Python ones.
+    given = dict(
+        spec=spec, method=method, lam=lam, beta=beta, train_mode=train_mode, epochs=epochs, max_steps=max_steps,
+        batch_size=batch_size, grad_accum=grad_accum, lr=lr, max_length=max_length, bf16=bf16, resume=resume,
+        seed=seed, save_steps=save_steps, logging_steps=logging_steps, use_chat_template=use_chat_template,
+        system_prompt=system_prompt,
+    )  # fmt: skip
+    check_args(train_clo, given, only=given)
     if save_steps < 0:
         raise bad_arg("save_steps", save_steps, "must be ≥ 0 (0: no checkpoints)")
     out = Path(out)

@@ -41,6 +41,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from cltx._validate import check_fields, checked_init
 from cltx.errors import CltxError, bad_arg
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ SKIP_REASONS = {
 }
 
 
+@checked_init
 @dataclasses.dataclass
 class DataSpec:
     """Where the two languages and the prompt/response live in a record.
@@ -93,6 +95,7 @@ class DataSpec:
     def __post_init__(self) -> None:
         if isinstance(self.prompt_fields, str):
             self.prompt_fields = tuple(f.strip() for f in self.prompt_fields.split(",") if f.strip())
+        check_fields(self)
         if (self.prompt_fields is None) != (self.response_field is None):
             raise bad_arg(
                 "prompt_fields/response_field",

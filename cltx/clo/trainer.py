@@ -42,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.training_args import ParallelMode
 
+from cltx._validate import TRAINING_NUMBERS, check_fields, checked_init
 from cltx.clo.data import bins_hash
 from cltx.clo.model import (
     METHODS,
@@ -140,6 +141,18 @@ def check_resume_options(checkpoint: str | os.PathLike, args: CLOConfig, *, mode
         raise CltxError(msg)
 
 
+_TRAINING_FIELDS = frozenset(f.name for f in dataclasses.fields(TrainingArguments))
+# The names this config's errors use (the CLI's and train_clo's), where they differ from the field's.
+_CLI_NAMES = {
+    "train_mode": "train",
+    "gradient_accumulation_steps": "grad_accum",
+    "learning_rate": "lr",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+}
+
+
+@checked_init
 @dataclasses.dataclass
 class CLOConfig(TrainingArguments):
     """Training arguments for CLO / SFT. ``per_device_train_batch_size`` counts *records* per
@@ -175,6 +188,9 @@ class CLOConfig(TrainingArguments):
     ref_cache: bool = True
 
     def __post_init__(self):
+        # Types first: lr="1e-4" was a TypeError from a comparison below or deep in the Trainer.
+        own = [f.name for f in dataclasses.fields(CLOConfig) if f.name not in _TRAINING_FIELDS]
+        check_fields(self, only=[*own, *TRAINING_NUMBERS], names=_CLI_NAMES)
         if self.method not in METHODS:
             raise bad_arg("method", self.method, f"choose one of {', '.join(METHODS)}")
         if self.train_mode not in TRAIN_MODES:

@@ -30,6 +30,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from cltx._validate import check_fields, checked_init
 from cltx.errors import CltxError, bad_arg
 from cltx.mt import markers as its
 from cltx.mt.catalyst import catalyst_for, check_setting, load_catalyst_file
@@ -42,6 +43,7 @@ logger = logging.getLogger(__name__)
 MODES = ("joint", "separate")
 
 
+@checked_init
 @dataclass
 class MTConfig:
     """What to translate and how.
@@ -82,6 +84,9 @@ class MTConfig:
     on_flag: str = "keep"
 
     def __post_init__(self) -> None:
+        # Wrong types are named by field (only library calls can pass them: the CLI's are typed);
+        # ``fields`` also takes a comma-separated string and is checked below.
+        check_fields(self, skip=("fields",), fix_hints={"styles": "e.g. cltx.mt.markers.parse_styles('bracket,paren')"})
         if isinstance(self.fields, str):
             self.fields = [f.strip() for f in self.fields.split(",")]
         if not isinstance(self.fields, (list, tuple)) or not all(isinstance(f, str) for f in self.fields):

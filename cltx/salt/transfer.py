@@ -23,11 +23,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cltx._validate import check_fields, checked_init
 from cltx.errors import CltxError, bad_arg
 from cltx.progress import Progress, ensure_progress, quiet_hf_bars
 from cltx.salt.matching import Matching, match_vocabularies
@@ -69,6 +71,7 @@ TOKENIZER_FILES = (
 )
 
 
+@checked_init
 @dataclass
 class SaltConfig:
     """Options of a vocabulary transfer (the CLI's flags).
@@ -106,6 +109,11 @@ class SaltConfig:
     holdout: int = 1000
 
     def __post_init__(self):
+        # Models and files may be given as paths; they are kept as strings (the report is JSON).
+        for name in ("llm", "plm", "vectors", "eval_text"):
+            if isinstance(getattr(self, name), os.PathLike):
+                setattr(self, name, os.fspath(getattr(self, name)))
+        check_fields(self)
         if self.method not in (*METHODS, ALL):
             raise bad_arg("method", self.method, f"use one of {', '.join((*METHODS, ALL))}")
         for name in ("k_max", "k_min", "wechsel_k"):
