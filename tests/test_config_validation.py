@@ -1,5 +1,5 @@
-"""Config dataclasses and the entry points that build them: wrong types and misspelt keywords are
-named errors raised before any model loads."""
+"""Config dataclasses and the entry points that build them: wrong types, misspelt keywords and
+unusable CLO data are named errors raised before any model loads."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import cltx.clo.api as clo_api
 import cltx.models
 from cltx._validate import check_value
-from cltx.clo._tiny import tiny_records
-from cltx.clo.api import train_clo
-from cltx.clo.data import DataSpec
+from cltx.clo._tiny import tiny_records, tiny_tokenizer
+from cltx.clo.api import prepare_bins, train_clo
+from cltx.clo.data import DataSpec, build_examples
 from cltx.clo.trainer import CLOConfig
 from cltx.errors import CltxError
 from cltx.mt.markers import parse_styles
@@ -211,3 +211,37 @@ def test_entry_points_name_misspelt_options_as_python_would(tmp_path, text, no_m
         pretrain("m", text, tmp_path / "out", max_step=1)
     with pytest.raises(TypeError, match=r"lamda=0.5: not an option of train_clo; fix: did you mean lam"):
         train_clo("m", tiny_records(4), tmp_path / "out", lamda=0.5)
+
+
+# ------------------------------------------------------------------------------- 3. CLO data
+
+
+def test_train_clo_refuses_unusable_records_before_the_model_loads(tmp_path, no_model_load):
+    # Was reported only after load_policy (minutes for a 7B model).
+    records = [{"title": "a", "body": "b"}, {"title": "c", "body": "d"}]
+    with pytest.raises(CltxError, match=r"none of the 2 records is usable \(2 no English text"):
+        train_clo("m", records, tmp_path / "out", max_steps=1)
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    with pytest.raises(CltxError, match="none of the 2 records is usable"):
+        train_clo("m", path, tmp_path / "out", max_steps=1)
+    # A layout the spec names wrongly is refused as early.
+    spec = DataSpec(prompt_fields=("nope",), response_field="nada")
+    with pytest.raises(CltxError, match="none of the 4 records is usable"):
+        train_clo("m", tiny_records(4), tmp_path / "out", spec=spec, max_steps=1)
+    # Usable records get as far as the model load.
+    with pytest.raises(_Loaded):
+        train_clo("m", tiny_records(4), tmp_path / "out", max_steps=1)
+
+
+def test_prepare_bins_with_examples_given_is_the_same_and_still_checks_lengths():
+    tok = tiny_tokenizer()
+    records = tiny_records(6) + [{"x": 1}]
+    bins, report = prepare_bins(records, tok, max_length=48)
+    again, report2 = prepare_bins(records, tok, max_length=48, examples=build_examples(records))
+    assert report2.as_dict() == report.as_dict() and report.records == 7 and report.used == 6
+    assert [sorted(b) for b in again] == [sorted(b) for b in bins]
+    assert all((a[k] == b[k]).all() for a, b in zip(again, bins, strict=True) for k in a if hasattr(a[k], "all"))
+    # The tokenizer-dependent check stays after the load: every prompt fills max_length.
+    with pytest.raises(CltxError, match=r"none of the 7 records is usable .*prompt_too_long"):
+        prepare_bins(records, tok, max_length=2, examples=build_examples(records))

@@ -11,7 +11,9 @@ from typing import Any
 
 from cltx._validate import check_args
 from cltx.clo.data import (
+    DataReport,
     DataSpec,
+    Example,
     PromptFormatter,
     build_examples,
     describe_skips,
@@ -75,6 +77,13 @@ def load_policy(name: str):
     return model, tok
 
 
+def _none_usable(report: DataReport) -> CltxError:
+    return CltxError(
+        f"data: none of the {report.records} records is usable ({describe_skips(report)}); "
+        "fix: pass cltx mt output or a bilingual JSONL, and name the fields with --prompt-fields/--response-field"
+    )
+
+
 def prepare_bins(
     records: list[dict],
     tokenizer,
@@ -88,17 +97,16 @@ def prepare_bins(
     use_chat_template: bool | None = None,
     system_prompt: str | None = None,
     lines: list[int] | None = None,
+    examples: tuple[list[Example], DataReport] | None = None,
 ):
     """Records → micro-batches; returns ``(bins, data_report)``. Raises when nothing is usable.
-    ``lines``: each record's line in its file (for the skip report; default: record numbers)."""
-    examples, report = build_examples(records, spec, lines=lines)
+    ``lines``: each record's line in its file (for the skip report; default: record numbers).
+    ``examples``: ``build_examples(records, spec, lines=lines)`` when the caller has it already."""
+    examples, report = examples if examples is not None else build_examples(records, spec, lines=lines)
     fmt = PromptFormatter(tokenizer, use_chat_template=use_chat_template, system_prompt=system_prompt)
     tokenized = tokenize_examples(examples, fmt, max_length, report)
     if not tokenized:
-        raise CltxError(
-            f"data: none of the {report.records} records is usable ({describe_skips(report)}); "
-            "fix: pass cltx mt output or a bilingual JSONL, and name the fields with --prompt-fields/--response-field"
-        )
+        raise _none_usable(report)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     bins = make_bins(tokenized, records_per_bin, method, pad, seed=seed, pad_multiple=pad_to_multiple_of)
     return bins, report
@@ -213,6 +221,11 @@ def train_clo(
         odd = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
         if odd is not None:
             raise bad_arg(f"data[{odd}]", records[odd], "each record must be a dict (a JSON object)")
+    # Records in a layout that gives no example are refused here, not after a 7B model has loaded;
+    # the length checks need the tokenizer and come after the load (prepare_bins).
+    examples = build_examples(records, spec, lines=lines)
+    if not examples[0]:
+        raise _none_usable(examples[1])
     old = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
     resume_from = None
     if resume:
@@ -277,6 +290,7 @@ def train_clo(
         use_chat_template=use_chat_template,
         system_prompt=system_prompt,
         lines=lines,
+        examples=examples,
     )
     if data_report.skipped:
         progress.message(f"data: {data_report.used}/{data_report.records} records used; {describe_skips(data_report)}")
