@@ -62,7 +62,6 @@ def sparsemax_sorted(z: torch.Tensor, valid: torch.Tensor | None = None) -> tupl
     return p.float(), support
 
 
-@torch.no_grad()
 def _as_int(x):
     """``x`` as a Python int when it is an integer (int, numpy integer), else unchanged (a bool stays a bool, which
     the callers refuse)."""
@@ -73,6 +72,7 @@ def _as_int(x):
     return x
 
 
+@torch.no_grad()
 def select_neighbors(
     query: torch.Tensor,
     basis: torch.Tensor,

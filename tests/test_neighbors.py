@@ -155,3 +155,10 @@ def test_numpy_integers_are_integers():
     assert torch.equal(idx, ref_idx) and torch.equal(w, ref_w)
     with pytest.raises(CltxError, match="k_max"):
         select_neighbors(q, b, k_max=True)
+
+
+def test_no_graph_is_built_for_inputs_that_require_grad():
+    """select_neighbors runs under no_grad: embeddings straight from a model (requires_grad) build no graph."""
+    q, b = data(5, 12, 8, seed=5)
+    idx, w = select_neighbors(q.requires_grad_(), b.requires_grad_(), k_max=4)
+    assert not w.requires_grad and w.grad_fn is None
