@@ -340,13 +340,14 @@ def validate(
     P = P2 // 2
     if T < 1 or H < 1:
         raise bad_arg("hidden.shape", tuple(hidden.shape), "pass at least one position and one feature")
-    for name, t in (
+    tensors = (
         ("weight", weight),
         ("labels", labels),
         ("ref_chosen_logps", ref_chosen_logps),
         ("ref_rejected_logps", ref_rejected_logps),
         ("nll_mask", nll_mask),
-    ):
+    )
+    for name, t in tensors:
         if not isinstance(t, torch.Tensor):  # a list here was an AttributeError from deep inside
             raise bad_arg(name, t, "pass a torch.Tensor (e.g. torch.tensor(...))")
     if bias is not None and not isinstance(bias, torch.Tensor):
@@ -372,14 +373,7 @@ def validate(
     if tuple(nll_mask.shape) != (P,):
         raise bad_arg("nll_mask.shape", tuple(nll_mask.shape), f"pass one bool per pair: ({P},)")
     dev = hidden.device
-    for name, t in (
-        ("weight", weight),
-        ("labels", labels),
-        ("ref_chosen_logps", ref_chosen_logps),
-        ("ref_rejected_logps", ref_rejected_logps),
-        ("nll_mask", nll_mask),
-        ("bias", bias),
-    ):
+    for name, t in (*tensors, ("bias", bias)):
         if t is not None and t.device != dev:
             raise bad_arg(f"{name}.device", str(t.device), f"put every tensor on {dev} (where hidden is)")
     beta_f = _real(beta)
