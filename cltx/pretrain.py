@@ -26,6 +26,7 @@ from typing import Any
 from transformers import TrainingArguments
 
 from cltx._validate import TRAINING_NUMBERS, check_args, check_fields, checked_init
+from cltx.checkpoints import resume_point
 from cltx.errors import CltxError, bad_arg, check_options
 from cltx.progress import Progress, ensure_progress, quiet_hf_bars, trainer_callback
 
@@ -301,18 +302,6 @@ def _cap_docs(docs: list[str], max_bytes: int) -> list[str]:
 # --------------------------------------------------------------------------------------- train
 
 
-def _checkpoints(out: Path) -> list[Path]:
-    """The Trainer's ``checkpoint-N`` folders in ``out``, oldest first (other names are ignored)."""
-    if not out.is_dir():
-        return []
-    found = [p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
-    return sorted(found, key=lambda p: int(p.name.split("-", 1)[1]))
-
-
-def _saves_checkpoints(cfg: TrainingArguments) -> bool:
-    return str(getattr(cfg.save_strategy, "value", cfg.save_strategy)) != "no"
-
-
 @quiet_hf_bars()
 def pretrain(
     model: str,
@@ -367,18 +356,7 @@ def pretrain(
     # --save-steps to write one would silently train from step 0 again.
     resume_from = None
     if resume:
-        ckpts = _checkpoints(out)
-        if ckpts:
-            resume_from = str(ckpts[-1])
-        elif _saves_checkpoints(cfg):
-            # e.g. a run stopped before its first checkpoint: rerunning the same command is a restart
-            prog.message(f"pretrain: --resume given but no checkpoint in {out} yet; starting from step 0")
-        else:
-            raise bad_arg(
-                "resume", True, f"there is no checkpoint-N folder in {out} to continue from, and save_steps=0 "
-                "(the default) writes none; fix: pass --save-steps N so that runs write checkpoints, or drop "
-                f"--resume (to train the model saved in {out} further, pass it as --model with another --out)",
-            )  # fmt: skip
+        resume_from = resume_point(cfg, model_out=out, progress=prog, who="pretrain")
     docs = read_documents(text, text_fields=text_fields)
     eval_docs = _cap_docs(read_documents(eval_text, argument="eval_text"), cfg.max_eval_bytes) if eval_text else None
 

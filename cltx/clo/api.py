@@ -163,8 +163,8 @@ def train_clo(
     import inspect
 
     import torch
-    from transformers.trainer_utils import get_last_checkpoint
 
+    from cltx.checkpoints import last_checkpoint, resume_point
     from cltx.clo.trainer import CLOConfig, CLOTrainer, check_resume_options, throughput
 
     progress = ensure_progress(progress)
@@ -226,23 +226,12 @@ def train_clo(
     examples = build_examples(records, spec, lines=lines)
     if not examples[0]:
         raise _none_usable(examples[1])
-    old = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    old = last_checkpoint(ckpt_dir)
     resume_from = None
     if resume:
-        resume_from = old
+        resume_from = resume_point(args, model_out=out, progress=progress, who="resume")
         if resume_from is not None:
             progress.message(f"resume: continuing from {resume_from}")
-        elif save_steps > 0:
-            # e.g. a run stopped before its first checkpoint: rerunning the same command is a restart
-            progress.message(f"resume: no checkpoint in {ckpt_dir} yet; starting from step 0")
-        else:
-            raise bad_arg(
-                "resume",
-                True,
-                f"there is no checkpoint in {ckpt_dir} to continue from, and save_steps=0 (the default) writes "
-                "none; fix: pass --save-steps N so that runs write checkpoints, or drop --resume (to train the "
-                f"model saved in {out} further, pass it as --model with another --out)",
-            )
     elif old is not None:
         # A fresh run would mix its checkpoints with the old run's; a later --resume would then pick
         # the old run's last one (and, past max_steps, silently return the old model).

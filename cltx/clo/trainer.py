@@ -408,9 +408,9 @@ class CLOTrainer(Trainer):
 
     def _resume_checkpoint(self, resume) -> str | None:
         if resume is True:
-            from transformers.trainer_utils import get_last_checkpoint
+            from cltx.checkpoints import last_checkpoint
 
-            found = get_last_checkpoint(self.args.output_dir) if os.path.isdir(self.args.output_dir) else None
+            found = last_checkpoint(self.args.output_dir)
             if found is None:
                 raise bad_arg("resume_from_checkpoint", True, f"no checkpoint in {self.args.output_dir} to resume")
             return found
