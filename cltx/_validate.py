@@ -20,6 +20,7 @@ import collections.abc
 import dataclasses
 import enum
 import functools
+import inspect
 import numbers
 import os
 import types
@@ -269,6 +270,33 @@ def check_args(fn: Callable, values: Mapping[str, Any], *, only: Iterable[str]) 
     hints = _hints(fn)
     wanted = set(only)
     return {k: check_value(k, v, hints[k]) if k in wanted and k in hints else v for k, v in values.items()}
+
+
+def check_call(
+    fn: Callable,
+    values: Mapping[str, Any],
+    options: Mapping[str, Any],
+    config_cls: type,
+    *,
+    where: str,
+    exclude: Iterable[str] = (),
+    also: Iterable[str] = (),
+) -> None:
+    """The checks of an entry point that builds ``config_cls`` from its own keyword arguments plus
+    ``**options``: a misspelt option is the house-style error with the close names
+    (:func:`cltx.errors.check_options`), and the named arguments (``values``: e.g. ``locals()`` on entry)
+    are checked against ``fn``'s annotations before any comparison with them.
+
+    Args:
+        exclude: parameters that are neither options nor checked here (the positional inputs, objects such
+            as a tokenizer or a progress sink, ``**options``).
+        also: further accepted option names (translated by the caller).
+    """
+    skipped = set(exclude)
+    params = [p for p in inspect.signature(fn).parameters if p not in skipped]
+    fields = [f.name for f in dataclasses.fields(config_cls) if f.init]
+    check_options(options, [*fields, *params, *also], where=where)
+    check_args(fn, {k: values[k] for k in params if k in values}, only=params)
 
 
 def checked_init(cls: type) -> type:

@@ -25,9 +25,9 @@ from typing import Any
 
 from transformers import TrainingArguments
 
-from cltx._validate import TRAINING_NUMBERS, check_args, check_fields, checked_init
+from cltx._validate import TRAINING_NUMBERS, check_args, check_call, check_fields, checked_init
 from cltx.checkpoints import resume_point
-from cltx.errors import CltxError, bad_arg, check_options
+from cltx.errors import CltxError, bad_arg
 from cltx.progress import Progress, ensure_progress, quiet_hf_bars, trainer_callback
 
 logger = logging.getLogger(__name__)
@@ -74,18 +74,9 @@ def make_config(
     **extra: Any,
 ) -> PretrainConfig:
     """Build a :class:`PretrainConfig` with cltx's defaults from plain keyword options."""
-    import dataclasses
-    import inspect
-
-    named = [p for p in inspect.signature(make_config).parameters if p not in ("out", "extra")]
-    check_options(extra, [f.name for f in dataclasses.fields(PretrainConfig) if f.init] + named, where="pretrain")
-    # Types before the comparisons below (lr="1e-4" was a TypeError); PretrainConfig turns numpy
-    # numbers into Python ones.
-    given = dict(
-        max_steps=max_steps, block_size=block_size, batch_size=batch_size, lr=lr, bf16=bf16, seed=seed,
-        grad_accum=grad_accum, warmup_steps=warmup_steps, save_steps=save_steps, device=device,
-    )  # fmt: skip
-    check_args(make_config, given, only=named)
+    # Options and types before the comparisons below (lr="1e-4" was a TypeError); PretrainConfig
+    # turns numpy numbers into Python ones.
+    check_call(make_config, locals(), extra, PretrainConfig, where="pretrain", exclude=("out", "extra"))
     if batch_size < 1:
         raise bad_arg("batch_size", batch_size, "give a positive batch size")
     if not lr > 0:

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cltx._validate import check_args
+from cltx._validate import check_call
 from cltx.clo.data import (
     DataReport,
     DataSpec,
@@ -21,7 +21,7 @@ from cltx.clo.data import (
     read_records_with_lines,
     tokenize_examples,
 )
-from cltx.errors import CltxError, bad_arg, check_options
+from cltx.errors import CltxError, bad_arg
 from cltx.progress import Progress, ensure_progress, quiet_hf_bars, trainer_callback
 
 logger = logging.getLogger(__name__)
@@ -159,27 +159,18 @@ def train_clo(
         (non-padding) tokens, a resumed run's included; ``tokens_this_session`` and
         ``tokens_per_second``: this call's part.
     """
-    import dataclasses
-    import inspect
-
     import torch
 
     from cltx.checkpoints import last_checkpoint, resume_point
     from cltx.clo.trainer import CLOConfig, CLOTrainer, check_resume_options, throughput
 
-    progress = ensure_progress(progress)
-    named = [p for p in inspect.signature(train_clo).parameters if p not in ("model", "data", "out", "config")]
-    fields = [f.name for f in dataclasses.fields(CLOConfig) if f.init]
-    check_options(config, [*fields, *named, "gradient_checkpointing"], where="train_clo")
-    # Types before the comparisons below (save_steps="10" was a TypeError); CLOConfig checks its
-    # fields again (a direct CLOConfig) and turns numpy numbers into Python ones.
-    given = dict(
-        spec=spec, method=method, lam=lam, beta=beta, train_mode=train_mode, epochs=epochs, max_steps=max_steps,
-        batch_size=batch_size, grad_accum=grad_accum, lr=lr, max_length=max_length, bf16=bf16, resume=resume,
-        seed=seed, save_steps=save_steps, logging_steps=logging_steps, use_chat_template=use_chat_template,
-        system_prompt=system_prompt,
+    # Options and types before the comparisons below (save_steps="10" was a TypeError); CLOConfig
+    # checks its fields again (a direct CLOConfig) and turns numpy numbers into Python ones.
+    check_call(
+        train_clo, locals(), config, CLOConfig, where="train_clo",
+        exclude=("model", "data", "out", "config", "tokenizer", "progress"), also=("gradient_checkpointing",),
     )  # fmt: skip
-    check_args(train_clo, given, only=given)
+    progress = ensure_progress(progress)
     if save_steps < 0:
         raise bad_arg("save_steps", save_steps, "must be ≥ 0 (0: no checkpoints)")
     out = Path(out)
