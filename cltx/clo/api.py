@@ -284,7 +284,7 @@ def train_clo(
     train_seconds = time.perf_counter() - t0
     trainer.save_final(out)
     tokens_here = trainer.session_tokens()  # collective: every rank
-    tokens = None if trainer.tokens_before is None else trainer.tokens_before + tokens_here
+    tokens = trainer.run_tokens(tokens_here)
     logs = [h for h in trainer.state.log_history if "loss" in h]
     report = {
         "model": model_name,

@@ -510,10 +510,11 @@ class CLOTrainer(Trainer):
             here = self.accelerator.reduce(here, reduction="sum")
         return int(here.item())
 
-    def run_tokens(self) -> int | None:
-        """The whole run's trained tokens: :meth:`session_tokens` plus the resumed checkpoint's count
-        (None when that checkpoint did not record one). Collective: call it on every rank."""
-        here = self.session_tokens()
+    def run_tokens(self, session: int | None = None) -> int | None:
+        """The whole run's trained tokens: :meth:`session_tokens` (or ``session``, its value when the caller
+        has it already) plus the resumed checkpoint's count (None when that checkpoint did not record one).
+        Collective unless ``session`` is given: call it on every rank."""
+        here = self.session_tokens() if session is None else session
         return None if self.tokens_before is None else self.tokens_before + here
 
     def needed_bins(self) -> list[int]:
