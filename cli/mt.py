@@ -218,20 +218,21 @@ def register(app: typer.Typer) -> None:
         if no_cache and cache is not None:
             raise bad_arg("--cache", str(cache), "cannot be combined with --no-cache; drop one of them")
         rank, _ = dist_env()  # a bad RANK/WORLD_SIZE is reported before an hf: engine loads its model
-        eng = make_engine(engine, src, tgt, options=parse_options(engine_option), keep_newlines=keep_newlines)
+        engine_options = parse_options(engine_option)
+        eng = make_engine(engine, src, tgt, options=engine_options, keep_newlines=keep_newlines)
         # bergamot and hf engines are cached by default: their identity (package version, weight
         # files) is in the key. A python: engine may depend on what cltx cannot see (an API's model
         # version, environment variables): cached only when --cache names a folder.
         if not no_cache and (cache is not None or not engine.startswith("python:")):
             from cltx.mt.tcache import CachedEngine, TranslationCache, engine_identity
 
-            eid, eopts = engine_identity(engine, parse_options(engine_option), keep_newlines=keep_newlines)
+            eid, eopts = engine_identity(engine, engine_options, keep_newlines=keep_newlines)
             eng = CachedEngine(eng, TranslationCache(cache), engine=eid, options=eopts, src=src, tgt=tgt)
         with RichProgress(disable=quiet or rank != 0) as progress:
             report = run_file(
                 input, output, eng, config, resume=resume, overwrite=overwrite, skip_invalid=skip_invalid,
                 rejects_path=rejects, progress=progress, references=references,
-                settings={"engine_options": parse_options(engine_option), "keep_newlines": keep_newlines},
+                settings={"engine_options": engine_options, "keep_newlines": keep_newlines},
             )  # fmt: skip
         if report is not None and not quiet:
             render_report(report)
