@@ -226,7 +226,9 @@ def bits_per_byte(model, tokenizer, docs: list[str], *, max_length: int = 512, b
     in windows of ``max_length`` tokens, so every token of the text is predicted exactly once.
 
     Returns:
-        ``{"loss": nats/token, "bits_per_byte": float, "tokens": int, "bytes": int}``.
+        ``{"loss": nats/token, "bits_per_byte": float, "tokens": int, "bytes": int}``, plus ``unk_tokens``
+        when the tokenizer has an unk token: text it cannot spell becomes one unk that stands for all its
+        bytes, so a nonzero count makes bits per byte optimistic.
     """
     import torch
 
@@ -234,11 +236,13 @@ def bits_per_byte(model, tokenizer, docs: list[str], *, max_length: int = 512, b
     if start is None:
         start = tokenizer.cls_token_id
     seqs: list[list[int]] = []
-    n_bytes = 0
+    n_bytes = n_unk = 0
+    unk = tokenizer.unk_token_id
     for doc, ids in zip(docs, tokenizer(docs, add_special_tokens=False)["input_ids"], strict=True):
         if not ids:
             continue
         n_bytes += len(doc.encode("utf-8"))
+        n_unk += ids.count(unk) if unk is not None else 0
         ids = ([int(start)] if start is not None else []) + list(ids)
         step = max_length - 1
         for i in range(0, max(len(ids) - 1, 1), step):
@@ -276,6 +280,7 @@ def bits_per_byte(model, tokenizer, docs: list[str], *, max_length: int = 512, b
         "bits_per_byte": total_nll / math.log(2) / n_bytes,
         "tokens": total_tok,
         "bytes": n_bytes,
+        **({"unk_tokens": n_unk} if unk is not None else {}),
     }
 
 
