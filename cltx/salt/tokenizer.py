@@ -31,17 +31,17 @@ def llm_adds_bos(llm_tokenizer) -> bool:
     return bool(ids) and ids[0] == bos
 
 
-def _spaced_wordpiece_decoder(backend) -> tuple[bool, bool]:
+def _spaced_wordpiece_decoder(backend) -> bool:
     """Give a WordPiece decoder's word-start tokens their own leading space (see the module docstring).
 
-    Returns whether the decoder was replaced and whether it cleaned up spaces (`` .`` → ``.``) itself, which
-    the new tokenizer's ``clean_up_tokenization_spaces`` then does instead.
+    Returns whether the replaced decoder cleaned up spaces (`` .`` → ``.``) itself, which the new
+    tokenizer's ``clean_up_tokenization_spaces`` then does instead (False when nothing was replaced).
     """
     from tokenizers import Regex, decoders
 
     spec = json.loads(backend.to_str()).get("decoder") or {}
     if spec.get("type") != "WordPiece":
-        return False, False
+        return False
     prefix = spec.get("prefix", "##")
     backend.decoder = decoders.Sequence(
         [
@@ -50,7 +50,7 @@ def _spaced_wordpiece_decoder(backend) -> tuple[bool, bool]:
             decoders.Fuse(),
         ]
     )
-    return True, bool(spec.get("cleanup", True))
+    return bool(spec.get("cleanup", True))
 
 
 def _max_length(llm_tokenizer, llm_config) -> int:
@@ -86,7 +86,7 @@ def causal_tokenizer(plm_tokenizer, llm_tokenizer, roles: dict[str, tuple[int, i
     backend = Tokenizer.from_str(plm_tokenizer.backend_tokenizer.to_str())
     backend.no_truncation()
     backend.no_padding()
-    _, cleanup = _spaced_wordpiece_decoder(backend)
+    cleanup = _spaced_wordpiece_decoder(backend)
     convert = plm_tokenizer.convert_ids_to_tokens
     bos = convert(roles["bos"][0]) if "bos" in roles else None
     eos = convert(roles["eos"][0])
