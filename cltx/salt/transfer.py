@@ -892,6 +892,7 @@ def transfer_vocabulary(config: SaltConfig, out: str | Path, *, progress: Progre
         "llm_bits_per_byte": float | None, "matching": {...}, "timings": {...}}``.
     """
     from cltx.paths import data_file
+    from cltx.pretrain import read_documents
 
     progress = ensure_progress(progress)
     if not isinstance(config, SaltConfig):
@@ -904,7 +905,7 @@ def transfer_vocabulary(config: SaltConfig, out: str | Path, *, progress: Progre
     eval_path = config.eval_text
     if eval_path is None and config.method == ALL:
         eval_path = str(data_file("eval_en.txt"))
-    docs = _read_eval_text(eval_path) if eval_path else None
+    docs = read_documents(eval_path, argument="eval_text") if eval_path else None
     created = _make_out_dir(out)
     try:
         return _transfer(config, out, eval_path, docs, progress)
@@ -913,19 +914,6 @@ def transfer_vocabulary(config: SaltConfig, out: str | Path, *, progress: Progre
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise
-
-
-def _read_eval_text(path: str) -> list[str]:
-    from cltx.pretrain import read_documents
-
-    try:
-        return read_documents(path)
-    except UnicodeDecodeError as e:
-        bad = e.object[e.start : e.start + 1]
-        raise bad_arg("eval_text", path, f"is not UTF-8 text (byte {e.start} is {bad!r}); convert it to UTF-8") from e
-    except CltxError as e:
-        msg = str(e)
-        raise CltxError("eval_" + msg if msg.startswith("text=") else msg) from e
 
 
 def _transfer(config: SaltConfig, out: Path, eval_path: str | None, docs: list[str] | None, progress) -> dict:
