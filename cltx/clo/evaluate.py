@@ -279,9 +279,9 @@ def evaluate_models(
 
 def _tokenizer_view(entry) -> tuple[str, Any, int | None]:
     """(name, tokenizer, context length) of a model entry without loading its weights."""
-    if isinstance(entry, tuple):
-        from cltx.clo.api import model_context
+    from cltx.clo.api import model_context
 
+    if isinstance(entry, tuple):
         name, model, tok = entry
         if tok.pad_token is None:
             tok.pad_token = tok.eos_token
@@ -299,8 +299,6 @@ def _tokenizer_view(entry) -> tuple[str, Any, int | None]:
         raise bad_arg(
             "model", name, f"cannot be loaded as a causal LM ({type(e).__name__}: {str(e).splitlines()[0][:160]})"
         ) from e
-    from cltx.clo.api import model_context
-
     tok = load_tokenizer(name)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
