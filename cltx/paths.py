@@ -30,19 +30,17 @@ def cache_dir() -> Path:
         CltxError: the folder does not exist and cannot be created (a path through a file, a
             read-only file system, no permission).
     """
+    from cltx.errors import CltxError
+
     root = cache_root()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        from cltx.errors import CltxError
-
         raise CltxError(
             f"{cache_env()}: cannot create the cache folder {str(root)!r} ({type(e).__name__}: {e.strerror or e}); "
             "fix: set CLTX_CACHE to a writable folder"
         ) from e
     if not root.is_dir():
-        from cltx.errors import CltxError
-
         raise CltxError(f"{cache_env()}: {str(root)!r} is a file, not a folder; fix: set CLTX_CACHE to a folder")
     return root
 
