@@ -222,9 +222,10 @@ def clo_specs(vocabs=CLO_VOCABS, dtype: str = "bf16") -> list[Spec]:
         ints = {"V": V, "STRIDE_Z": V, "COL0": 0}
         stats_ptrs = {"Z": dtype, "LABELS": "i64", "LSE": "fp32", "ZLAB": "fp32"}
         grad_ptrs = {"Z": dtype, "LABELS": "i64", "LSE": "fp32", "COEF": "fp32"}
-        const = {"BLOCK_V": cfg["BLOCK_V"]}
-        specs.append(Spec("clo_row_stats", label, cl._clo_row_stats_kernel, stats_ptrs, const, opts, ints))
-        specs.append(Spec("clo_row_grad", label, cl._clo_row_grad_kernel, grad_ptrs, const, opts, ints))
+        const = {"BLOCK_V": cfg["BLOCK_V"], "TRANSFORM": 0}  # plain logits (the usual LM head)
+        floats = ("SCALE", "CAP")
+        specs.append(Spec("clo_row_stats", label, cl._clo_row_stats_kernel, stats_ptrs, const, opts, ints, floats))
+        specs.append(Spec("clo_row_grad", label, cl._clo_row_grad_kernel, grad_ptrs, const, opts, ints, floats))
     return specs
 
 

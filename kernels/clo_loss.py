@@ -2,7 +2,9 @@
 
 Inputs: hidden (2P, T, H) — rows 0…P−1 chosen responses, rows P…2P−1 their rejected partners; the LM head
 weight (V, H) and optional bias (V,); labels (2P, T) aligned with hidden (−100 = not scored). With
-z_t = h_t·Wᵀ + b and logp_t = z_t[y_t] − logsumexp(z_t):
+z_t = h_t·Wᵀ + b (or, for a model that transforms its logits, c·tanh(s·(h_t·Wᵀ + b)/c) with ``logit_softcap`` c,
+s·(h_t·Wᵀ + b) with ``logit_scale`` s alone: Gemma-2, Cohere/Aya, Granite; applied in the row kernels, with the
+chain factor s·(1 − (z/c)²) on the d-logits) and logp_t = z_t[y_t] − logsumexp(z_t):
 
     s(row) = Σ_t logp_t                      (÷ token count with average_logps)
     NLL    = −Σ_{chosen rows with nll_mask} Σ_t logp_t / (their token count)   (0 when none)
@@ -104,6 +106,18 @@ def _row_config(vocab: int) -> dict:
 
 
 @triton.jit
+def _transform(z, SCALE, CAP, TRANSFORM: tl.constexpr):
+    # The model's logits from the raw h·Wᵀ + b: TRANSFORM 1 = SCALE·z, 2 = CAP·tanh(SCALE·z / CAP), with
+    # tanh(x) = 1 − 2 / (exp(2x) + 1) (exp overflows to inf for large x: → 1; exact at ±inf; absolute error
+    # ~1e-7 near 0, i.e. ~CAP·1e-7 on a logit).
+    if TRANSFORM >= 1:
+        z = z * SCALE
+    if TRANSFORM == 2:
+        z = CAP * (1.0 - 2.0 / (tl.exp(z * (2.0 / CAP)) + 1.0))
+    return z
+
+
+@triton.jit
 def _clo_row_stats_kernel(
     Z,  # (n, V) logits of vocabulary columns COL0 … COL0+V−1, any float dtype, row stride STRIDE_Z
     LABELS,  # (n,) int64 global token ids, −100 for unscored tokens
@@ -112,7 +126,10 @@ def _clo_row_stats_kernel(
     V,
     STRIDE_Z,
     COL0,
+    SCALE,  # fp32 logit scale (TRANSFORM ≥ 1)
+    CAP,  # fp32 logit softcap (TRANSFORM = 2)
     BLOCK_V: tl.constexpr,
+    TRANSFORM: tl.constexpr,  # 0: logits as they are (the usual LM head); 1: scaled; 2: scaled and soft-capped
 ):
     # 1. This program's row; int64 so that row·V does not overflow (n·V passes 2^31).
     row = tl.program_id(0).to(tl.int64)
@@ -125,6 +142,8 @@ def _clo_row_stats_kernel(
     for v0 in range(0, V, BLOCK_V):
         offs = v0 + tl.arange(0, BLOCK_V)
         z = tl.load(z_row + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
+        if TRANSFORM != 0:  # the cap maps −inf to −CAP: masked columns are put back to −inf
+            z = tl.where(offs < V, _transform(z, SCALE, CAP, TRANSFORM), float("-inf"))
         m_new = tl.maximum(m, tl.max(z, axis=0))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(z - m_new), axis=0)
         m = m_new
@@ -134,6 +153,8 @@ def _clo_row_stats_kernel(
     valid = (local >= 0) & (local < V)
     safe = tl.where(valid, local, 0)
     zl = tl.load(z_row + safe).to(tl.float32)
+    if TRANSFORM != 0:
+        zl = _transform(zl, SCALE, CAP, TRANSFORM)
     zl = tl.where(valid, zl, 0.0)
     tl.store(LSE + row, lse)
     tl.store(ZLAB + row, zl)
@@ -148,7 +169,10 @@ def _clo_row_grad_kernel(
     V,
     STRIDE_Z,
     COL0,
+    SCALE,
+    CAP,
     BLOCK_V: tl.constexpr,
+    TRANSFORM: tl.constexpr,  # as in _clo_row_stats_kernel; the d-logits are for the raw logits
 ):
     # 1. This program's row and its scalars.
     row = tl.program_id(0).to(tl.int64)
@@ -161,8 +185,15 @@ def _clo_row_grad_kernel(
         offs = v0 + tl.arange(0, BLOCK_V)
         mask = offs < V
         z = tl.load(z_row + offs, mask=mask, other=0.0).to(tl.float32)
+        if TRANSFORM != 0:
+            z = _transform(z, SCALE, CAP, TRANSFORM)
         p = tl.exp(z - lse)
         g = coef * (tl.where(offs == local, 1.0, 0.0) - p)
+        if TRANSFORM == 1:
+            g = g * SCALE
+        if TRANSFORM == 2:  # chain rule: d z / d raw = SCALE·(1 − tanh²) = SCALE·(1 − (z / CAP)²)
+            t = z / CAP
+            g = g * (SCALE * (1.0 - t * t))
         tl.store(z_row + offs, g.to(Z.dtype.element_ty), mask=mask)
 
 
@@ -189,12 +220,26 @@ def _check_rows(logits: torch.Tensor, labels: torch.Tensor, *vecs: torch.Tensor)
             raise ValueError(f"clo row kernel: per-row vectors must be fp32 ({n},), got {v.dtype} {tuple(v.shape)}")
 
 
+def _transform_args(scale: float, softcap: float | None) -> tuple[float, float, int]:
+    """(SCALE, CAP, TRANSFORM) of the row kernels: TRANSFORM 0 compiles the plain kernels."""
+    if softcap is not None:
+        return float(scale), float(softcap), 2
+    return float(scale), 1.0, int(scale != 1.0)
+
+
 def row_stats(
-    logits: torch.Tensor, labels: torch.Tensor, col0: int = 0, *, config: dict | None = None
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    col0: int = 0,
+    *,
+    config: dict | None = None,
+    scale: float = 1.0,
+    softcap: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``logits`` (n, w) holding vocabulary columns col0 … col0+w−1: fp32 log-sum-exp of the
-    row and the label's logit (0 where the label is −100 or outside these columns). ``config`` overrides
-    :func:`_row_config` (``BLOCK_V``, ``num_warps``: the benchmarks' sweep)."""
+    row and the label's logit (0 where the label is −100 or outside these columns), both of the transformed
+    logits softcap·tanh(scale·z/softcap) (scale·z without a cap). ``config`` overrides :func:`_row_config`
+    (``BLOCK_V``, ``num_warps``: the benchmarks' sweep)."""
     labels = labels.contiguous()
     _check_rows(logits, labels)
     n, V = logits.shape
@@ -203,6 +248,7 @@ def row_stats(
     if n == 0:
         return lse, zl
     cfg = config or _row_config(V)
+    s, c, transform = _transform_args(scale, softcap)
     _clo_row_stats_kernel[(n,)](
         logits,
         labels,
@@ -211,7 +257,10 @@ def row_stats(
         V,
         logits.stride(0),
         col0,
+        s,
+        c,
         BLOCK_V=cfg["BLOCK_V"],
+        TRANSFORM=transform,
         num_warps=cfg["num_warps"],
     )
     return lse, zl
@@ -225,9 +274,11 @@ def row_grad_(
     col0: int = 0,
     *,
     config: dict | None = None,
+    scale: float = 1.0,
+    softcap: float | None = None,
 ) -> None:
-    """Overwrite ``logits`` (n, w), columns col0 … col0+w−1, with coef·(onehot(label) − exp(z − lse));
-    ``config`` as in :func:`row_stats`."""
+    """Overwrite ``logits`` (n, w), columns col0 … col0+w−1, with coef·(onehot(label) − exp(z − lse)), z the
+    transformed logits (see :func:`row_stats`), times d z / d logits; ``config`` as in :func:`row_stats`."""
     labels = labels.contiguous()
     lse = lse.to(torch.float32).contiguous()
     coef = coef.to(torch.float32).contiguous()
@@ -236,8 +287,20 @@ def row_grad_(
     if n == 0:
         return
     cfg = config or _row_config(V)
+    s, c, transform = _transform_args(scale, softcap)
     _clo_row_grad_kernel[(n,)](
-        logits, labels, lse, coef, V, logits.stride(0), col0, BLOCK_V=cfg["BLOCK_V"], num_warps=cfg["num_warps"]
+        logits,
+        labels,
+        lse,
+        coef,
+        V,
+        logits.stride(0),
+        col0,
+        s,
+        c,
+        BLOCK_V=cfg["BLOCK_V"],
+        TRANSFORM=transform,
+        num_warps=cfg["num_warps"],
     )
 
 
@@ -264,6 +327,8 @@ def clo_loss(
     average_logps: bool = False,
     memory_budget_gib: float | None = None,
     mode: str | None = None,
+    logit_scale: float = 1.0,
+    logit_softcap: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """CLO loss λ·NLL + (1 − λ)·CL over paired responses, fused with the LM head (see the module docstring).
 
@@ -281,6 +346,10 @@ def clo_loss(
         memory_budget_gib: working memory beyond the gradients (logits chunk, casts): a finite number > 0;
             default 2 GiB.
         mode: force ``"pair"``, ``"deferred"`` or ``"recompute"`` (tests, benchmarks); ``None`` picks per budget.
+        logit_scale, logit_softcap: for models that transform their logits after the LM head: the softmax sees
+            z = logit_softcap·tanh(logit_scale·(h·Wᵀ + b)/logit_softcap) (Gemma-2: softcap 30; Cohere/Aya:
+            scale = the config's logit_scale; Granite: scale = 1/logits_scaling); without a softcap
+            z = logit_scale·(h·Wᵀ + b). Defaults: plain logits (the kernels compiled without the transform).
 
     Returns:
         ``(loss, metrics)``: the scalar loss (fp32; fp64 for fp64 inputs) and a dict of detached tensors
@@ -301,6 +370,8 @@ def clo_loss(
         "average_logps": average_logps,
         "memory_budget_gib": memory_budget_gib,
         "mode": mode,
+        "logit_scale": logit_scale,
+        "logit_softcap": logit_softcap,
     }
     if not use_triton:
         return run_clo_loss(*args, row_ops=REFERENCE_ROW_OPS, **opts)

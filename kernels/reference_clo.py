@@ -4,7 +4,9 @@ This is the CPU path, the benchmark baseline and the skeleton the Triton path sh
 plan, the per-sequence coefficients and the loss assembly live here; :mod:`cltx.kernels.clo_loss`
 swaps the two row operations (log-sum-exp + label gather, in-place d-logits) for Triton kernels.
 
-Math (rows of ``hidden`` flattened to N = 2P·T tokens, z = h·Wᵀ + b):
+Math (rows of ``hidden`` flattened to N = 2P·T tokens, z = h·Wᵀ + b, or z = c·tanh(s·(h·Wᵀ + b)/c) for a model
+that scales (``logit_scale`` s) or soft-caps (``logit_softcap`` c) its logits, e.g. Gemma-2, Cohere, Granite; the row
+operations apply it, and the chain factor s·(1 − (z/c)²) to the d-logits, so the products are unchanged):
 
 * logp_t = z_t[y_t] − logsumexp(z_t) for scored tokens (y_t ≠ −100), 0 otherwise.
 * s(row) = Σ_t logp_t, or Σ_t logp_t / count(row) with ``average_logps`` (0 for a row without tokens).
@@ -329,6 +331,8 @@ def validate(
     beta: float,
     lam: float,
     memory_budget_gib: float | None,
+    logit_scale: float = 1.0,
+    logit_softcap: float | None = None,
 ) -> None:
     """Raise :class:`cltx.errors.CltxError` naming the first bad argument."""
     if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3 or hidden.shape[0] < 2 or hidden.shape[0] % 2:
@@ -387,6 +391,17 @@ def validate(
         # inf was an OverflowError from deep inside (int(inf · 2**30))
         if budget is None or not (0 < budget < math.inf):
             raise bad_arg("memory_budget_gib", memory_budget_gib, "pass a finite positive number of GiB, or None for 2")
+    scale = _real(logit_scale)
+    if scale is None or not (0 < scale < math.inf):
+        raise bad_arg(
+            "logit_scale", logit_scale, "pass the finite positive factor the model multiplies its logits by (1 = none)"
+        )
+    if logit_softcap is not None:
+        cap = _real(logit_softcap)
+        if cap is None or not (0 < cap < math.inf):
+            raise bad_arg(
+                "logit_softcap", logit_softcap, "pass the model's final logit softcapping (e.g. 30.0), or None for none"
+            )
 
 
 def _real(x: object) -> float | None:
@@ -429,9 +444,21 @@ def _in_slab(labels: torch.Tensor, col0: int, width: int) -> tuple[torch.Tensor,
     return inside, torch.where(inside, local, 0)
 
 
-def ref_row_stats(logits: torch.Tensor, labels: torch.Tensor, col0: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def transform_logits(z: torch.Tensor, scale: float = 1.0, softcap: float | None = None) -> torch.Tensor:
+    """The logits the model's softmax sees: softcap·tanh(scale·z / softcap) (Gemma-2's softcapping), or scale·z
+    without a cap (Cohere's logit_scale, Granite's 1/logits_scaling); z itself when neither is set. Out of place."""
+    if scale != 1.0:
+        z = z * scale
+    if softcap is not None:
+        z = torch.tanh(z / softcap) * softcap
+    return z
+
+
+def ref_row_stats(
+    logits: torch.Tensor, labels: torch.Tensor, col0: int = 0, *, scale: float = 1.0, softcap: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     acc = torch.promote_types(logits.dtype, torch.float32)
-    z = logits.to(acc)
+    z = transform_logits(logits.to(acc), scale, softcap)
     lse = torch.logsumexp(z, dim=-1)
     inside, local = _in_slab(labels, col0, z.shape[1])
     zl = z.gather(1, local.unsqueeze(1)).squeeze(1)
@@ -439,12 +466,24 @@ def ref_row_stats(logits: torch.Tensor, labels: torch.Tensor, col0: int = 0) -> 
 
 
 def ref_row_grad_(
-    logits: torch.Tensor, labels: torch.Tensor, lse: torch.Tensor, coef: torch.Tensor, col0: int = 0
+    logits: torch.Tensor,
+    labels: torch.Tensor,
+    lse: torch.Tensor,
+    coef: torch.Tensor,
+    col0: int = 0,
+    *,
+    scale: float = 1.0,
+    softcap: float | None = None,
 ) -> None:
     acc = lse.dtype
-    g = torch.exp(logits.to(acc) - lse.unsqueeze(1)).mul_(-coef.to(acc).unsqueeze(1))
+    z = transform_logits(logits.to(acc), scale, softcap)
+    g = torch.exp(z - lse.unsqueeze(1)).mul_(-coef.to(acc).unsqueeze(1))
     inside, local = _in_slab(labels, col0, logits.shape[1])
     g.scatter_add_(1, local.unsqueeze(1), torch.where(inside, coef.to(acc), 0).unsqueeze(1))
+    if softcap is not None:  # d z / d raw = scale·(1 − tanh²) = scale·(1 − (z / softcap)²)
+        g.mul_(z.div_(softcap).square_().neg_().add_(1.0).mul_(scale))
+    elif scale != 1.0:
+        g.mul_(scale)
     logits.copy_(g)
 
 
@@ -559,11 +598,18 @@ def fused_loss_and_grads(
     path: str = "reference",
     mode: str | None = None,
     compute: torch.dtype | None = None,
+    logit_scale: float = 1.0,
+    logit_softcap: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], tuple[torch.Tensor | None, ...]]:
     """Loss, raw metrics and the gradients (for upstream gradient 1) of hidden, weight, bias.
 
     ``need`` says which of (hidden, weight, bias) want a gradient; a gradient not needed costs nothing.
+    ``logit_scale`` / ``logit_softcap``: the model's transform of h·Wᵀ + b (see :func:`transform_logits`),
+    applied inside the row operations (the buffer keeps raw logits; d-logits come back for the raw ones).
     """
+    if logit_scale != 1.0 or logit_softcap is not None:
+        row_stats = functools.partial(row_stats, scale=logit_scale, softcap=logit_softcap)
+        row_grad_ = functools.partial(row_grad_, scale=logit_scale, softcap=logit_softcap)
     global _LAST_PLAN
     P2, T, H = hidden.shape
     P = P2 // 2
@@ -1070,10 +1116,27 @@ def run_clo_loss(
     memory_budget_gib: float | None,
     row_ops: dict,
     mode: str | None = None,
+    logit_scale: float = 1.0,
+    logit_softcap: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Validate, run the fused Function with ``row_ops`` and build the metrics (shared by both paths)."""
-    validate(hidden, weight, labels, ref_chosen_logps, ref_rejected_logps, nll_mask, bias, beta, lam, memory_budget_gib)
+    validate(
+        hidden,
+        weight,
+        labels,
+        ref_chosen_logps,
+        ref_rejected_logps,
+        nll_mask,
+        bias,
+        beta,
+        lam,
+        memory_budget_gib,
+        logit_scale,
+        logit_softcap,
+    )
     opts = {
+        "logit_scale": float(logit_scale),
+        "logit_softcap": None if logit_softcap is None else float(logit_softcap),
         "compute": compute_dtype(hidden, weight),
         "beta": float(beta),
         "lam": float(lam),
@@ -1107,6 +1170,8 @@ def clo_loss_reference(
     average_logps: bool = False,
     memory_budget_gib: float | None = None,
     mode: str | None = None,
+    logit_scale: float = 1.0,
+    logit_softcap: float | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The pure-PyTorch CLO loss, chunked over tokens under ``memory_budget_gib`` (see the module docstring).
 
@@ -1126,4 +1191,6 @@ def clo_loss_reference(
         memory_budget_gib=memory_budget_gib,
         row_ops=REFERENCE_ROW_OPS,
         mode=mode,
+        logit_scale=logit_scale,
+        logit_softcap=logit_softcap,
     )

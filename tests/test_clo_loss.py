@@ -34,12 +34,29 @@ METRICS = ("chosen_logps", "rejected_logps", "rewards_chosen", "rewards_rejected
 # ---------------------------------------------------------------------------------------------------
 
 
-def oracle(hidden, weight, labels, ref_c, ref_r, nll_mask, *, bias=None, beta=0.1, lam=0.5, average_logps=False):
+def oracle(
+    hidden,
+    weight,
+    labels,
+    ref_c,
+    ref_r,
+    nll_mask,
+    *,
+    bias=None,
+    beta=0.1,
+    lam=0.5,
+    average_logps=False,
+    logit_scale=1.0,
+    logit_softcap=None,
+):
     P2, T, H = hidden.shape
     P = P2 // 2
     z = hidden.reshape(-1, H) @ weight.t()
     if bias is not None:
         z = z + bias
+    z = z * logit_scale  # as Cohere (logit_scale) and Granite (1 / logits_scaling) do
+    if logit_softcap is not None:  # as Gemma-2 does: cap · tanh(z / cap)
+        z = logit_softcap * torch.tanh(z / logit_softcap)
     logp = torch.log_softmax(z, dim=-1)
     lab = labels.reshape(-1)
     valid = lab != -100
@@ -249,6 +266,52 @@ def test_reference_deferred_plan_bf16_casts():
     assert last_plan().mode == "deferred"
     assert all(g.dtype == torch.bfloat16 for g in got[2].values())
     compare(got, run_oracle(inp, upstream=1.4), torch.bfloat16, check_accuracy=False)
+
+
+# Transformed logits (Gemma-2 softcapping, Cohere/Granite scaling): (scale, softcap). The inputs' logits have a
+# standard deviation of ~2, so a cap of 2 bends most of them and 0.7 saturates many.
+TRANSFORMS = [(0.0625, None), (4.0, None), (1.0, 2.0), (0.5, 0.7)]
+
+
+@pytest.mark.parametrize(("scale", "cap"), TRANSFORMS)
+@pytest.mark.parametrize("mode", ["pair", "deferred", "recompute"])
+def test_reference_transformed_logits_match_formula(monkeypatch, scale, cap, mode):
+    monkeypatch.setattr(reference_clo, "MIN_SLAB", 8)
+    inp = make_inputs(3, 9, 10, 41, dtype=torch.float64, bias=True, seed=30)
+    opts = {"logit_scale": scale, "logit_softcap": cap, "beta": 0.4}
+    budget = {"pair": None, "deferred": 1e-7, "recompute": 2e-5}[mode]
+    got = run(clo_loss_reference, inp, upstream=-1.3, memory_budget_gib=budget, mode=mode, **opts)
+    plan = last_plan()
+    assert plan.mode == mode
+    if mode == "recompute":
+        assert len(plan.slabs) > 1  # the transform is per column: slab log-sum-exps still merge
+    compare(got, run_oracle(inp, upstream=-1.3, **opts), torch.float64)
+    # and the transform matters: the plain loss differs by far more than the tolerance
+    plain = run_oracle(inp, upstream=-1.3, beta=0.4)
+    assert abs(got[0].item() - plain[0].item()) > 1e-3 * abs(plain[0].item())
+
+
+def test_reference_transformed_logits_fp32():
+    inp = make_inputs(2, 11, 16, 53, dtype=torch.float32, bias=True, seed=31)
+    opts = {"logit_scale": 0.8, "logit_softcap": 1.5}
+    compare(run(clo_loss_reference, inp, upstream=2.0, **opts), run_oracle(inp, upstream=2.0, **opts), torch.float32)
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"logit_scale": 0.0}, r"logit_scale=0\.0"),
+        ({"logit_scale": -1.0}, r"logit_scale=-1\.0"),
+        ({"logit_scale": float("inf")}, r"logit_scale=inf"),
+        ({"logit_scale": "2"}, r"logit_scale='2'"),
+        ({"logit_softcap": 0.0}, r"logit_softcap=0\.0: pass the model's final logit softcapping"),
+        ({"logit_softcap": float("nan")}, r"logit_softcap=nan"),
+    ],
+)
+def test_bad_logit_transform_names_the_option(kw, match):
+    inp = make_inputs(2, 5, 8, 19, dtype=torch.float32, seed=32)
+    with pytest.raises(CltxError, match=match):
+        _call(inp, **kw)
 
 
 def test_nll_mask_all_false_gives_zero_nll():
@@ -509,7 +572,8 @@ def test_second_backward_error_says_what_to_do():
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp32"])
 @pytest.mark.parametrize("vocab", [128256, 21504, 5003])
-def test_row_kernels_compile_for_sm90(dtype, vocab):
+@pytest.mark.parametrize("transform", [0, 2])  # plain logits; scaled and soft-capped (Gemma-2)
+def test_row_kernels_compile_for_sm90(dtype, vocab, transform):
     """The interpreter accepts code the GPU compiler rejects: compile both row kernels ahead of time for an
     H100/H200 (sm_90, the ptxas shipped with triton) at the launch configuration of a real call, with the
     16-divisibility the launcher specialises on for aligned rows, and check the loads are vectorised (16-byte
@@ -532,12 +596,13 @@ def test_row_kernels_compile_for_sm90(dtype, vocab):
     for fn, outs in ((_clo_row_stats_kernel, ("LSE", "ZLAB")), (_clo_row_grad_kernel, ("LSE", "COEF"))):
         names = fn.arg_names
         ptrs = {"Z": dtype, "LABELS": "i64", outs[0]: "fp32", outs[1]: "fp32"}
-        sig = {n: "*" + ptrs[n] if n in ptrs else ("constexpr" if n == "BLOCK_V" else "i32") for n in names}
+        scalars = {"SCALE": "fp32", "CAP": "fp32", "BLOCK_V": "constexpr", "TRANSFORM": "constexpr"}
+        sig = {n: "*" + ptrs[n] if n in ptrs else scalars.get(n, "i32") for n in names}
         div = [*ptrs, "STRIDE_Z"] + (["V"] if aligned else [])
         src = ASTSource(
             fn=fn,
             signature=sig,
-            constexprs={(names.index("BLOCK_V"),): cfg["BLOCK_V"]},
+            constexprs={(names.index("BLOCK_V"),): cfg["BLOCK_V"], (names.index("TRANSFORM"),): transform},
             attrs={(names.index(n),): [["tt.divisibility", 16]] for n in div},
         )
         try:
@@ -710,6 +775,47 @@ def test_interpreter_matches_formula(dtype, wdtype, mode, bias, average_logps):
 
 
 @pytest.mark.interpreter
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize(("scale", "cap"), [(0.25, None), (1.5, 2.0)])
+def test_interpreter_row_kernels_transformed(dtype, scale, cap):
+    from cltx.kernels.clo_loss import row_grad_, row_stats
+
+    g = torch.Generator().manual_seed(33)
+    z = (torch.randn(7, 300, generator=g) * 3).to(dtype)  # two tiles of 256, the second masked
+    labels = torch.randint(0, 300, (7,), generator=g)
+    labels[2] = -100
+    zf = z.double()
+    zt = zf * scale if cap is None else cap * torch.tanh(zf * scale / cap)
+    lse, zl = row_stats(z, labels, scale=scale, softcap=cap)
+    assert_close(lse, torch.logsumexp(zt, -1), 1e-6, "lse")
+    want_zl = zt.gather(1, labels.clamp(min=0)[:, None]).squeeze(1) * (labels != -100)
+    assert_close(zl, want_zl, 1e-6, "label logit")
+    coef = torch.randn(7, generator=g)
+    onehot = torch.nn.functional.one_hot(labels.clamp(min=0), 300).double() * (labels != -100)[:, None]
+    chain = scale if cap is None else scale * (1 - (zt / cap) ** 2)
+    want = coef.double()[:, None] * (onehot - torch.softmax(zt, -1)) * chain
+    row_grad_(z, labels, lse, coef, scale=scale, softcap=cap)
+    assert_close(z, want, 1e-6 if dtype == torch.float32 else 1e-2, "d-logits")
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize(
+    ("mode", "dtype"), [("pair", torch.float32), ("recompute", torch.float32), (None, torch.bfloat16)]
+)
+def test_interpreter_transformed_logits_match_formula(monkeypatch, mode, dtype):
+    from cltx.kernels.clo_loss import clo_loss
+
+    monkeypatch.setattr(reference_clo, "MIN_SLAB", 64)
+    inp = make_inputs(2, 7, 12, 300, dtype=dtype, bias=True, seed=34)
+    opts = {"logit_scale": 0.7, "logit_softcap": 2.0}
+    budget = 60 * 100 * 4 / 2**30 if mode == "recompute" else None
+    got = run(clo_loss, inp, upstream=1.9, mode=mode, memory_budget_gib=budget, **opts)
+    plan = last_plan()
+    assert plan.path == "triton" and plan.mode == (mode or "pair")
+    compare(got, run_oracle(inp, upstream=1.9, **opts), dtype, check_accuracy=dtype == torch.float32)
+
+
+@pytest.mark.interpreter
 def test_interpreter_recompute_with_token_chunks_and_slabs(monkeypatch):
     from cltx.kernels.clo_loss import clo_loss
 
@@ -787,6 +893,8 @@ def test_interpreter_overlapped_pair_chunks(monkeypatch, dtype):
         (torch.bfloat16, torch.float32, "recompute"),
         (torch.bfloat16, None, "deferred"),
         (torch.float32, None, "deferred"),
+        (torch.float32, None, "softcap"),  # Gemma-2-style transformed logits
+        (torch.bfloat16, None, "softcap"),
     ],
 )
 def test_gpu_odd_shapes_match_formula(dtype, wdtype, mode):
@@ -794,7 +902,10 @@ def test_gpu_odd_shapes_match_formula(dtype, wdtype, mode):
 
     torch.backends.cuda.matmul.allow_tf32 = False
     inp = make_inputs(3, 37, 200, 5003, dtype=dtype, wdtype=wdtype, bias=True, device="cuda", seed=15)
-    opts = {"mode": mode}
+    transform = {}
+    if mode == "softcap":
+        mode, transform = None, {"logit_scale": 0.9, "logit_softcap": 2.5}
+    opts = {"mode": mode, **transform}
     if mode == "recompute":
         opts["memory_budget_gib"] = 64 * 5003 * 4 / 2**30  # ~64-token chunks, straddling rows
     if mode == "deferred":
@@ -806,7 +917,7 @@ def test_gpu_odd_shapes_match_formula(dtype, wdtype, mode):
     ref_inp = inp
     if wdtype is not None:
         ref_inp = dict(inp, weight=inp["weight"].to(dtype).float(), bias=inp["bias"].to(dtype).float())
-    want = run_oracle(ref_inp, upstream=2.0)
+    want = run_oracle(ref_inp, upstream=2.0, **transform)
     compare(got, want, dtype, check_accuracy=dtype == torch.float32)
 
 
