@@ -53,7 +53,7 @@ def causal_lm(model: nn.Module) -> nn.Module:
 
 
 def lm_head_of(model: nn.Module) -> nn.Linear:
-    """The LM head, validated: CLO needs hidden · Wᵀ (+ b) to be exactly the logits."""
+    """The LM head, validated: CLO needs the logits to be hidden · Wᵀ (+ b), up to :func:`logit_transform`."""
     lm = causal_lm(model)
     name = getattr(getattr(lm, "config", None), "_name_or_path", type(lm).__name__)
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
@@ -64,23 +64,60 @@ def lm_head_of(model: nn.Module) -> nn.Linear:
             f"{type(lm).__name__} has no linear LM head; fix: pass a causal LM (AutoModelForCausalLM), "
             "not a bare encoder/decoder body",
         )
-    cfg = lm.config
-    for attr in ("final_logit_softcapping", "logit_scale", "output_multiplier_scale"):
-        if getattr(cfg, attr, None) not in (None, 1, 1.0):
-            raise bad_arg(
-                "model", name, f"its logits are transformed after the LM head ({attr}); cltx clo needs plain logits"
-            )
     return head
 
 
+def _real_or(value, default):
+    try:
+        return float(value) if value is not None and not isinstance(value, bool) else default
+    except (TypeError, ValueError):
+        return default
+
+
+def logit_transform(model: nn.Module) -> dict[str, float]:
+    """The elementwise transform the model applies to hidden · Wᵀ (+ b), as :func:`cltx.kernels.clo_loss`'s
+    ``logit_scale`` / ``logit_softcap`` keywords (empty for plain logits), read from the config the way
+    transformers' modelling code applies it: Gemma-2 (and any model with ``final_logit_softcapping``) caps
+    c·tanh(z/c); Cohere / Aya multiply by ``logit_scale``; Granite divides by ``logits_scaling`` (HyperCLOVA X
+    multiplies); Falcon-H1 multiplies by ``lm_head_multiplier``. :func:`check_logits_path` verifies the result
+    against the model's own logits, so a model whose code does something else is refused, never trained wrong."""
+    cfg = getattr(causal_lm(model), "config", None)
+    if cfg is None:
+        return {}
+    if hasattr(cfg, "get_text_config"):
+        cfg = cfg.get_text_config()
+    model_type = str(getattr(cfg, "model_type", "") or "")
+    scale = _real_or(getattr(cfg, "logit_scale", None), 1.0)
+    scaling = _real_or(getattr(cfg, "logits_scaling", None), 1.0)
+    if scaling != 1.0 and scaling != 0.0:
+        scale = scale * scaling if model_type.startswith("hyperclovax") else scale / scaling
+    scale *= _real_or(getattr(cfg, "lm_head_multiplier", None), 1.0)
+    cap = _real_or(getattr(cfg, "final_logit_softcapping", None), 0.0)
+    out = {}
+    if scale != 1.0:
+        out["logit_scale"] = scale
+    if cap > 0.0:
+        out["logit_softcap"] = cap
+    return out
+
+
+def apply_logit_transform(z: torch.Tensor, transform: dict[str, float]) -> torch.Tensor:
+    """``z`` as the model's softmax sees it (see :func:`logit_transform`)."""
+    z = z * transform.get("logit_scale", 1.0)
+    cap = transform.get("logit_softcap")
+    return z if cap is None else torch.tanh(z / cap) * cap
+
+
 def check_logits_path(model: nn.Module) -> None:
-    """Probe once that the model's own logits are body hidden states · Wᵀ (+ b): a head with a
-    transform in between (BERT-style LM heads, scaled or capped logits) would make CLO silently wrong."""
+    """Probe once that the model's own logits are body hidden states · Wᵀ (+ b), up to the transform of
+    :func:`logit_transform`: a head with anything else in between (BERT-style LM heads, a transform this
+    code does not know) would make CLO silently wrong."""
     lm = causal_lm(model)
     params = list(lm.parameters())
     if not params or any(p.is_meta for p in params):
         return
     head = lm_head_of(model)
+    transform = logit_transform(model)
     vocab = head.weight.shape[0]
     ids = torch.tensor([[1 % vocab, 2 % vocab, 3 % vocab, 4 % vocab]], device=params[0].device)
     was = lm.training
@@ -90,7 +127,7 @@ def check_logits_path(model: nn.Module) -> None:
             full = lm(input_ids=ids, use_cache=False).logits.float()
             hid = body_of(model)(input_ids=ids, use_cache=False)
             hid = hid.last_hidden_state if hasattr(hid, "last_hidden_state") else hid[0]
-            mine = nn.functional.linear(hid, head.weight, head.bias).float()
+            mine = apply_logit_transform(nn.functional.linear(hid, head.weight, head.bias).float(), transform)
     finally:
         lm.train(was)
     tol = 1e-3 * max(1.0, float(full.abs().max()))
@@ -98,8 +135,10 @@ def check_logits_path(model: nn.Module) -> None:
         raise bad_arg(
             "model",
             getattr(lm.config, "_name_or_path", type(lm).__name__),
-            f"{type(lm).__name__}'s logits are not its final hidden states times the LM-head weight; "
-            "cltx clo supports decoder LMs with a plain linear head (Llama, Qwen, Mistral, Gemma, SmolLM …)",
+            f"{type(lm).__name__}'s logits are not its final hidden states times the LM-head weight"
+            + (f" under the transform its config names ({transform})" if transform else "")
+            + "; cltx clo supports decoder LMs with a linear head (Llama, Qwen, Mistral, Gemma, Gemma-2, Cohere, "
+            "Granite, SmolLM …)",
         )
 
 
@@ -297,6 +336,7 @@ class CLOModel(nn.Module):
         self.average_logps = average_logps
         self.memory_budget_gib = memory_budget_gib
         check_logits_path(policy)  # validate early: a clear error instead of a silently wrong loss
+        self.logit_transform = logit_transform(policy)  # {} for plain logits (most models)
         self.config = causal_lm(policy).config
         # FSDP's transformer-based auto-wrap reads this: decoder layers become their own units and
         # the embeddings / LM head stay in the root unit, whole inside this forward. On purpose this
@@ -379,6 +419,7 @@ class CLOModel(nn.Module):
             lam=lam_eff,
             average_logps=self.average_logps,
             memory_budget_gib=self.memory_budget_gib,
+            **self.logit_transform,
         )
         if c != 1.0:
             loss = loss * c
