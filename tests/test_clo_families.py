@@ -25,6 +25,7 @@ from cltx.clo._tiny import EN_WORDS, PT_WORDS, tiny_records
 from cltx.clo.api import train_clo
 from cltx.clo.data import PromptFormatter
 from cltx.clo.model import attention_module_names, set_trainable
+from cltx.errors import CltxError
 
 CHATML = (  # Qwen2.5: a default system prompt when the messages have none
     "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
@@ -357,6 +358,28 @@ def test_chat_template_is_used_in_training_and_eval(name, monkeypatch, tmp_path)
         response[: len(tok("o cao", add_special_tokens=False)["input_ids"])]
         == tok("o cao", add_special_tokens=False)["input_ids"]
     )
+
+
+def test_a_system_prompt_replaces_chatml_default_and_a_template_without_system_role_says_so(tmp_path):
+    qwen = make_tokenizer(QWEN_INSTRUCT_TOK)
+    text = PromptFormatter(qwen, system_prompt="Answer briefly").prompt_text("o gato")
+    assert "Answer briefly" in text and "helpful assistant" not in text
+    assert "helpful assistant" in PromptFormatter(qwen).prompt_text("o gato")  # the template's own default
+    # Gemma and Mistral raise inside their templates on a system message: a named option and a fix,
+    # not a jinja2 traceback from the middle of tokenisation (the CLI shows only CltxErrors as one line)
+    for name in ("gemma", "mistral"):
+        fam = FAMILIES[name]
+        tok = make_tokenizer(fam.tok)
+        PromptFormatter(tok).prompt_ids("o gato")  # without a system prompt the template works
+        with pytest.raises(CltxError, match=r"^system_prompt='Answer briefly': .*no system role.*fix: drop"):
+            train_clo(
+                make_model(fam, tok), tiny_records(2), tmp_path / name, tokenizer=tok, system_prompt="Answer briefly"
+            )
+        with pytest.raises(CltxError, match=r"^system_prompt='Answer briefly'"):
+            clo_eval.evaluate_models(
+                [(name, make_model(fam, tok), tok)], tiny_records(2), system_prompt="Answer briefly"
+            )
+    assert not (tmp_path / "gemma").exists()  # refused before anything was trained or written
 
 
 def test_cli_clo_then_eval_on_a_chat_model_without_bos(tmp_path):

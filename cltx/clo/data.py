@@ -333,6 +333,34 @@ class PromptFormatter:
         self.system_prompt = system_prompt
         if not self.chat and tokenizer.eos_token_id is None:
             raise bad_arg("model", getattr(tokenizer, "name_or_path", "?"), "its tokenizer has no EOS token")
+        if self.chat:
+            self._check_template()
+
+    def _check_template(self) -> None:
+        """Render one exchange now: a template that refuses it (Gemma's and Mistral's raise on a
+        system message) is a named option with a fix, not a jinja2 traceback from tokenisation."""
+        from jinja2 import TemplateError
+
+        exchange = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]
+        try:
+            self.tok.apply_chat_template(exchange, tokenize=False)
+        except TemplateError as e:
+            raise bad_arg(
+                "chat_template",
+                getattr(self.tok, "name_or_path", "?"),
+                f"the tokenizer's chat template fails on a user/assistant exchange ({e}); "
+                "fix: --no-chat-template (use_chat_template=False)",
+            ) from e
+        if self.system_prompt:
+            try:
+                self.tok.apply_chat_template(self._messages("?") + exchange[1:], tokenize=False)
+            except TemplateError as e:
+                raise bad_arg(
+                    "system_prompt",
+                    self.system_prompt,
+                    f"this model's chat template has no system role (it says: {e}); "
+                    "fix: drop --system-prompt, or write the instruction into the prompts",
+                ) from e
 
     @property
     def template_id(self) -> str:
