@@ -345,7 +345,7 @@ def test_chat_template_is_used_in_training_and_eval(name, monkeypatch, tmp_path)
     rep = train_clo(make_model(FAMILIES[name], tok), tiny_records(4), tmp_path / "o", tokenizer=tok, max_steps=1)
     assert rep["first_log"]["rewards/margins"] == 0.0
     clo_eval.evaluate_models([str(tmp_path / "o")], tiny_records(2, seed=5), max_new_tokens=2)
-    assert len(made) == 2 and all(f.chat for f in made)
+    assert len(made) >= 2 and all(f.chat for f in made)  # training, then eval (its prompts and its stop tokens)
     marker = tok.convert_tokens_to_ids(spec.markers[0])
     fmt = made[0]
     prompt = fmt.prompt_ids("o gato")
@@ -353,6 +353,9 @@ def test_chat_template_is_used_in_training_and_eval(name, monkeypatch, tmp_path)
     if spec.bos is not None:  # the template's BOS, and never a second one from the tokenizer
         assert prompt.count(tok.bos_token_id) == ("bos_token" in spec.template)
         assert prompt[0] == tok.bos_token_id or "bos_token" not in spec.template
+    # an answer ends at EOS and at what the template puts after an answer, never at another marker
+    assert tok.convert_tokens_to_ids(spec.turn_end) in fmt.stop_ids()
+    assert set(fmt.stop_ids()) <= {tok.eos_token_id, tok.convert_tokens_to_ids(spec.turn_end)}
     response = fmt.response_ids("o gato", "o cao")
     assert (
         response[: len(tok("o cao", add_special_tokens=False)["input_ids"])]
@@ -380,6 +383,35 @@ def test_a_system_prompt_replaces_chatml_default_and_a_template_without_system_r
                 [(name, make_model(fam, tok), tok)], tiny_records(2), system_prompt="Answer briefly"
             )
     assert not (tmp_path / "gemma").exists()  # refused before anything was trained or written
+
+
+@pytest.mark.parametrize("name", CHAT)
+def test_eval_answers_end_at_the_templates_end_of_turn(name):
+    """A model that answers with the end-of-turn token at once has answered: ``cltx eval`` must stop
+    there, whether the model's generation config lists that token (Gemma, Phi-3 instruct) or not
+    (Qwen2.5 base with its ChatML template: its EOS is <|endoftext|>), and not generate past the
+    turn into text that then counts towards the answer's language."""
+    fam = FAMILIES[name]
+    tok = make_tokenizer(fam.tok)
+    model = make_model(fam, tok)
+    end = tok.convert_tokens_to_ids(fam.tok.turn_end)
+    head = torch.nn.Linear(model.config.hidden_size, len(tok), bias=True)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[end] = 10.0  # greedy decoding emits the end-of-turn token first
+    model.set_output_embeddings(head)
+    generated: list[int] = []
+    real = model.generate
+
+    def spy(**kw):
+        out = real(**kw)
+        generated.append(out.shape[1] - kw["input_ids"].shape[1])
+        return out
+
+    model.generate = spy
+    clo_eval.evaluate_models([(name, model, tok)], tiny_records(3, seed=5), max_new_tokens=6)
+    assert generated == [1, 1], generated
 
 
 def test_cli_clo_then_eval_on_a_chat_model_without_bos(tmp_path):

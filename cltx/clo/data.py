@@ -392,6 +392,24 @@ class PromptFormatter:
             return list(self.tok(tail, add_special_tokens=False)["input_ids"])
         return list(self.tok(response, add_special_tokens=False)["input_ids"]) + [self.tok.eos_token_id]
 
+    def stop_ids(self) -> list[int]:
+        """Token ids that end an answer: EOS and, with a chat template, the special tokens the template
+        puts after an assistant answer (ChatML's ``<|im_end|>``, Gemma's ``<end_of_turn>``, Phi-3's
+        ``<|end|>``): the tokens :meth:`response_ids` trains a model to end with, which are not always
+        its EOS (Qwen2.5 base: ``<|endoftext|>``; Gemma instruct: ``<eos>``)."""
+        ids = [self.tok.eos_token_id] if self.tok.eos_token_id is not None else []
+        if self.chat:
+            answer = "Yes"
+            content = list(self.tok(answer, add_special_tokens=False)["input_ids"])
+            tail, n = self.response_ids("?", answer), len(content)
+            after = next((i + n for i in range(len(tail) - n + 1) if tail[i : i + n] == content), None)
+            if after is None:  # the template rewrote the answer: no trailer to read
+                logger.debug("chat template: answer not found in its rendering; stopping at EOS only")
+            else:
+                special = set(self.tok.all_special_ids)
+                ids += [t for t in tail[after:] if t in special]
+        return list(dict.fromkeys(ids))
+
 
 def _sequence(prompt: list[int], response: list[int]) -> tuple[list[int], list[int]]:
     """input ids and aligned labels: label[t] = the token position t predicts, response only."""

@@ -46,11 +46,28 @@ def detect_language(text: str) -> str | None:
     return langid.classify(text)[0]
 
 
+def stop_token_ids(model, tok) -> list[int]:
+    """Where a greedy answer ends: the tokenizer's EOS, every EOS of the model's generation config
+    (instruct models list their end-of-turn tokens there) and, when the tokenizer has a chat
+    template, what the template puts after an answer (:meth:`~cltx.clo.data.PromptFormatter.stop_ids`:
+    a base model with a ChatML template learns to end with ``<|im_end|>``, not its EOS)."""
+    ids: list[int] = []
+    if getattr(tok, "chat_template", None):
+        ids += PromptFormatter(tok, use_chat_template=True).stop_ids()
+    for v in (tok.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        if v is not None:
+            ids += [int(i) for i in v] if isinstance(v, (list, tuple)) else [int(v)]
+    return list(dict.fromkeys(ids))
+
+
 def _generate(model, tok, prompts: list[list[int]], max_new_tokens: int, batch_size: int, progress, task) -> list[str]:
     import torch
 
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    # generate's eos_token_id replaces the generation config's: pass all of them, or an instruct
+    # model's answer runs on past its end-of-turn token into text that counts towards its language
+    eos = stop_token_ids(model, tok)
     outs: list[str] = []
     for s in range(0, len(prompts), batch_size):
         chunk = prompts[s : s + batch_size]
@@ -67,7 +84,7 @@ def _generate(model, tok, prompts: list[list[int]], max_new_tokens: int, batch_s
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,
-                eos_token_id=tok.eos_token_id,
+                eos_token_id=eos,
             )
         for row in gen[:, n:]:
             outs.append(tok.decode(row, skip_special_tokens=True).strip())
