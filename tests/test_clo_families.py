@@ -34,6 +34,17 @@ CHATML = (  # Qwen2.5: a default system prompt when the messages have none
     "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}{%- endif %}{%- endfor %}"
     "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
 )
+QWEN3 = (  # Qwen3 (written for this test): the last answer after the last question gets an (empty) think block;
+    # enable_thinking=False puts that empty block into the generation prompt (the non-thinking mode)
+    "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}"
+    "{%- endif %}{%- for message in messages %}{%- if message.role == 'user' %}"
+    "{{- '<|im_start|>user\\n' + message.content + '<|im_end|>\\n' }}{%- elif message.role == 'assistant' %}"
+    "{{- '<|im_start|>assistant\\n' }}{%- if loop.last %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{{- message.content + '<|im_end|>\\n' }}{%- endif %}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}"
+    "{%- endif %}"
+)
 GEMMA = (  # Gemma 1: BOS in the template, no system role (raises), assistant turns are 'model'
     "{{ bos_token }}{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
     "{% endif %}{% for message in messages %}{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
@@ -69,6 +80,7 @@ class TokSpec:
     markers: tuple[str, ...] = ()  # the template's special tokens
     turn_end: str | None = None  # the special token the template puts after an answer
     turn_end_in_generation_config: bool = False  # the model's generation config stops at it (instruct models)
+    added: tuple[str, ...] = ()  # added tokens that are not special (Qwen3's <think>, </think>)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,11 +101,13 @@ QWEN_BASE_TOK = TokSpec(eos="<|endoftext|>", pad="<|endoftext|>", template=CHATM
                         turn_end="<|im_end|>")  # fmt: skip
 QWEN_INSTRUCT_TOK = TokSpec(eos="<|im_end|>", pad="<|endoftext|>", template=CHATML, markers=CHATML_MARKERS,
                             turn_end="<|im_end|>")  # fmt: skip
+QWEN3_TOK = TokSpec(eos="<|im_end|>", pad="<|endoftext|>", template=QWEN3, markers=CHATML_MARKERS,
+                    turn_end="<|im_end|>", added=("<think>", "</think>"))  # fmt: skip
 FAMILIES: dict[str, Family] = {
     # SmolLM / SmolLM2 are Llamas
     "llama": Family("LlamaConfig", "LlamaForCausalLM", LLAMA_QKVO, TokSpec(eos="</s>", bos="<s>", add_bos=True)),
     "qwen2": Family("Qwen2Config", "Qwen2ForCausalLM", LLAMA_QKVO, QWEN_BASE_TOK, tie=True),
-    "qwen3": Family("Qwen3Config", "Qwen3ForCausalLM", LLAMA_QKVO, QWEN_INSTRUCT_TOK, extra={"head_dim": 8}, tie=True),
+    "qwen3": Family("Qwen3Config", "Qwen3ForCausalLM", LLAMA_QKVO, QWEN3_TOK, extra={"head_dim": 8}, tie=True),
     "mistral": Family(
         "MistralConfig",
         "MistralForCausalLM",
@@ -178,6 +192,7 @@ def make_tokenizer(spec: TokSpec):
     named = {"unk_token": "<unk>", "eos_token": spec.eos, "bos_token": spec.bos, "pad_token": spec.pad}
     tok = PreTrainedTokenizerFast(tokenizer_object=tk, **{k: v for k, v in named.items() if v is not None})
     tok.add_special_tokens({"additional_special_tokens": [t for t in special if t not in named.values()]})
+    tok.add_tokens(list(spec.added))
     if spec.template:
         tok.chat_template = spec.template
     assert (tok.bos_token is None) == (spec.bos is None) and (tok.pad_token is None) == (spec.pad is None)
@@ -383,6 +398,20 @@ def test_a_system_prompt_replaces_chatml_default_and_a_template_without_system_r
                 [(name, make_model(fam, tok), tok)], tiny_records(2), system_prompt="Answer briefly"
             )
     assert not (tmp_path / "gemma").exists()  # refused before anything was trained or written
+
+
+def test_qwen3_trains_and_answers_in_non_thinking_mode():
+    """Qwen3's template renders the last answer with an empty think block unless the generation prompt
+    holds it (enable_thinking=False). Rendered without that flag, every response began with
+    an empty ``<think></think>`` (trained and scored as part of the answer), eval prompts asked for
+    thinking, and the answers' ``<think>`` text (not special tokens) counted towards their language."""
+    tok = make_tokenizer(QWEN3_TOK)
+    fmt = PromptFormatter(tok)
+    think = tok.convert_tokens_to_ids(["<think>", "</think>"])
+    assert fmt.prompt_ids("o gato")[-2:] == think  # the prompt closes the (empty) thinking
+    response = fmt.response_ids("o gato", "o cao")
+    assert not set(think) & set(response)
+    assert response == tok("o cao", add_special_tokens=False)["input_ids"] + tok.convert_tokens_to_ids(["<|im_end|>"])
 
 
 @pytest.mark.parametrize("name", CHAT)

@@ -322,6 +322,10 @@ class PromptFormatter:
     is what the template adds for the assistant turn (so it ends with the template's end-of-turn
     tokens). Without one, the prompt is the text plus a newline (with BOS where the tokenizer adds
     it) and the response ends with EOS.
+
+    Templates render in non-thinking mode (``enable_thinking=False``; templates without the flag
+    ignore it): CLO data are answers without reasoning, and Qwen3's template otherwise puts an empty
+    ``<think></think>`` block at the start of every trained response and asks eval prompts to think.
     """
 
     def __init__(self, tokenizer, *, use_chat_template: bool | None = None, system_prompt: str | None = None):
@@ -343,7 +347,7 @@ class PromptFormatter:
 
         exchange = [{"role": "user", "content": "?"}, {"role": "assistant", "content": "!"}]
         try:
-            self.tok.apply_chat_template(exchange, tokenize=False)
+            self._render(exchange)
         except TemplateError as e:
             raise bad_arg(
                 "chat_template",
@@ -353,7 +357,7 @@ class PromptFormatter:
             ) from e
         if self.system_prompt:
             try:
-                self.tok.apply_chat_template(self._messages("?") + exchange[1:], tokenize=False)
+                self._render(self._messages("?") + exchange[1:])
             except TemplateError as e:
                 raise bad_arg(
                     "system_prompt",
@@ -368,13 +372,18 @@ class PromptFormatter:
         t = self.tok.chat_template if self.chat else "plain"
         return hashlib.sha256(f"{t}|{self.system_prompt}".encode()).hexdigest()[:16]
 
+    def _render(self, messages: list[dict], *, add_generation_prompt: bool = False) -> str:
+        return self.tok.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=False
+        )
+
     def _messages(self, prompt: str) -> list[dict]:
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return msgs + [{"role": "user", "content": prompt}]
 
     def prompt_text(self, prompt: str) -> str:
         if self.chat:
-            return self.tok.apply_chat_template(self._messages(prompt), tokenize=False, add_generation_prompt=True)
+            return self._render(self._messages(prompt), add_generation_prompt=True)
         return prompt + "\n"
 
     def prompt_ids(self, prompt: str) -> list[int]:
@@ -385,9 +394,7 @@ class PromptFormatter:
     def response_ids(self, prompt: str, response: str) -> list[int]:
         if self.chat:
             head = self.prompt_text(prompt)
-            full = self.tok.apply_chat_template(
-                self._messages(prompt) + [{"role": "assistant", "content": response}], tokenize=False
-            )
+            full = self._render(self._messages(prompt) + [{"role": "assistant", "content": response}])
             tail = full[len(head) :] if full.startswith(head) else response + (self.tok.eos_token or "")
             return list(self.tok(tail, add_special_tokens=False)["input_ids"])
         return list(self.tok(response, add_special_tokens=False)["input_ids"]) + [self.tok.eos_token_id]
