@@ -400,6 +400,26 @@ def test_a_system_prompt_replaces_chatml_default_and_a_template_without_system_r
     assert not (tmp_path / "gemma").exists()  # refused before anything was trained or written
 
 
+def test_a_tokenizer_that_appends_eos_does_not_end_the_prompt_with_it(tmp_path):
+    """A Llama tokenizer with ``add_eos_token=True`` (alpaca-style fine-tuning setups) puts EOS after
+    any text it encodes with special tokens: the plain prompt must not end there (the model would
+    learn that an answer follows an EOS, and eval would ask it to continue after one)."""
+    from tokenizers import processors
+
+    fam = FAMILIES["llama"]
+    tok = make_tokenizer(fam.tok)
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    tok.backend_tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    assert tok("o gato")["input_ids"][-1] == eos
+    fmt = PromptFormatter(tok, use_chat_template=False)
+    prompt, response = fmt.prompt_ids("o gato"), fmt.response_ids("o gato", "o cao")
+    assert prompt[0] == bos and eos not in prompt and (prompt + response).count(eos) == 1
+    rep = train_clo(make_model(fam, tok), tiny_records(4), tmp_path / "o", tokenizer=tok, max_steps=1)
+    assert rep["first_log"]["rewards/margins"] == 0.0
+
+
 def test_qwen3_trains_and_answers_in_non_thinking_mode():
     """Qwen3's template renders the last answer with an empty think block unless the generation prompt
     holds it (enable_thinking=False). Rendered without that flag, every response began with

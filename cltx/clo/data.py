@@ -389,7 +389,12 @@ class PromptFormatter:
     def prompt_ids(self, prompt: str) -> list[int]:
         if self.chat:
             return list(self.tok(self.prompt_text(prompt), add_special_tokens=False)["input_ids"])
-        return list(self.tok(self.prompt_text(prompt), add_special_tokens=True)["input_ids"])
+        ids = list(self.tok(self.prompt_text(prompt), add_special_tokens=True)["input_ids"])
+        # BOS where the tokenizer adds it, but not an EOS it appends (Llama's add_eos_token=True):
+        # the answer follows the prompt, not the end of a text
+        if len(ids) > 1 and ids[-1] == self.tok.eos_token_id:
+            ids.pop()
+        return ids
 
     def response_ids(self, prompt: str, response: str) -> list[int]:
         if self.chat:
