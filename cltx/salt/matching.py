@@ -12,7 +12,8 @@ token's UTF-8 bytes without any word-boundary marker — so that tokens of diffe
   text punctuation usually follows the previous word without a space, so a punctuation-only
   WordPiece token first matches the LLM's unspaced form (kind ``punctuation``).
 
-Two tokens match when their forms are identical. Matching is case-sensitive on purpose: a
+Two tokens match when their forms are identical (an LLM byte-fallback token ``<0xNN>`` only when no
+ordinary LLM token spells the same byte). Matching is case-sensitive on purpose: a
 lower-casing PLM's ``the`` matches the LLM's ``Ġthe`` only, never ``ĠThe``. Special tokens are
 matched by role instead of by surface (bos, eos, pad, unk; BERT's ``[CLS]``/``[SEP]`` play bos/eos),
 so the new model still knows where a text starts and ends. A bare marker (``Ġ``, ``▁``) is a space.
@@ -267,11 +268,18 @@ def match_vocabularies(llm_tokenizer, plm_tokenizer) -> Matching:
     llm_special = set(llm_tokenizer.all_special_ids)
     plm_special = set(plm_tokenizer.all_special_ids)
 
+    # A surface that several LLM tokens spell goes to the lowest id among its ordinary tokens: a
+    # SentencePiece byte-fallback token <0xNN> (ids 3-258 in Llama-2/Mistral, low in Gemma) spells
+    # the same byte as the ordinary token "a" or "▁", but its row is trained only on the characters
+    # the vocabulary lacks, so it serves only bytes that no ordinary token spells.
+    llm_forms = [
+        (normalize_token(tok, llm_family, continuation_prefix=llm_prefix), lid)
+        for lid, tok in _vocab_by_id(llm_tokenizer).items()
+        if lid not in llm_special
+    ]
     llm_index: dict[tuple[bool, bytes], int] = {}
-    for lid, tok in sorted(_vocab_by_id(llm_tokenizer).items()):
-        if lid in llm_special:
-            continue
-        llm_index.setdefault(normalize_token(tok, llm_family, continuation_prefix=llm_prefix).key, lid)
+    for form, lid in sorted(llm_forms, key=lambda fl: (fl[0].is_byte, fl[1])):
+        llm_index.setdefault(form.key, lid)
 
     pairs: dict[int, int] = {}
     kinds: dict[int, str] = {}
@@ -310,10 +318,10 @@ def match_vocabularies(llm_tokenizer, plm_tokenizer) -> Matching:
         if lid is None:
             lid = llm_index.get(form.key)
             if lid is not None:
-                if form.surface == b" ":
-                    kind = KIND_SPACE
-                elif form.is_byte:
+                if form.is_byte:  # <0x20> too: a byte-fallback token, though its byte is a space
                     kind = KIND_BYTE
+                elif form.surface == b" ":
+                    kind = KIND_SPACE
                 else:
                     kind = KIND_WORD if form.word_start else KIND_CONTINUATION
         if lid is None:
