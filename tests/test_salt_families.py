@@ -550,6 +550,28 @@ CHECKS = {"tokenizer": check_tokenizer, "config": check_config, "generation": ch
 
 
 _IDS = [f"{llm}-x-{plm}" for llm, plm in RUNS]
+# AutoTokenizer reloads a qwen2 folder as Qwen2Tokenizer, which rebuilds Qwen's pipeline over the PLM's vocabulary.
+_QWEN2_XFAIL = [
+    pytest.param(
+        *r, id=i, marks=[pytest.mark.xfail(strict=True, reason="reloads as Qwen2Tokenizer")] * (r == ("qwen2", "xlmr"))
+    )
+    for r, i in zip(RUNS, _IDS, strict=True)
+]
+
+
+@pytest.mark.parametrize(("llm", "plm"), _QWEN2_XFAIL)
+def test_tokenizer_is_the_plms_and_decodes_additively(family_runs, family_models, llm, plm):
+    check_tokenizer(family_runs(llm, plm), family_models(llm), family_models(plm))
+
+
+@pytest.mark.parametrize(("llm", "plm"), RUNS, ids=_IDS)
+def test_config_vocab_size_and_special_ids(family_runs, llm, plm):
+    check_config(family_runs(llm, plm))
+
+
+@pytest.mark.parametrize(("llm", "plm"), _QWEN2_XFAIL)
+def test_generate_and_pipeline_stop_on_eos_unglued(family_runs, family_models, llm, plm):
+    check_generation(family_runs(llm, plm), family_models(plm))
 
 
 @pytest.mark.parametrize(("llm", "plm"), RUNS, ids=_IDS)

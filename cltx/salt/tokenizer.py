@@ -11,7 +11,9 @@ A WordPiece decoder is replaced by one that puts the space before every word-sta
 included (as byte-level BPE and SentencePiece tokens carry theirs): a WordPiece decoder joins tokens
 with spaces *between* them, so text decoded from the generated tokens alone — what transformers'
 text-generation pipeline appends to the prompt — lost the space at the prompt boundary ("… France
-isthe capital"). The decoded text of a whole sequence now starts with that space.
+isthe capital"). The decoded text of a whole sequence now starts with that space. SentencePiece
+decoders that drop the first token's ``▁`` (Metaspace with a prepend scheme, a leading ``Strip``)
+keep it for the same reason.
 """
 
 from __future__ import annotations
@@ -53,6 +55,36 @@ def _spaced_wordpiece_decoder(backend) -> bool:
     return bool(spec.get("cleanup", True))
 
 
+def _keep_first_space(spec: dict | None) -> dict | None:
+    """A SentencePiece-style decoder that keeps the leading space of the first token (see the module docstring).
+
+    A Metaspace decoder whose pre-tokenizer prepends ``▁`` (XLM-R, CamemBERT, T5: ``prepend_scheme``
+    ``always``/``first``, or the older ``add_prefix_space``) drops the ``▁`` of the first token it
+    decodes, and so does a ``Strip`` of one leading space (Llama-2-style decoders): the text of the
+    generated tokens alone then lost its space at the prompt boundary ("… to theharbour").
+    """
+    if not isinstance(spec, dict):
+        return spec
+    kind = spec.get("type")
+    if kind == "Metaspace":
+        spec = dict(spec)
+        if "prepend_scheme" in spec:
+            spec["prepend_scheme"] = "never"
+        if "add_prefix_space" in spec:
+            spec["add_prefix_space"] = False
+        return spec
+    if kind == "Sequence":
+        steps = []
+        for step in spec.get("decoders") or []:
+            if isinstance(step, dict) and step.get("type") == "Strip" and step.get("content") == " ":
+                if not step.get("stop"):
+                    continue
+                step = {**step, "start": 0}
+            steps.append(_keep_first_space(step))
+        return {**spec, "decoders": steps}
+    return spec
+
+
 def _max_length(llm_tokenizer, llm_config) -> int:
     n = getattr(llm_tokenizer, "model_max_length", None)
     if isinstance(n, int) and 0 < n < 10**8:
@@ -83,7 +115,9 @@ def causal_tokenizer(plm_tokenizer, llm_tokenizer, roles: dict[str, tuple[int, i
             f"plm={getattr(plm_tokenizer, 'name_or_path', '?')!r}: its tokenizer has no eos or [SEP] token, so the "
             "new model could not stop generating; fix: use a PLM whose tokenizer defines eos_token or sep_token"
         )
-    backend = Tokenizer.from_str(plm_tokenizer.backend_tokenizer.to_str())
+    spec = json.loads(plm_tokenizer.backend_tokenizer.to_str())
+    spec["decoder"] = _keep_first_space(spec.get("decoder"))
+    backend = Tokenizer.from_str(json.dumps(spec))
     backend.no_truncation()
     backend.no_padding()
     cleanup = _spaced_wordpiece_decoder(backend)
