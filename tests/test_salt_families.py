@@ -550,16 +550,9 @@ CHECKS = {"tokenizer": check_tokenizer, "config": check_config, "generation": ch
 
 
 _IDS = [f"{llm}-x-{plm}" for llm, plm in RUNS]
-# AutoTokenizer reloads a qwen2 folder as Qwen2Tokenizer, which rebuilds Qwen's pipeline over the PLM's vocabulary.
-_QWEN2_XFAIL = [
-    pytest.param(
-        *r, id=i, marks=[pytest.mark.xfail(strict=True, reason="reloads as Qwen2Tokenizer")] * (r == ("qwen2", "xlmr"))
-    )
-    for r, i in zip(RUNS, _IDS, strict=True)
-]
 
 
-@pytest.mark.parametrize(("llm", "plm"), _QWEN2_XFAIL)
+@pytest.mark.parametrize(("llm", "plm"), RUNS, ids=_IDS)
 def test_tokenizer_is_the_plms_and_decodes_additively(family_runs, family_models, llm, plm):
     check_tokenizer(family_runs(llm, plm), family_models(llm), family_models(plm))
 
@@ -569,7 +562,7 @@ def test_config_vocab_size_and_special_ids(family_runs, llm, plm):
     check_config(family_runs(llm, plm))
 
 
-@pytest.mark.parametrize(("llm", "plm"), _QWEN2_XFAIL)
+@pytest.mark.parametrize(("llm", "plm"), RUNS, ids=_IDS)
 def test_generate_and_pipeline_stop_on_eos_unglued(family_runs, family_models, llm, plm):
     check_generation(family_runs(llm, plm), family_models(plm))
 
@@ -592,3 +585,24 @@ def test_byte_fallback_tokens_serve_only_bytes_without_an_ordinary_token(family_
     assert m.pairs[plm_tok.convert_tokens_to_ids("a")] == llm_vocab["a"] != llm_vocab["<0x61>"]
     # A byte with no ordinary token (0xC3, the lead byte of é) still matches the byte-fallback token.
     assert m.pairs[plm_tok.convert_tokens_to_ids("\u00c3")] == llm_vocab["<0xC3>"]
+
+
+def test_qwen2_folder_reloads_its_own_tokenizer(family_runs, monkeypatch, tmp_path):
+    """transformers rebuilds a qwen2 model's tokenizer as Qwen2Tokenizer from the vocabulary alone: the
+    saved folder names a subclass that reads tokenizer.json as it is, with and without remote code."""
+    import sys
+
+    import transformers.dynamic_module_utils as dyn
+    from transformers import AutoTokenizer
+
+    out = family_runs("qwen2", "xlmr")
+    for plm in ("xlmr", "roberta"):  # with RoBERTa: Qwen's regex split and NFC instead of the PLM's
+        assert json.loads((family_runs("qwen2", plm) / "salt_report.json").read_text())["auto_tokenizer"] == "auto_map"
+    assert json.loads((family_runs("llama2", "xlmr") / "salt_report.json").read_text())["auto_tokenizer"] == "as saved"
+    assert not (family_runs("llama2", "xlmr") / "tokenization_cltx.py").exists()
+    monkeypatch.setattr(dyn, "HF_MODULES_CACHE", str(tmp_path / "modules"))  # trust_remote_code copies the module
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    expected = ["\u2581W", "alk", "\u2581to"]
+    for trust in (None, True):
+        tok = AutoTokenizer.from_pretrained(out, trust_remote_code=trust)
+        assert tok.convert_ids_to_tokens(tok("Walk to")["input_ids"]) == expected, (trust, type(tok).__name__)

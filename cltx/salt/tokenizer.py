@@ -19,9 +19,12 @@ keep it for the same reason.
 from __future__ import annotations
 
 import json
+import logging
 import re
 
 from cltx.errors import CltxError
+
+logger = logging.getLogger(__name__)
 
 
 def llm_adds_bos(llm_tokenizer) -> bool:
@@ -149,3 +152,70 @@ def causal_tokenizer(plm_tokenizer, llm_tokenizer, roles: dict[str, tuple[int, i
         **kwargs,
     )
     return tok
+
+
+# Loaded by AutoTokenizer only where the tokenizer_config's auto_map names it (see save_tokenizer): a
+# subclass without its own __init__, so transformers reads tokenizer.json as it is.
+SHIM_MODULE = "tokenization_cltx"
+SHIM_SOURCE = '''"""Written by cltx salt: load tokenizer.json as saved (see the auto_map in tokenizer_config.json)."""
+
+from transformers import TokenizersBackend
+
+
+class CltxTokenizer(TokenizersBackend):
+    pass
+'''
+
+
+def _pipeline(tokenizer) -> dict:
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    return {k: spec.get(k) for k in ("normalizer", "pre_tokenizer", "model", "decoder", "post_processor")}
+
+
+def _reload_differs(out, want: dict) -> str | None:
+    """The class ``AutoTokenizer.from_pretrained(out)`` picks when its pipeline differs from ``want``."""
+    from transformers import AutoTokenizer
+
+    got = AutoTokenizer.from_pretrained(out)
+    diff = [k for k, v in _pipeline(got).items() if v != want[k]]
+    return f"{type(got).__name__} ({', '.join(diff)} differ)" if diff else None
+
+
+def save_tokenizer(tokenizer, out) -> dict:
+    """Save the new tokenizer into ``out`` so that ``AutoTokenizer.from_pretrained(out)`` loads it unchanged.
+
+    transformers 5 rebuilds a model type's own tokenizer class from the vocabulary alone (its
+    normaliser, pre-tokenizer and decoder hard-coded), and for some model types (qwen2, phi3, jamba,
+    … its ``MODELS_WITH_INCORRECT_HUB_TOKENIZER_CLASS``) it picks that class over the saved
+    ``tokenizer_class``: a Qwen2 model given XLM-R's vocabulary reloaded with Qwen's byte-level
+    pipeline and tokenised every word letter by letter. Such a folder gets an ``auto_map`` entry
+    naming a two-line subclass of ``TokenizersBackend`` saved beside it, which loads
+    ``tokenizer.json`` as it is (transformers skips remote code for those model types unless
+    ``trust_remote_code=True``, and with it runs the subclass).
+
+    Returns:
+        ``{"auto_tokenizer": "as saved" | "auto_map" | <what still differs>}`` for the report.
+    """
+    from pathlib import Path
+
+    out = Path(out)
+    tokenizer.save_pretrained(out)
+    want = _pipeline(tokenizer)
+    if _reload_differs(out, want) is None:
+        return {"auto_tokenizer": "as saved"}
+    conf_path = out / "tokenizer_config.json"
+    conf = json.loads(conf_path.read_text(encoding="utf-8"))
+    conf["auto_map"] = {"AutoTokenizer": [None, f"{SHIM_MODULE}.CltxTokenizer"]}
+    conf_path.write_text(json.dumps(conf, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / f"{SHIM_MODULE}.py").write_text(SHIM_SOURCE, encoding="utf-8")
+    still = _reload_differs(out, want)
+    if still is None:
+        return {"auto_tokenizer": "auto_map"}
+    logger.warning(
+        "AutoTokenizer.from_pretrained(%r) loads %s, not the tokenizer saved there; load it with "
+        "PreTrainedTokenizerFast.from_pretrained(%r) instead",
+        str(out),
+        still,
+        str(out),
+    )
+    return {"auto_tokenizer": still}

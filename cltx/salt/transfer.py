@@ -34,6 +34,7 @@ from cltx.errors import CltxError, bad_arg
 from cltx.progress import Progress, ensure_progress, quiet_hf_bars
 from cltx.salt.matching import Matching, match_vocabularies
 from cltx.salt.methods import METHODS
+from cltx.salt.tokenizer import SHIM_MODULE, save_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ OWN_FILES = (
     "special_tokens_map.json",
     "added_tokens.json",
     "chat_template.jinja",
+    f"{SHIM_MODULE}.py",
 )
 OWN_GLOBS = ("model-*-of-*.safetensors",)
 TOKENIZER_FILES = (
@@ -745,8 +747,9 @@ class VocabularyTransfer:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
         self.model.save_pretrained(out, safe_serialization=True)
-        self.tokenizer.save_pretrained(out)
+        reload = save_tokenizer(self.tokenizer, out)
         rep = self.report(init)
+        rep.update(reload)
         rep["timings"]["save"] = time.perf_counter() - t0
         if extra:
             rep.update(extra)
