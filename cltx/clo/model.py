@@ -176,8 +176,23 @@ def _is_projection(m: nn.Module) -> bool:
     return isinstance(m, Conv1D)
 
 
+def _is_attention_block(m: nn.Module) -> bool:
+    """An attention module of transformers' modelling code (``LlamaAttention``, ``MptAttention``,
+    ``DeepseekV3Attention`` …): its own projections are the attention layers whatever they are called."""
+    name = type(m).__name__
+    return name.endswith("Attention") or name.endswith("Attn")
+
+
 def attention_module_names(model: nn.Module) -> list[str]:
-    return [n for n, m in model.named_modules() if _is_projection(m) and ATTENTION_MODULES.search(n)]
+    """The attention projections: the q/k/v/o names above, or any linear layer that is a direct child of an
+    attention module (MPT's ``Wqkv``/``out_proj``, DeepSeek's MLA ``q_a_proj``/``kv_b_proj`` …)."""
+    inside = set()
+    for parent_name, parent in model.named_modules():
+        if _is_attention_block(parent):
+            for child_name, child in parent.named_children():
+                if _is_projection(child):
+                    inside.add(f"{parent_name}.{child_name}" if parent_name else child_name)
+    return [n for n, m in model.named_modules() if _is_projection(m) and (n in inside or ATTENTION_MODULES.search(n))]
 
 
 def set_trainable(model: nn.Module, mode: str, *, lora_r: int = 16, lora_alpha: int = 32) -> nn.Module:
