@@ -606,3 +606,93 @@ def test_qwen2_folder_reloads_its_own_tokenizer(family_runs, monkeypatch, tmp_pa
     for trust in (None, True):
         tok = AutoTokenizer.from_pretrained(out, trust_remote_code=trust)
         assert tok.convert_ids_to_tokens(tok("Walk to")["input_ids"]) == expected, (trust, type(tok).__name__)
+
+
+def test_bert_folder_with_only_vocab_txt(family_models, tmp_path):
+    """BERTimbau-style folders ship vocab.txt and tokenizer_config.json, no tokenizer.json."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from cltx.salt import SaltConfig, transfer_vocabulary
+
+    src, plm = family_models("bert-cased"), tmp_path / "bert-vocab-txt"
+    plm.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(src / f, plm / f)
+    vocab = AutoTokenizer.from_pretrained(src).get_vocab()
+    (plm / "vocab.txt").write_text("".join(t + "\n" for t in sorted(vocab, key=vocab.get)), encoding="utf-8")
+    (plm / "tokenizer_config.json").write_text('{"tokenizer_class": "BertTokenizer", "do_lower_case": false}')
+    llm, out = family_models("llama-bbpe"), tmp_path / "out"
+    transfer_vocabulary(SaltConfig(llm=str(llm), plm=str(plm), device="cpu", holdout=0, method="mean"), out)
+    check_tokenizer(out, llm, plm)
+    check_rows(out, llm, plm)
+
+
+def test_sentencepiece_model_without_tokenizer_json_names_the_packages(family_models, tmp_path, monkeypatch):
+    """Without sentencepiece and protobuf, transformers falls back to tiktoken and asks for it: the wrong fix."""
+    import importlib.util
+    import shutil
+
+    from cltx.errors import CltxError
+    from cltx.salt import SaltConfig, transfer_vocabulary
+
+    plm = tmp_path / "xlmr-spm"
+    plm.mkdir()
+    shutil.copy(family_models("xlmr") / "config.json", plm / "config.json")
+    (plm / "sentencepiece.bpe.model").write_bytes(b"\x0a\x0b\x0a\x05<unk>\x15\x00\x00\x00\x00\x18\x02")
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "sentencepiece" else real(name, *a)
+    )
+    if real("sentencepiece") is not None:
+        pytest.skip("sentencepiece is installed: transformers would read the file instead")
+    cfg = SaltConfig(llm=str(family_models("llama-bbpe")), plm=str(plm), device="cpu")
+    with pytest.raises(
+        CltxError, match=r"plm=.*SentencePiece model \(sentencepiece.bpe.model.*fix: pip install sentencepiece"
+    ):
+        transfer_vocabulary(cfg, tmp_path / "out")
+
+
+def test_sentencepiece_model_without_tokenizer_json_works_with_the_packages(family_models, tmp_path):
+    spm = pytest.importorskip("sentencepiece")
+    pytest.importorskip("google.protobuf")
+    import shutil
+
+    from cltx.salt import SaltConfig, transfer_vocabulary
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(corpus(1, PLM_ONLY)), encoding="utf-8")
+    plm = tmp_path / "xlmr-spm"
+    plm.mkdir()
+    spm.SentencePieceTrainer.train(
+        input=str(text), model_prefix=str(tmp_path / "sp"), vocab_size=200, model_type="unigram", minloglevel=2
+    )
+    shutil.copy(tmp_path / "sp.model", plm / "sentencepiece.bpe.model")
+    import transformers as tf
+
+    small = dict(hidden_size=24, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    tf.XLMRobertaModel(tf.XLMRobertaConfig(vocab_size=202, max_position_embeddings=70, **small)).save_pretrained(plm)
+    llm, out = family_models("llama-bbpe"), tmp_path / "out"
+    transfer_vocabulary(SaltConfig(llm=str(llm), plm=str(plm), device="cpu", holdout=0, method="mean"), out)
+    check_tokenizer(out, llm, plm)
+    check_generation(out, plm)
+
+
+def test_tokenizer_with_no_fast_version_is_refused_with_the_reason(family_models, tmp_path):
+    """PhoBERT (Vietnamese) has only a slow tokenizer and no converter: saving it again does not help."""
+    import shutil
+
+    from cltx.errors import CltxError
+    from cltx.salt import SaltConfig, transfer_vocabulary
+
+    plm = tmp_path / "phobert"
+    plm.mkdir()
+    shutil.copy(family_models("roberta") / "config.json", plm / "config.json")
+    (plm / "vocab.txt").write_text("the 10\nriver 5\nwa@@ 3\nlk 3\n")
+    (plm / "bpe.codes").write_text("w a@@ 3\nt h 2\n")
+    (plm / "tokenizer_config.json").write_text('{"tokenizer_class": "PhobertTokenizer"}')
+    cfg = SaltConfig(llm=str(family_models("llama-bbpe")), plm=str(plm), device="cpu")
+    with pytest.raises(CltxError, match=r"plm=.*\(PhobertTokenizer\).*only as a slow.*not supported; fix: pass a PLM"):
+        transfer_vocabulary(cfg, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -139,7 +139,8 @@ def _backend_spec(tokenizer) -> dict:
     if backend is None:
         raise CltxError(
             f"tokenizer={type(tokenizer).__name__}: has no `tokenizers` backend (a slow tokenizer); "
-            "fix: save the model with a tokenizer.json (AutoTokenizer.from_pretrained(...).save_pretrained)"
+            "fix: pass a fast tokenizer (AutoTokenizer.from_pretrained of a folder with a tokenizer.json); a tokenizer "
+            "type that transformers has only as a slow one is not supported"
         )
     return json.loads(backend.to_str())
 

@@ -62,6 +62,7 @@ OWN_FILES = (
     f"{SHIM_MODULE}.py",
 )
 OWN_GLOBS = ("model-*-of-*.safetensors",)
+SENTENCEPIECE_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 TOKENIZER_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
@@ -245,15 +246,29 @@ class VocabularyTransfer:
                 )
             try:
                 tok = AutoTokenizer.from_pretrained(path)
-            except (OSError, ValueError, TypeError) as e:
+            except (OSError, ValueError, TypeError, ImportError) as e:
+                if missing := _sentencepiece_needs(p):
+                    model, packages = missing
+                    raise CltxError(
+                        f"{arg}={name!r}: its tokenizer is only a SentencePiece model ({model}, no tokenizer.json), "
+                        "which transformers converts only with both the sentencepiece and protobuf packages installed "
+                        f"(missing here: {', '.join(packages)}; without them it tries tiktoken and fails); "
+                        f"fix: pip install {' '.join(packages)} and rerun, or pass a folder that has a tokenizer.json"
+                    ) from e
                 raise CltxError(
                     f"{arg}={name!r}: its tokenizer could not be loaded ({type(e).__name__}: "
                     f"{str(e).splitlines()[0][:160]}); fix: pass a model folder with a working tokenizer"
                 ) from e
             if not getattr(tok, "is_fast", False) or getattr(tok, "backend_tokenizer", None) is None:
+                # In transformers 5 every tokenizer with a converter is a fast one: what is left (PhoBERT,
+                # FlauBERT, GPT-SW3, BERT-Japanese, ByT5 …) has no `tokenizers` version at all, and saving it
+                # again writes the same slow files.
                 raise CltxError(
-                    f"{arg}={name!r}: its tokenizer has no `tokenizers` backend (tokenizer.json); "
-                    "fix: convert it once with AutoTokenizer.from_pretrained(...).save_pretrained(...)"
+                    f"{arg}={name!r}: its tokenizer ({type(tok).__name__}) exists in transformers only as a slow "
+                    "(Python) tokenizer, with no `tokenizers` version to convert it to; cltx salt reads the "
+                    "tokenizer's `tokenizers` pipeline to match the vocabularies and to build the new model's "
+                    f"tokenizer, so this tokenizer type is not supported; fix: pass a {arg.upper()} whose tokenizer "
+                    "is a fast one (its folder has a tokenizer.json)"
                 )
             tokenizers[arg] = tok
             try:
@@ -790,6 +805,27 @@ class VocabularyTransfer:
                 tok.unk_token,
             )
         return res
+
+
+def _sentencepiece_needs(folder: Path) -> tuple[str, list[str]] | None:
+    """``(model file, missing packages)`` when ``folder``'s tokenizer is a SentencePiece model without a
+    tokenizer.json, which transformers cannot read without the sentencepiece and protobuf packages."""
+    from importlib.util import find_spec
+
+    if not folder.is_dir() or (folder / "tokenizer.json").exists():
+        return None
+    model = next((f for f in SENTENCEPIECE_FILES if (folder / f).is_file()), None)
+    if model is None:
+        return None
+    missing = []
+    for package, module in (("sentencepiece", "sentencepiece"), ("protobuf", "google.protobuf")):
+        try:
+            found = find_spec(module) is not None
+        except (ImportError, ValueError):  # google installed without protobuf
+            found = False
+        if not found:
+            missing.append(package)
+    return (model, missing) if missing else None
 
 
 def _id_set(value) -> set[int]:
