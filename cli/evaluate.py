@@ -40,6 +40,10 @@ def register(app: typer.Typer) -> None:
             Optional[bool],
             typer.Option("--chat-template/--no-chat-template", help="Use the model's chat template (default: if any)."),
         ] = None,
+        system_prompt: Annotated[
+            Optional[str],
+            typer.Option("--system-prompt", help="System message for the chat template (as given to cltx clo)."),
+        ] = None,
         verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log details.")] = False,
     ) -> None:
         """Ask held-out prompts in English and in the target language; report the share answered in
@@ -65,6 +69,7 @@ def register(app: typer.Typer) -> None:
                 max_length=max_length,
                 batch_size=batch_size,
                 use_chat_template=chat_template,
+                system_prompt=system_prompt,
                 out=json_out,
                 progress=prog,
             )

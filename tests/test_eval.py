@@ -121,6 +121,26 @@ def test_cli_eval(tmp_path, tok):
     assert bad.exit_code == 1 and "no such file" in bad.output
 
 
+def test_cli_eval_passes_the_system_prompt(tmp_path, tok, monkeypatch):
+    """A model trained with ``cltx clo --system-prompt`` is evaluated with the same system message."""
+    made = []
+    real = ev.PromptFormatter
+
+    def spy(*a, **kw):
+        made.append(kw.get("system_prompt"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ev, "PromptFormatter", spy)
+    tiny_llama(tok).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    data = tmp_path / "held.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in tiny_records(2, seed=9)), encoding="utf-8")
+    args = ["eval", "--model", str(tmp_path / "m"), "--data", str(data), "--max-new-tokens", "2"]
+    res = CliRunner().invoke(app, [*args, "--system-prompt", "Answer briefly"])
+    assert res.exit_code == 0, res.output
+    assert "Answer briefly" in made
+
+
 def test_target_language_from_the_mt_report(tmp_path, tok, monkeypatch):
     recs = [{k: v for k, v in r.items() if k != "_mt"} for r in tiny_records(2)]
     data = tmp_path / "held.jsonl"
