@@ -9,6 +9,11 @@ from cltx.errors import bad_arg
 from cltx.progress import Progress
 
 
+def strategy_name(value) -> str:
+    """A ``TrainingArguments`` strategy (``IntervalStrategy`` enum or plain string) as its string: "steps", "no" …"""
+    return str(getattr(value, "value", value))
+
+
 def last_checkpoint(folder: str | os.PathLike) -> str | None:
     """The newest ``checkpoint-N`` folder in ``folder`` (other names ignored); None when there is none or
     ``folder`` does not exist."""
@@ -29,7 +34,7 @@ def resume_point(args, *, model_out: str | os.PathLike, progress: Progress, who:
     found = last_checkpoint(folder)
     if found is not None:
         return found
-    if str(getattr(args.save_strategy, "value", args.save_strategy)) != "no":
+    if strategy_name(args.save_strategy) != "no":
         progress.message(f"{who}: --resume given but no checkpoint in {folder} yet; starting from step 0")
         return None
     raise bad_arg(

@@ -43,6 +43,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.training_args import ParallelMode
 
 from cltx._validate import TRAINING_NUMBERS, check_fields, checked_init
+from cltx.checkpoints import strategy_name
 from cltx.clo.data import bins_hash
 from cltx.clo.model import (
     METHODS,
@@ -231,10 +232,7 @@ class CLOConfig(TrainingArguments):
             raise bad_arg("lr", lr, "must be a finite number > 0, e.g. 2e-5")
         if self.warmup_steps < 0:
             raise bad_arg("warmup_steps", self.warmup_steps, "must be ≥ 0")
-        if (
-            str(getattr(self.logging_strategy, "value", self.logging_strategy)) == "steps"
-            and not self.logging_steps > 0
-        ):
+        if strategy_name(self.logging_strategy) == "steps" and not self.logging_steps > 0:
             raise bad_arg("logging_steps", self.logging_steps, "must be > 0 (log every N steps)")
         if not 0 <= self.seed < 2**32:
             raise bad_arg("seed", self.seed, "must be in [0, 2**32 - 1]")
@@ -816,7 +814,7 @@ class _LogFirstAndLastStep(TrainerCallback):
     ``logging_steps`` would otherwise log no loss at all, and a longer one not its final loss."""
 
     def on_step_end(self, args, state, control, **kwargs):
-        if str(getattr(args.logging_strategy, "value", args.logging_strategy)) == "no":
+        if strategy_name(args.logging_strategy) == "no":
             return
         if state.global_step == 1 or state.global_step >= state.max_steps:
             control.should_log = True
