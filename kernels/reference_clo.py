@@ -376,6 +376,11 @@ def validate(
             raise bad_arg(f"{name}.dtype", t.dtype, "pass float log-probs (e.g. .float())")
     if tuple(nll_mask.shape) != (P,):
         raise bad_arg("nll_mask.shape", tuple(nll_mask.shape), f"pass one bool per pair: ({P},)")
+    if nll_mask.is_floating_point() or nll_mask.is_complex():
+        # read as bool, a float mask of weights (0.5) would silently count as a whole row
+        raise bad_arg(
+            "nll_mask.dtype", nll_mask.dtype, "pass a bool mask (e.g. mask > 0): it selects rows, it is no weight"
+        )
     dev = hidden.device
     for name, t in (*tensors, ("bias", bias)):
         if t is not None and t.device != dev:

@@ -523,6 +523,7 @@ def clo_loss_public(*args, **kw):
         ({"ref_c": "int"}, r"ref_chosen_logps\.dtype=torch\.int64"),  # was reported as a bad shape (2,) vs (2,)
         ({"bias": "int"}, r"bias\.dtype=torch\.int64"),
         ({"weight": "empty"}, r"weight\.shape=\(0, 8\)"),  # was 'labels out of range' for every label
+        ({"nll_mask": "float"}, r"nll_mask\.dtype=torch\.float32: pass a bool mask"),  # 0.5 read as True
     ],
 )
 def test_bad_arguments_are_clear_errors_on_the_public_function(change, match):
@@ -538,6 +539,8 @@ def test_bad_arguments_are_clear_errors_on_the_public_function(change, match):
                 v = inp[key].round().long()
             elif v == "empty":
                 v = inp[key][:0]
+            elif v == "float":
+                v = inp[key].float() * 0.5
             inp[key] = v
         else:
             kw[key] = v
