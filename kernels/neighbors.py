@@ -161,7 +161,13 @@ def select_neighbors(
         top, idx = torch.topk(sim, k_cand, dim=1, largest=True, sorted=True)
         valid = torch.isfinite(top)
         # 3. Sparsemax over the candidates (ties and padding handled in sparsemax_sorted).
-        z = torch.where(valid, top / temperature, torch.zeros_like(top))
+        # Shifted by the best similarity (sparsemax is shift-invariant) and clamped at −2: a candidate more
+        # than 1 below the best is never in the support, so the clamp is exact, and a tiny temperature
+        # (1e-20, 1e-40) gives the top candidate weight 1 instead of inf − inf = NaN or all-zero weights.
+        # Below 1e-30 the temperature would round to 0 in fp32 (0 / 0 for the best candidate); any nonzero
+        # gap between fp32 cosines over 1e-30 is far past the clamp, so the floor changes no result.
+        z = ((top - top[:, :1]) / max(float(temperature), 1e-30)).clamp(min=-2.0)
+        z = torch.where(valid, z, torch.zeros_like(top))
         p, support = sparsemax_sorted(z, valid)
         keep = torch.minimum(support.clamp(min=k_min), valid.sum(1))
         pos = torch.arange(k_cand, device=dev)[None, :]

@@ -72,6 +72,17 @@ def test_weights_are_a_distribution_and_padding_is_clean():
     assert torch.all(sims[:, :-1] >= sims[:, 1:] - 1e-6)
 
 
+@pytest.mark.parametrize("temperature", [1e-12, 1e-20, 1e-40, 1e-300])
+def test_tiny_temperature_keeps_the_best_neighbour_with_weight_one(temperature):
+    """At 1e-20 the weights all vanished, at 1e-40 they were NaN (similarities / temperature overflowed)."""
+    q, b = data(11, 57, 9, seed=5)
+    idx, w = select_neighbors(q, b, k_max=6, k_min=3, temperature=temperature)
+    ref_idx, _ = brute_force(q, b, 6, 3, 1.0)
+    assert torch.isfinite(w).all()
+    assert np.array_equal(idx[:, :3].numpy(), ref_idx[:, :3]) and torch.all(idx[:, 3:] == -1)
+    assert torch.all(w[:, 0] == 1.0) and torch.all(w[:, 1:] == 0.0)
+
+
 def test_k_min_is_honoured():
     q, b = data(30, 150, 12, seed=2)
     idx, w = select_neighbors(q, b, k_max=16, k_min=5, temperature=0.001)  # support would be 1
