@@ -373,6 +373,20 @@ def _family_of(tok) -> str:
     return "bbpe" if "ByteLevel" in json.dumps(spec) else "sp"
 
 
+def _added_bos(llm_tok, plm_tok) -> tuple[str, int] | None:
+    """``(token, llm_id)`` of the bos the new vocabulary adds, or None: the LLM prepends a bos (not its eos)
+    and the PLM has no bos/cls apart from its eos, nor a token spelling the LLM's bos (none in these tests)."""
+    bos = llm_tok.bos_token_id
+    if bos is None or bos == llm_tok.eos_token_id or llm_tok("a")["input_ids"][0] != bos:
+        return None
+    start = plm_tok.bos_token_id if plm_tok.bos_token_id is not None else plm_tok.cls_token_id
+    end = plm_tok.eos_token_id if plm_tok.eos_token_id is not None else plm_tok.sep_token_id
+    if start is not None and start != end:
+        return None
+    assert llm_tok.bos_token not in plm_tok.get_vocab()
+    return llm_tok.bos_token, bos
+
+
 def _expected_overlap(llm_tok, plm_tok) -> tuple[dict[int, int], dict[str, int]]:
     """``{plm_id: llm_id}`` and the match counts, rebuilt from the two vocabularies.
 
@@ -400,6 +414,9 @@ def _expected_overlap(llm_tok, plm_tok) -> tuple[dict[int, int], dict[str, int]]
         if p is not None and q is not None and p not in overlap:
             overlap[p] = q
             counts["special"] += 1
+    if (added := _added_bos(llm_tok, plm_tok)) is not None:
+        overlap[len(plm_tok)] = added[1]
+        counts["special"] += 1
 
     lf, pf = _family_of(llm_tok), _family_of(plm_tok)
     llm_special, plm_special = set(llm_tok.all_special_ids), set(plm_tok.all_special_ids)
@@ -466,11 +483,13 @@ def check_tokenizer(out: Path, llm: Path, plm: Path) -> None:
 
     tok = AutoTokenizer.from_pretrained(out)
     llm_tok, plm_tok = AutoTokenizer.from_pretrained(llm), AutoTokenizer.from_pretrained(plm)
-    assert len(tok) == len(plm_tok)
+    # The bos goes in front exactly when the LLM's tokenizer puts its own there; a PLM with no bos apart from
+    # its eos (GPT-2's one special token plays both) gets the LLM's bos string as one added token.
     adds_bos = llm_tok.bos_token_id is not None and llm_tok("a")["input_ids"][0] == llm_tok.bos_token_id
-    # The bos goes in front exactly when the LLM's tokenizer puts its own there (and the PLM has a token for
-    # it: a GPT-2 PLM's only special token plays eos).
-    adds_bos = adds_bos and tok.bos_token_id is not None
+    added = _added_bos(llm_tok, plm_tok)
+    assert len(tok) == len(plm_tok) + (added is not None)
+    if added is not None:
+        assert (tok.bos_token, tok.bos_token_id) == (added[0], len(plm_tok))
     for text in TEXTS:
         body = tok(text, add_special_tokens=False)["input_ids"]
         assert body == plm_tok(text, add_special_tokens=False)["input_ids"], (text, tok.convert_ids_to_tokens(body))

@@ -17,6 +17,13 @@ ordinary LLM token spells the same byte). Matching is case-sensitive on purpose:
 lower-casing PLM's ``the`` matches the LLM's ``Ġthe`` only, never ``ĠThe``. Special tokens are
 matched by role instead of by surface (bos, eos, pad, unk; BERT's ``[CLS]``/``[SEP]`` play bos/eos),
 so the new model still knows where a text starts and ends. A bare marker (``Ġ``, ``▁``) is a space.
+
+When the LLM's tokenizer prepends a bos and the PLM has no token that can play it apart from its eos
+(GPT-2's ``<|endoftext|>`` plays bos, eos and unk at once; T5 has no bos), the new vocabulary gets the
+LLM's bos string as one added special token with the LLM's bos row (:attr:`Matching.added`): without
+it the new model would see no start token at all, and Gemma depends on its bos heavily. A PLM token
+that already spells that string becomes the bos instead; an LLM whose bos is its own eos (OPT) gets
+the PLM's eos, which then plays both, as in the LLM.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from cltx.errors import CltxError
+from cltx.salt.tokenizer import llm_adds_bos
 
 logger = logging.getLogger(__name__)
 
@@ -215,6 +223,10 @@ class Matching:
         unmapped_specials: PLM special tokens with no LLM role counterpart (they get the LLM mean).
         forms: ``{plm_id: TokenForm}`` for every PLM token.
         roles: ``{role: (plm_id, llm_id)}`` of the special-token mapping.
+        added: ``{new_id: token}`` for tokens the new vocabulary has beyond the PLM's (only the LLM's
+            bos, see the module docstring); they are in ``pairs`` too, with kind ``special``.
+        notes: why the vocabulary or the roles differ from the PLM's, for the report.
+        llm_tokens: ``{llm_id: token}`` of the LLM tokens whose rows the added tokens take (for the report).
     """
 
     llm_family: str
@@ -229,6 +241,14 @@ class Matching:
     unmapped_specials: list[int]
     forms: dict[int, TokenForm]
     roles: dict[str, tuple[int, int]] = field(default_factory=dict)
+    added: dict[int, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    llm_tokens: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the new model: the PLM's tokens and the added ones."""
+        return max([self.plm_size, *(i + 1 for i in self.added)])
 
     def counts(self) -> dict[str, int]:
         c = Counter(self.kinds.values())
@@ -246,8 +266,44 @@ class Matching:
             "new_tokens": len(self.new),
             "unmapped_specials": len(self.unmapped_specials),
             "match_counts": self.counts(),
-            "special_roles": {r: {"plm_id": p, "llm_id": q} for r, (p, q) in self.roles.items()},
+            "special_roles": {
+                r: {"plm_id": p, "llm_id": q, **({"added": True} if p in self.added else {})}
+                for r, (p, q) in self.roles.items()
+            },
+            "new_model_vocab_size": self.vocab_size,
+            "added_tokens": [
+                {"id": i, "token": t, "role": r, "llm_id": q, "llm_token": self.llm_tokens.get(q)}
+                for i, t in self.added.items()
+                for r, (p, q) in self.roles.items()
+                if p == i
+            ],
+            "notes": list(self.notes),
         }
+
+
+BOS_CANDIDATES = ("<s>", "<bos>", "<|begin_of_text|>", "<|cltx_bos|>")
+
+
+def added_token_id(tokenizer, text: str) -> int:
+    """The id the tokenizer's backend gives ``text`` as an added special token (on a copy)."""
+    from tokenizers import AddedToken, Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.add_special_tokens([AddedToken(text, special=True, normalized=False)])
+    return backend.token_to_id(text)
+
+
+def _bos_slot(plm_tokenizer, text: str, *, taken: set[int]) -> tuple[str, int, bool]:
+    """``(token, id, is_new)`` for the new model's bos: the LLM's bos string, reusing the PLM's token of
+    that string unless that token already plays another role (then the next of :data:`BOS_CANDIDATES`)."""
+    vocab = plm_tokenizer.get_vocab()
+    for cand in dict.fromkeys((text, *BOS_CANDIDATES)):
+        pid = vocab.get(cand)
+        if pid is None:
+            return cand, added_token_id(plm_tokenizer, cand), True
+        if pid not in taken:
+            return cand, pid, False
+    raise RuntimeError(f"no free bos string among {BOS_CANDIDATES} (a bug: please report it)")
 
 
 def _vocab_by_id(tokenizer) -> dict[int, str]:
@@ -287,7 +343,8 @@ def match_vocabularies(llm_tokenizer, plm_tokenizer) -> Matching:
     roles: dict[str, tuple[int, int]] = {}
 
     # 1. Special tokens by role. An LLM without a bos (Qwen) or pad gives those roles its eos.
-    llm_roles = special_roles(llm_tokenizer)
+    llm_own = special_roles(llm_tokenizer)
+    llm_roles = dict(llm_own)
     for fallback_role in ("bos", "pad"):
         if fallback_role not in llm_roles and "eos" in llm_roles:
             llm_roles[fallback_role] = llm_roles["eos"]
@@ -297,6 +354,44 @@ def match_vocabularies(llm_tokenizer, plm_tokenizer) -> Matching:
             pairs[plm_roles[role]] = llm_roles[role]
             kinds[plm_roles[role]] = KIND_SPECIAL
             roles[role] = (plm_roles[role], llm_roles[role])
+
+    # 1b. A bos for an LLM that prepends one when the PLM has none apart from its eos (module docstring).
+    added: dict[int, str] = {}
+    notes: list[str] = []
+    llm_tokens: dict[int, str] = {}
+    llm_bos = llm_own.get("bos")
+    if "bos" not in roles and "eos" in roles and llm_bos is not None and llm_adds_bos(llm_tokenizer):
+        plm_eos = plm_tokenizer.convert_ids_to_tokens(roles["eos"][0])
+        bos_text = llm_tokenizer.convert_ids_to_tokens(llm_bos)
+        llm_tokens[llm_bos] = bos_text
+        if llm_bos == llm_own.get("eos"):
+            roles["bos"] = (roles["eos"][0], llm_bos)
+            notes.append(
+                f"bos: the LLM prepends {bos_text!r}, which is also its eos, so the PLM's eos {plm_eos!r} "
+                "is prepended too"
+            )
+        else:
+            why = (
+                f"the PLM's {plm_eos!r} plays bos and eos at once"
+                if "bos" in plm_roles
+                else "the PLM's tokenizer has no bos"
+            )
+            text, pid, is_new = _bos_slot(plm_tokenizer, bos_text, taken=set(pairs))
+            pairs[pid] = llm_bos
+            kinds[pid] = KIND_SPECIAL
+            roles["bos"] = (pid, llm_bos)
+            if is_new:
+                added[pid] = text
+                notes.append(
+                    f"bos: the LLM's tokenizer prepends {bos_text!r} and {why}; added {text!r} as token {pid} "
+                    "with the LLM's bos row, prepended by the new tokenizer"
+                )
+            else:
+                notes.append(
+                    f"bos: the LLM's tokenizer prepends {bos_text!r} and {why}; the PLM's token {text!r} "
+                    f"({pid}) becomes the bos, with the LLM's bos row"
+                )
+        logger.info(notes[-1])
 
     # 2. Every other token by surface.
     forms: dict[int, TokenForm] = {}
@@ -346,6 +441,9 @@ def match_vocabularies(llm_tokenizer, plm_tokenizer) -> Matching:
         unmapped_specials=unmapped,
         forms=forms,
         roles=roles,
+        added=added,
+        notes=notes,
+        llm_tokens=llm_tokens,
     )
     logger.info(
         "matched %d of %d PLM tokens to the LLM (%s → %s): %s",

@@ -5,7 +5,9 @@ marker after its prompt, and it needs an eos that generation stops on. The new t
 PLM's vocabulary, normaliser, pre-tokenizer, model and decoder, and replaces the post-processor:
 it prepends the bos exactly when the LLM's own tokenizer does, and never appends anything. Its
 bos/eos/pad/unk are the PLM's tokens that play those roles (BERT: ``[CLS]``, ``[SEP]``, ``[PAD]``,
-``[UNK]``), whose embedding rows come from the LLM's tokens of the same role.
+``[UNK]``), whose embedding rows come from the LLM's tokens of the same role. Where the PLM has no bos
+apart from its eos (GPT-2, T5) and the LLM prepends one, the bos is the LLM's bos string added to the
+vocabulary as a special token (:attr:`cltx.salt.matching.Matching.added`).
 
 A WordPiece decoder is replaced by one that puts the space before every word-start token, the first
 included (as byte-level BPE and SentencePiece tokens carry theirs): a WordPiece decoder joins tokens
@@ -97,7 +99,9 @@ def _max_length(llm_tokenizer, llm_config) -> int:
     return int(n) if n else 2048
 
 
-def causal_tokenizer(plm_tokenizer, llm_tokenizer, roles: dict[str, tuple[int, int]], llm_config):
+def causal_tokenizer(
+    plm_tokenizer, llm_tokenizer, roles: dict[str, tuple[int, int]], llm_config, *, added: dict[int, str] | None = None
+):
     """Build the new model's tokenizer.
 
     Args:
@@ -105,11 +109,13 @@ def causal_tokenizer(plm_tokenizer, llm_tokenizer, roles: dict[str, tuple[int, i
         llm_tokenizer: the LLM's fast tokenizer (for bos behaviour, padding side, max length).
         roles: ``{role: (plm_id, llm_id)}`` from :class:`cltx.salt.matching.Matching`.
         llm_config: the LLM's config.
+        added: ``{id: token}`` of :attr:`cltx.salt.matching.Matching.added`: special tokens the new
+            vocabulary has beyond the PLM's (the LLM's bos where the PLM has none apart from its eos).
 
     Returns:
         A ``PreTrainedTokenizerFast`` with bos/eos/pad/unk set and no [CLS]/[SEP] wrapping.
     """
-    from tokenizers import Tokenizer
+    from tokenizers import AddedToken, Tokenizer
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
 
@@ -124,8 +130,23 @@ def causal_tokenizer(plm_tokenizer, llm_tokenizer, roles: dict[str, tuple[int, i
     backend.no_truncation()
     backend.no_padding()
     cleanup = _spaced_wordpiece_decoder(backend)
-    convert = plm_tokenizer.convert_ids_to_tokens
+    added = dict(added or {})
+
+    def convert(tid: int) -> str:
+        return added[tid] if tid in added else plm_tokenizer.convert_ids_to_tokens(tid)
+
     bos = convert(roles["bos"][0]) if "bos" in roles else None
+    # An added bos, or a PLM token of the LLM's bos string that becomes the bos, is made a special token, so
+    # that it is never split, and skip_special_tokens drops it.
+    specials = backend.get_added_tokens_decoder()
+    for tid in sorted({*added, *([roles["bos"][0]] if bos is not None else [])}):
+        text = convert(tid)
+        if not (tid in specials and specials[tid].special):
+            backend.add_special_tokens([AddedToken(text, special=True, normalized=False)])
+        if backend.token_to_id(text) != tid:
+            raise RuntimeError(
+                f"the new tokenizer gave {text!r} id {backend.token_to_id(text)}, not {tid} (a bug: please report it)"
+            )
     eos = convert(roles["eos"][0])
     pad = convert(roles["pad"][0]) if "pad" in roles else eos
     unk = convert(roles["unk"][0]) if "unk" in roles else None

@@ -12,9 +12,10 @@ Pipeline (DESIGN.md §2), cheap checks first so bad input fails before any heavy
    overlap tokens for a fit-quality diagnostic.
 4. ``initialize(method)``: the new rows (:mod:`cltx.salt.methods`), tokens without a vector or a
    neighbour drawn from the LLM rows' mean and covariance.
-5. ``apply`` / ``save``: resize the LLM's embeddings to the PLM's vocabulary, overlap rows copied
-   exactly from the LLM, new rows written, the PLM tokenizer made causal, bos/eos/pad ids set in
-   the config and generation config, safetensors + ``salt_report.json``.
+5. ``apply`` / ``save``: resize the LLM's embeddings to the PLM's vocabulary (plus the LLM's bos
+   when the LLM prepends one and the PLM has none apart from its eos), overlap rows copied exactly
+   from the LLM, new rows written, the PLM tokenizer made causal, bos/eos/pad ids set in the config
+   and generation config, safetensors + ``salt_report.json``.
 6. ``evaluate``: bits per byte of a held-out text (total NLL in bits / total UTF-8 bytes).
 """
 
@@ -644,7 +645,14 @@ class VocabularyTransfer:
         if self._resized:
             return
         m = self.matching
-        self.tokenizer = causal_tokenizer(self.plm_tokenizer, self.llm_tokenizer, m.roles, self.llm_config)
+        self.tokenizer = causal_tokenizer(
+            self.plm_tokenizer, self.llm_tokenizer, m.roles, self.llm_config, added=m.added
+        )
+        if len(self.tokenizer) > m.vocab_size:
+            raise RuntimeError(
+                f"the new tokenizer has {len(self.tokenizer)} tokens for {m.vocab_size} embedding rows "
+                "(a bug: please report it)"
+            )
         model = self.model
         # Every PLM token whose row is one of the LLM's end tokens ends generation: SmolLM2's pad is
         # its eos, so the PLM's [PAD] gets the same row as [SEP] and is as likely to be generated.
@@ -653,7 +661,8 @@ class VocabularyTransfer:
         llm_eos |= _id_set(getattr(model.generation_config, "eos_token_id", None))
         eos = self.tokenizer.eos_token_id
         self.eos_ids = [eos] + sorted(p for p, q in m.pairs.items() if q in llm_eos and p != eos)
-        model.resize_token_embeddings(m.plm_size, mean_resizing=False)
+        # The PLM's tokens and the added ones (the LLM's bos where the PLM has none apart from its eos).
+        model.resize_token_embeddings(m.vocab_size, mean_resizing=False)
         ids = {
             "bos_token_id": self.tokenizer.bos_token_id,
             "eos_token_id": self.tokenizer.eos_token_id,
@@ -676,7 +685,7 @@ class VocabularyTransfer:
         self.pair_plm = torch.tensor(list(pairs.keys()), dtype=torch.int64)
         self.pair_llm = torch.tensor(list(pairs.values()), dtype=torch.int64)
         covered = set(pairs) | set(self.new_ids)
-        self.mean_ids = torch.tensor(sorted(set(range(m.plm_size)) - covered), dtype=torch.int64)
+        self.mean_ids = torch.tensor(sorted(set(range(m.vocab_size)) - covered), dtype=torch.int64)
         self._resized = True
 
     def apply(self, init: Initialization):
@@ -740,7 +749,6 @@ class VocabularyTransfer:
             "similarity_space": "vectors" if self.vectors is not None else "plm-input-embeddings",
             "vectors_found": None if self.vectors is None else len(self.vectors),
             **m.summary(),
-            "new_model_vocab_size": m.plm_size,
             "generation_eos_ids": self.eos_ids,
             "tied_embeddings": self.tied,
             "d_llm": self.d_model,
