@@ -71,6 +71,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Swap in a PLM's vocabulary: overlapping tokens keep the LLM's embeddings, every new token
         gets its own least-squares fit from its neighbours (SALT), or a peer rule for comparison."""
+        from rich.markup import escape
         from rich.table import Table
 
         from cltx.salt.transfer import EVAL_TABLE, REPORT, SaltConfig, transfer_vocabulary
@@ -94,8 +95,6 @@ def register(app: typer.Typer) -> None:
                 summary = transfer_vocabulary(config, out_dir, progress=progress)
         except KeyboardInterrupt:
             # Not the shared handler's "--resume" hint: salt has no resume, a rerun starts over.
-            from rich.markup import escape
-
             console.print(
                 f"[yellow]interrupted[/]: {escape(str(out_dir))} is incomplete; rerun the same command to start over",
                 highlight=False,
@@ -111,6 +110,9 @@ def register(app: typer.Typer) -> None:
             f"[bold]{m['new_tokens']}[/] new",
             highlight=False,
         )
+        # An added token (the LLM's bos where the PLM has none apart from its eos) changes the vocabulary size.
+        for note in m.get("notes") or []:
+            out.print(f"[yellow]note[/]: {escape(note)}", highlight=False)
         table = Table("method", "bits/byte", "Δ vs LLM", "hold-out cos", "hold-out rel. err", "fallback", "init s")
         base = summary.get("llm_bits_per_byte")
         if base is not None:
