@@ -1022,7 +1022,10 @@ def _stage_salt(ctx: RunContext, st: Stage) -> dict[str, Any]:
     ctx.progress.finish("salt")
     summary = result["matching"]
     result["overlap"] = summary.get("overlap") if isinstance(summary, dict) else None
-    result["vocab_size"] = summary.get("plm_vocab_size") if isinstance(summary, dict) else None
+    # the new model's vocabulary: the PLM's, plus the LLM's bos where the PLM has none to play it
+    result["vocab_size"] = (
+        summary.get("new_model_vocab_size", summary.get("plm_vocab_size")) if isinstance(summary, dict) else None
+    )
     result["new_tokens"] = summary.get("new_tokens") if isinstance(summary, dict) else None
     result["timings"] = dict(t.timings)
     if o["plm"] == "minilm-l6":
