@@ -18,12 +18,17 @@ lower-casing PLM's ``the`` matches the LLM's ``Ġthe`` only, never ``ĠThe``. Sp
 matched by role instead of by surface (bos, eos, pad, unk; BERT's ``[CLS]``/``[SEP]`` play bos/eos),
 so the new model still knows where a text starts and ends. A bare marker (``Ġ``, ``▁``) is a space.
 
-When the LLM's tokenizer prepends a bos and the PLM has no token that can play it apart from its eos
-(GPT-2's ``<|endoftext|>`` plays bos, eos and unk at once; T5 has no bos), the new vocabulary gets the
-LLM's bos string as one added special token with the LLM's bos row (:attr:`Matching.added`): without
-it the new model would see no start token at all, and Gemma depends on its bos heavily. A PLM token
-that already spells that string becomes the bos instead; an LLM whose bos is its own eos (OPT) gets
-the PLM's eos, which then plays both, as in the LLM.
+The new tokenizer prepends what carries the row of the token the LLM's tokenizer prepends
+(:func:`cltx.salt.tokenizer.llm_start_token`; :attr:`Matching.prepends`), and that token is the new
+model's bos: the PLM's bos when it has the LLM's bos row (Llama, Gemma with BERT's ``[CLS]``); the PLM's
+eos when the LLM prepends its eos — XGLM prepends ``</s>``, not its bos ``<s>``, so with BERT the new
+model starts with ``[SEP]`` (``[CLS]`` keeps the ``<s>`` row), with GPT-2 with ``<|endoftext|>``; an
+LLM whose bos is its own eos (OPT) likewise. When the LLM prepends its bos and the PLM has no token
+that can play it apart from its eos (GPT-2's ``<|endoftext|>`` plays bos, eos and unk at once; T5 has
+no bos), the new vocabulary gets the LLM's bos string as one added special token with the LLM's bos
+row (:attr:`Matching.added`): without it the new model would see no start token at all, and Gemma
+depends on its bos heavily. A PLM token that already spells that string becomes the bos instead. An
+LLM whose tokenizer prepends nothing (Qwen2) gets nothing prepended.
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 
 from cltx.errors import CltxError
-from cltx.salt.tokenizer import llm_adds_bos
+from cltx.salt.tokenizer import llm_start_token
 
 logger = logging.getLogger(__name__)
 
@@ -223,10 +228,13 @@ class Matching:
         unmapped_specials: PLM special tokens with no LLM role counterpart (they get the LLM mean).
         forms: ``{plm_id: TokenForm}`` for every PLM token.
         roles: ``{role: (plm_id, llm_id)}`` of the special-token mapping.
-        added: ``{new_id: token}`` for tokens the new vocabulary has beyond the PLM's (only the LLM's
+        added: ``{new_id: token}`` for tokens the new vocabulary has beyond the PLM's (the LLM's
             bos, see the module docstring); they are in ``pairs`` too, with kind ``special``.
         notes: why the vocabulary or the roles differ from the PLM's, for the report.
         llm_tokens: ``{llm_id: token}`` of the LLM tokens whose rows the added tokens take (for the report).
+        prepends: ``{"id", "token", "llm_id", "llm_token"}`` of the token the new tokenizer prepends (the new
+            model's bos, with the row of the token the LLM's tokenizer prepends), or None when the LLM's
+            tokenizer prepends nothing (Qwen2).
     """
 
     llm_family: str
@@ -244,6 +252,7 @@ class Matching:
     added: dict[int, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     llm_tokens: dict[int, str] = field(default_factory=dict)
+    prepends: dict | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -277,6 +286,7 @@ class Matching:
                 for r, (p, q) in self.roles.items()
                 if p == i
             ],
+            "prepends": dict(self.prepends) if self.prepends else None,
             "notes": list(self.notes),
         }
 
@@ -355,43 +365,65 @@ def match_vocabularies(llm_tokenizer, plm_tokenizer) -> Matching:
             kinds[plm_roles[role]] = KIND_SPECIAL
             roles[role] = (plm_roles[role], llm_roles[role])
 
-    # 1b. A bos for an LLM that prepends one when the PLM has none apart from its eos (module docstring).
+    # 1b. The token the new tokenizer prepends: the one with the row of what the LLM's tokenizer prepends
+    # (module docstring): the PLM's bos, else its eos (XGLM, OPT), else an added token.
     added: dict[int, str] = {}
     notes: list[str] = []
     llm_tokens: dict[int, str] = {}
-    llm_bos = llm_own.get("bos")
-    if "bos" not in roles and "eos" in roles and llm_bos is not None and llm_adds_bos(llm_tokenizer):
-        plm_eos = plm_tokenizer.convert_ids_to_tokens(roles["eos"][0])
-        bos_text = llm_tokenizer.convert_ids_to_tokens(llm_bos)
-        llm_tokens[llm_bos] = bos_text
-        if llm_bos == llm_own.get("eos"):
-            roles["bos"] = (roles["eos"][0], llm_bos)
-            notes.append(
-                f"bos: the LLM prepends {bos_text!r}, which is also its eos, so the PLM's eos {plm_eos!r} "
-                "is prepended too"
-            )
-        else:
-            why = (
-                f"the PLM's {plm_eos!r} plays bos and eos at once"
-                if "bos" in plm_roles
-                else "the PLM's tokenizer has no bos"
-            )
-            text, pid, is_new = _bos_slot(plm_tokenizer, bos_text, taken=set(pairs))
-            pairs[pid] = llm_bos
+    prepends: dict | None = None
+    start = llm_start_token(llm_tokenizer)
+    if start is not None and "eos" in roles:
+        start_text = llm_tokenizer.convert_ids_to_tokens(start)
+        llm_bos = llm_own.get("bos")
+        carrier = next((r for r in ("bos", "eos") if r in roles and roles[r][1] == start), None)
+        if carrier == "eos":
+            plm_eos = plm_tokenizer.convert_ids_to_tokens(roles["eos"][0])
+            if start == llm_bos:
+                notes.append(
+                    f"bos: the LLM prepends {start_text!r}, which is also its eos, so the PLM's eos {plm_eos!r} "
+                    "is prepended too"
+                )
+            else:
+                bos_text = llm_tokenizer.convert_ids_to_tokens(llm_bos) if llm_bos is not None else None
+                kept = ""
+                if "bos" in roles:
+                    plm_bos = plm_tokenizer.convert_ids_to_tokens(roles["bos"][0])
+                    kept = f"; the PLM's {plm_bos!r} keeps the LLM's {bos_text!r} row"
+                notes.append(
+                    f"bos: the LLM's tokenizer prepends its eos {start_text!r}"
+                    + (f", not its bos {bos_text!r}" if bos_text is not None else "")
+                    + f", so the new tokenizer prepends the PLM's eos {plm_eos!r} ({roles['eos'][0]}), which has "
+                    f"that row, and names it the bos{kept}"
+                )
+            roles["bos"] = (roles["eos"][0], start)
+        elif carrier is None:
+            if "bos" in roles:
+                why = "no PLM token has its row"
+            elif "bos" in plm_roles:
+                why = f"the PLM's {plm_tokenizer.convert_ids_to_tokens(roles['eos'][0])!r} plays bos and eos at once"
+            else:
+                why = "the PLM's tokenizer has no bos"
+            llm_tokens[start] = start_text
+            text, pid, is_new = _bos_slot(plm_tokenizer, start_text, taken=set(pairs))
+            pairs[pid] = start
             kinds[pid] = KIND_SPECIAL
-            roles["bos"] = (pid, llm_bos)
+            roles["bos"] = (pid, start)
             if is_new:
                 added[pid] = text
                 notes.append(
-                    f"bos: the LLM's tokenizer prepends {bos_text!r} and {why}; added {text!r} as token {pid} "
+                    f"bos: the LLM's tokenizer prepends {start_text!r} and {why}; added {text!r} as token {pid} "
                     "with the LLM's bos row, prepended by the new tokenizer"
                 )
             else:
                 notes.append(
-                    f"bos: the LLM's tokenizer prepends {bos_text!r} and {why}; the PLM's token {text!r} "
+                    f"bos: the LLM's tokenizer prepends {start_text!r} and {why}; the PLM's token {text!r} "
                     f"({pid}) becomes the bos, with the LLM's bos row"
                 )
-        logger.info(notes[-1])
+        pid = roles["bos"][0]
+        token = added[pid] if pid in added else plm_tokenizer.convert_ids_to_tokens(pid)
+        prepends = {"id": pid, "token": token, "llm_id": start, "llm_token": start_text}
+        if notes:
+            logger.info(notes[-1])
 
     # 2. Every other token by surface.
     forms: dict[int, TokenForm] = {}
@@ -444,6 +476,7 @@ def match_vocabularies(llm_tokenizer, plm_tokenizer) -> Matching:
         added=added,
         notes=notes,
         llm_tokens=llm_tokens,
+        prepends=prepends,
     )
     logger.info(
         "matched %d of %d PLM tokens to the LLM (%s → %s): %s",

@@ -3,10 +3,12 @@
 A masked-LM tokenizer wraps every text as ``[CLS] text [SEP]``; a causal LM must not see an end
 marker after its prompt, and it needs an eos that generation stops on. The new tokenizer keeps the
 PLM's vocabulary, normaliser, pre-tokenizer, model and decoder, and replaces the post-processor:
-it prepends the bos exactly when the LLM's own tokenizer does, and never appends anything. Its
+it prepends the bos exactly when the LLM's own tokenizer prepends a token, and never appends anything. Its
 bos/eos/pad/unk are the PLM's tokens that play those roles (BERT: ``[CLS]``, ``[SEP]``, ``[PAD]``,
-``[UNK]``), whose embedding rows come from the LLM's tokens of the same role. Where the PLM has no bos
-apart from its eos (GPT-2, T5) and the LLM prepends one, the bos is the LLM's bos string added to the
+``[UNK]``), whose embedding rows come from the LLM's tokens of the same role. The bos it prepends has the
+row of the token the LLM prepends (:func:`llm_start_token`): for XGLM, which prepends its eos ``</s>``,
+that is the PLM's eos (BERT's ``[SEP]``), which is then bos and eos at once. Where the PLM has no bos
+apart from its eos (GPT-2, T5) and the LLM prepends its bos, the bos is the LLM's bos string added to the
 vocabulary as a special token (:attr:`cltx.salt.matching.Matching.added`).
 
 A WordPiece decoder is replaced by one that puts the space before every word-start token, the first
@@ -29,13 +31,20 @@ from cltx.errors import CltxError
 logger = logging.getLogger(__name__)
 
 
-def llm_adds_bos(llm_tokenizer) -> bool:
-    """Whether the LLM's tokenizer puts its bos in front of a plain text."""
-    bos = llm_tokenizer.bos_token_id
-    if bos is None:
-        return False
-    ids = llm_tokenizer("a", add_special_tokens=True)["input_ids"]
-    return bool(ids) and ids[0] == bos
+def llm_start_token(llm_tokenizer) -> int | None:
+    """The special token the LLM's tokenizer puts in front of a plain text, or None.
+
+    The bos for Llama and Gemma, the eos ``</s>`` for XGLM (trained with ``</s>`` at the start of every
+    document; its bos ``<s>`` is never prepended), the shared ``</s>`` for OPT, nothing for Qwen2.
+    """
+    ids = list(llm_tokenizer("a", add_special_tokens=True)["input_ids"])
+    plain = list(llm_tokenizer("a", add_special_tokens=False)["input_ids"])
+    if not plain or len(ids) <= len(plain):
+        return None
+    at = next((i for i in range(len(ids) - len(plain) + 1) if ids[i : i + len(plain)] == plain), None)
+    if not at:  # nothing in front of the text (or the text itself changed: then no telling)
+        return None
+    return int(ids[0])
 
 
 def _spaced_wordpiece_decoder(backend) -> bool:
@@ -106,7 +115,7 @@ def causal_tokenizer(
 
     Args:
         plm_tokenizer: the PLM's fast tokenizer.
-        llm_tokenizer: the LLM's fast tokenizer (for bos behaviour, padding side, max length).
+        llm_tokenizer: the LLM's fast tokenizer (for what it prepends, padding side, max length).
         roles: ``{role: (plm_id, llm_id)}`` from :class:`cltx.salt.matching.Matching`.
         llm_config: the LLM's config.
         added: ``{id: token}`` of :attr:`cltx.salt.matching.Matching.added`: special tokens the new
@@ -150,7 +159,13 @@ def causal_tokenizer(
     eos = convert(roles["eos"][0])
     pad = convert(roles["pad"][0]) if "pad" in roles else eos
     unk = convert(roles["unk"][0]) if "unk" in roles else None
-    if bos is not None and llm_adds_bos(llm_tokenizer):
+    start = llm_start_token(llm_tokenizer)
+    if start is not None and bos is not None and roles["bos"][1] != start:
+        raise RuntimeError(
+            f"the new bos {bos!r} has LLM row {roles['bos'][1]}, but the LLM's tokenizer prepends token {start} "
+            "(a bug: please report it)"
+        )
+    if start is not None and bos is not None:
         backend.post_processor = TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A $B:1", special_tokens=[(bos, roles["bos"][0])]
         )
