@@ -222,8 +222,9 @@ class _Blocks:
 def bits_per_byte(model, tokenizer, docs: list[str], *, max_length: int = 512, batch_size: int = 8) -> dict:
     """Held-out loss of a causal LM on documents, in nats per token and bits per UTF-8 byte.
 
-    Each document is scored on its own, conditioned on the tokenizer's start token (bos, else eos),
-    in windows of ``max_length`` tokens, so every token of the text is predicted exactly once.
+    Each document is scored on its own, conditioned on the tokenizer's start token (the token it prepends
+    to a text — XGLM's is its eos ``</s>``, not its bos —, else its bos, else its eos), in windows of
+    ``max_length`` tokens, so every token of the text is predicted exactly once.
 
     Returns:
         ``{"loss": nats/token, "bits_per_byte": float, "tokens": int, "bytes": int}``, plus ``unk_tokens``
@@ -232,7 +233,11 @@ def bits_per_byte(model, tokenizer, docs: list[str], *, max_length: int = 512, b
     """
     import torch
 
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    from cltx.salt.tokenizer import llm_start_token
+
+    start = llm_start_token(tokenizer)
+    if start is None:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     if start is None:
         start = tokenizer.cls_token_id
     seqs: list[list[int]] = []

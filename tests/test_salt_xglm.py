@@ -196,6 +196,10 @@ def test_bits_per_byte_condition_on_the_start_token(xglm_runs, xglm_models, tmp_
     cls = _load(xglm_models("bert-cased"))[1].cls_token_id
     assert rep["eval"]["tokens"] == n and rep["eval"]["loss"] == pytest.approx(new, rel=1e-5)
     assert abs(loss(out, cls)[0] - new) > 1e-3  # the start token matters here
+    table = json.loads((out / "bits_per_byte.json").read_text())
+    llm, n = loss(xglm_models("xglm"), XGLM_EOS)
+    assert table["llm_eval"]["tokens"] == n and table["llm_eval"]["loss"] == pytest.approx(llm, rel=1e-5)
+    assert abs(loss(xglm_models("xglm"), 0)[0] - llm) > 1e-3
 
 
 def test_other_llms_report_what_they_prepend():
