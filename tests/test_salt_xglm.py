@@ -27,7 +27,6 @@ from test_salt_families import (
     _train_unigram,
     build_llm,
     build_plm,
-    check_config,
     check_generation,
     check_rows,
 )
@@ -142,7 +141,13 @@ def _check_xglm_run(out: Path, llm: Path, plm: Path) -> dict:
         body = plm_tok(text, add_special_tokens=False)["input_ids"]
         assert tok(text)["input_ids"] == [start, *body], (text, tok.convert_ids_to_tokens(tok(text)["input_ids"]))
         assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == tok.decode(body)
-    check_config(out)
+    # XGLM builds its position table from config.pad_token_id: the config names no pad unless it is the LLM's
+    # own (a new one past the table made the model fail to load); the generation config names the tokenizer's.
+    assert model.config.vocab_size == len(tok) == model.get_input_embeddings().weight.shape[0]
+    assert (model.config.eos_token_id, model.generation_config.pad_token_id) == (start, tok.pad_token_id)
+    assert model.config.pad_token_id == (tok.pad_token_id if tok.pad_token_id == llm_tok.pad_token_id else None)
+    pos, llm_pos = model.model.embed_positions, llm_model.model.embed_positions
+    assert torch.equal(pos.weights[pos.offset :], llm_pos.weights[llm_pos.offset :])  # every position it uses
     # Overlap rows, and generate/pipeline stopping on the eos (from generation_config).
     check_rows(out, llm, plm)
     check_generation(out, plm)
@@ -166,7 +171,7 @@ def _check_xglm_run(out: Path, llm: Path, plm: Path) -> dict:
     return rep
 
 
-@pytest.mark.parametrize("plm", ["bert-cased", "xlmr"])  # [SEP]; </s> beside <s>
+@pytest.mark.parametrize("plm", ["bert-cased", "gpt2", "xlmr"])  # [SEP]; <|endoftext|> (bos = eos); </s> beside <s>
 def test_xglm_start_is_the_plm_token_with_the_eos_row(xglm_runs, xglm_models, plm):
     _check_xglm_run(xglm_runs(plm, method="mean"), xglm_models("xglm"), xglm_models(plm))
 

@@ -15,7 +15,8 @@ Pipeline (DESIGN.md §2), cheap checks first so bad input fails before any heavy
 5. ``apply`` / ``save``: resize the LLM's embeddings to the PLM's vocabulary (plus the LLM's bos
    when the LLM prepends one and the PLM has none apart from its eos), overlap rows copied exactly
    from the LLM, new rows written, the PLM tokenizer made causal, bos/eos/pad ids set in the config
-   and generation config, safetensors + ``salt_report.json``.
+   and generation config (no pad id in the config of a model that builds other modules from it, as
+   XGLM builds its positions), safetensors + ``salt_report.json``.
 6. ``evaluate``: bits per byte of a held-out text (total NLL in bits / total UTF-8 bytes).
 """
 
@@ -668,8 +669,21 @@ class VocabularyTransfer:
             "eos_token_id": self.tokenizer.eos_token_id,
             "pad_token_id": self.tokenizer.pad_token_id,
         }
+        config_ids = dict(ids)
+        if built := _built_on_pad(model, getattr(_text_config(model.config), "pad_token_id", None)):
+            if ids["pad_token_id"] != built[1]:
+                # XGLM builds its sinusoidal position table from config.pad_token_id (that row is zeroed): a new
+                # pad past the table (GPT-2's <|endoftext|>) made the saved model fail to load, and one inside it
+                # would zero a used position. No pad id in the config leaves every used position as it was (they
+                # start past the old pad row); the generation config and the tokenizer name the pad.
+                config_ids["pad_token_id"] = None
+                logger.info(
+                    "config.pad_token_id: None, not %s (%s is built from it); the generation config names the pad",
+                    ids["pad_token_id"],
+                    built[0],
+                )
         for conf in {id(c): c for c in (model.config, _text_config(model.config))}.values():
-            for k, v in ids.items():
+            for k, v in config_ids.items():
                 setattr(conf, k, v)
             if hasattr(conf, "unk_token_id"):
                 conf.unk_token_id = self.tokenizer.unk_token_id
@@ -834,6 +848,20 @@ def _sentencepiece_needs(folder: Path) -> tuple[str, list[str]] | None:
         if not found:
             missing.append(package)
     return (model, missing) if missing else None
+
+
+def _built_on_pad(model, pad) -> tuple[str, int] | None:
+    """``(module name, pad)`` of a module other than the token embeddings that the model builds from
+    ``config.pad_token_id`` (XGLM's sinusoidal positions), or None."""
+    if pad is None:
+        return None
+    skip = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
+    for name, module in model.named_modules():
+        # Leaves only: LlamaModel and the like keep a padding_idx of their own, read by nothing.
+        leaf = next(module.children(), None) is None
+        if leaf and id(module) not in skip and getattr(module, "padding_idx", None) == pad:
+            return name, pad
+    return None
 
 
 def _id_set(value) -> set[int]:
