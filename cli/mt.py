@@ -90,7 +90,8 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 "--fields",
-                help="Comma-separated fields to translate (in joint order); other fields pass through.",
+                help="Comma-separated fields to translate (in joint order); other fields pass through. A chat field "
+                "(a list of {role, content} or ShareGPT {from, value} turns) is translated turn by turn.",
             ),
         ],
         src: Annotated[str, typer.Option("--src", help="Source language code.")] = "en",

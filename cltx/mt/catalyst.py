@@ -43,6 +43,9 @@ TEMPLATES: dict[str, Template] = {
             "input": "the input it refers to",
             "output": "the response to it",
             "response": "the response to it",
+            # chat fields (cltx.mt.chat): one marker per turn, the field named once
+            "messages": "the turns of a conversation",
+            "conversations": "the turns of a conversation",
         },
     ),
     "qa": Template(

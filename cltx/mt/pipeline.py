@@ -1,5 +1,9 @@
 """The translation pipeline: records in, translated records (with ``_source`` and ``_mt``) out.
 
+Fields are translated as *segments*: a string field is one segment, a chat field (a list of turns,
+cltx.mt.chat) gives one segment per turn text, keyed ``FIELD[i]``; everything below that says
+"field" holds for a turn alike (markers, fallback, protected spans, ``_mt`` keys, quality flags).
+
 Per record, in ``joint`` mode (the paper's method):
 
 1. the non-empty named fields are stripped of outer whitespace (kept aside and put back later);
@@ -34,6 +38,7 @@ from cltx._validate import check_fields, checked_init
 from cltx.errors import CltxError, bad_arg
 from cltx.mt import markers as its
 from cltx.mt.catalyst import catalyst_for, check_setting, load_catalyst_file
+from cltx.mt.chat import rebuild, segments
 from cltx.mt.engines import Engine, checked_translate, engine_name, input_limit
 from cltx.mt.protect import MarkerError as ProtectMarkerError
 from cltx.mt.segment import cores, pack, strip_parts, translate_pieces
@@ -149,8 +154,9 @@ class RecordResult:
     Attributes:
         line: input position (line number / array item).
         record: the input record (not modified).
-        source: ``{field: English text}`` for every translated field.
-        translated: ``{field: translation}``.
+        source: ``{field: English value}`` for every translated field (a string, or a chat field's
+            list of turns as it came; cltx.mt.chat.flat_texts gives the texts per segment).
+        translated: ``{field: translation}`` (a chat field: its turns with the texts translated).
         meta: becomes ``_mt`` (``status``, ``it_style``, ``split``, ``reason``, ``error`` …).
         rejected: the quality gate sent it to the rejects file (``--on-flag reject``).
         extras: not written; for hooks (``catalyst``: the English CS, ``catalyst_translated``).
@@ -158,8 +164,8 @@ class RecordResult:
 
     line: int
     record: dict
-    source: dict[str, str]
-    translated: dict[str, str]
+    source: dict[str, str | list]
+    translated: dict[str, str | list]
     meta: dict = field(default_factory=dict)
     rejected: bool = False
     extras: dict = field(default_factory=dict)
@@ -225,8 +231,12 @@ class _Work:
     def __init__(self, line: int, record: dict, fields: list[str]) -> None:
         self.line = line
         self.record = record
-        self.present = [f for f in fields if isinstance(record.get(f), str)]
-        self.parts = {f: strip_parts(record[f]) for f in self.present}
+        self.fields = [f for f in fields if isinstance(record.get(f), (str, list))]
+        segs = list(segments(record, fields))
+        # Below, "f" is a segment key: a string field's name, or FIELD[i] for a chat field's turn i.
+        self.owner = {k: f for f, k, _ in segs}
+        self.present = [k for _, k, _ in segs]
+        self.parts = {k: strip_parts(t) for _, k, t in segs}
         self.nonempty = [f for f in self.present if self.parts[f][1]]
         # What goes to the engine: all non-empty fields as they are, unless protection masks them
         # (then fields that are only protected spans are restored without the engine: ``direct``).
@@ -294,6 +304,11 @@ class Pipeline:
             self._siblings[mode] = Pipeline(self.engine, cfg)
         return self._siblings[mode]
 
+    @staticmethod
+    def _cs_fields(w: _Work, keys: list[str]) -> list[str]:
+        """The field names the CS describes: a chat field once, however many turns it has."""
+        return list(dict.fromkeys(w.owner[k] for k in keys))
+
     # ---------------------------------------------------------------- protected spans
     def _mask(self, w: _Work) -> None:
         """Mask the record's protected spans; fields that are only spans skip the engine."""
@@ -301,7 +316,7 @@ class Pipeline:
 
         if self._patterns is None or not w.nonempty:
             return
-        cs = catalyst_for(w.nonempty, self.config.catalyst, self._cs_table)
+        cs = catalyst_for(self._cs_fields(w, w.nonempty), self.config.catalyst, self._cs_table)
         masks = mask_record([w.parts[f][1] for f in w.nonempty], self._patterns, avoid=[cs or ""])
         if not any(m.spans or m.suffix for m in masks):
             return
@@ -386,7 +401,7 @@ class Pipeline:
             jobs = []
             for w in pending:
                 cores_ = [w.texts[f] for f in w.send]
-                cs = catalyst_for(w.send, cfg.catalyst, self._cs_table)
+                cs = catalyst_for(self._cs_fields(w, w.send), cfg.catalyst, self._cs_table)
                 w.cs = cs
                 allowed = tuple(s for s in cfg.styles if s.name not in tried.get(id(w), []))
                 style = its.choose_style([*cores_, cs or ""], allowed)
@@ -468,15 +483,14 @@ class Pipeline:
                 else:
                     done = {f: self._restore_or_around(w, f, j.result()) for f, j in w.separate.items()}
                     w.translated = {**done, **w.direct}
-            # put the outer whitespace back; empty fields stay as they were
-            translated = {}
-            for f in w.present:
-                lead, core, trail = w.parts[f]
-                if w.meta["status"] == "failed" or not core:
-                    translated[f] = w.record[f]
-                else:
-                    translated[f] = lead + w.translated[f] + trail
-            source = {f: w.record[f] for f in w.present}
+            # put the outer whitespace back; empty segments stay as they were
+            texts = {}
+            for k in w.present:
+                lead, core, trail = w.parts[k]
+                if w.meta["status"] != "failed" and core:
+                    texts[k] = lead + w.translated[k] + trail
+            translated = {f: rebuild(w.record[f], f, texts) for f in w.fields}
+            source = {f: w.record[f] for f in w.fields}
             meta = {"line": w.line, "status": w.meta["status"]}
             meta.update({k: v for k, v in w.meta.items() if k not in meta})
             res = RecordResult(w.line, w.record, source, translated, meta)

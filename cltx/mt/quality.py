@@ -553,11 +553,16 @@ class QualityGate:
     def flags(self, res) -> dict[str, dict[str, dict]]:
         if res.meta.get("status") in ("failed", "empty"):
             return {}
-        sources = {f: v for f, v in res.source.items() if isinstance(v, str) and v.strip()}
-        return check_record(sources, res.translated, self.config, catalysts=self._catalysts(res))
+        from cltx.mt.chat import flat_texts
+
+        # per segment: a chat field's turns are checked (and flagged, as FIELD[i]) like fields
+        sources = {k: v for k, v in flat_texts(res.source).items() if v.strip()}
+        return check_record(sources, flat_texts(res.translated), self.config, catalysts=self._catalysts(res))
 
     def process(self, results: list, pipeline) -> list:
         """Check ``results`` (cltx.mt.pipeline.RecordResult) in place; retry or mark them per ``on_flag``."""
+        from cltx.mt.chat import flat_texts
+
         flagged = []
         for res in results:
             f = self.flags(res)
@@ -568,7 +573,7 @@ class QualityGate:
             self._retry(flagged, pipeline)
         for res in results:
             f = res.meta.get("flags", {})
-            self.summary.add(f, sum(1 for v in res.source.values() if isinstance(v, str) and v.strip()))
+            self.summary.add(f, sum(1 for v in flat_texts(res.source).values() if v.strip()))
             if f and self.on_flag == "reject":
                 res.rejected = True
         return results

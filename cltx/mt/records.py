@@ -7,7 +7,8 @@ records and are skipped.
 Which fields a record must have: a record is translated on the named fields it *has* (a string
 value; ``null`` counts as absent); a named field it lacks is simply not translated. It is an error
 when a record has none of the named fields, or — with ``require_all`` — lacks any of them. A named
-field holding anything but a string or null (a number, a list …) is always an error.
+field holding anything but a string, a list of chat turns (cltx.mt.chat) or null (a number, a list of
+strings …) is always an error.
 
 Records that already carry ``_source`` / ``_mt`` (a ``cltx mt`` output translated again, e.g. back
 into English) keep them as ``_source_prev`` / ``_mt_prev``: the new run writes its own ``_source``
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cltx.errors import CltxError
+from cltx.mt.chat import check_turns
 
 
 @dataclass
@@ -125,18 +127,23 @@ def check_record(obj: object, fields: list[str], where: str, *, require_all: boo
         return f"{where}: expected a JSON object, got {type(obj).__name__}"
     for f in fields:
         v = obj.get(f)
+        if isinstance(v, list):  # a chat field (cltx.mt.chat): its turns' texts are translated
+            why = check_turns(v, f)
+            if why:
+                return f"{where}: {why}"
+            continue
         if v is not None and not isinstance(v, str):
             shown = json.dumps(v, ensure_ascii=False)
             if len(shown) > 60:
                 shown = shown[:57] + "..."
             return (
                 f"{where}: field {f!r} is a {type(v).__name__} ({shown}), not a string; "
-                f"fix: make it a string or leave it out of --fields"
+                f"fix: make it a string (or a list of chat turns) or leave it out of --fields"
             )
     clash = previous_run_clash(obj)
     if clash:
         return f"{where}: {clash}"
-    has = [f for f in fields if isinstance(obj.get(f), str)]
+    has = [f for f in fields if isinstance(obj.get(f), (str, list))]
     listed = ", ".join(repr(k) for k in obj) or "no fields"
     if require_all and len(has) < len(fields):
         missing = ", ".join(repr(f) for f in fields if f not in has)

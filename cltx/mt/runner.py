@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from cltx.errors import CltxError, bad_arg
+from cltx.mt.chat import flat_texts
 from cltx.mt.engines import Engine, engine_name
 from cltx.mt.pipeline import MTConfig, Pipeline, RecordHook
 from cltx.mt.records import InputItem, read_items
@@ -305,7 +306,7 @@ def run_file(
                 stats["quality_rejected"] = stats.get("quality_rejected", 0) + r.rejected
                 stats["records"] += 1
                 stats[r.status] = stats.get(r.status, 0) + 1
-                stats["source_chars"] += sum(len(v) for v in r.source.values())
+                stats["source_chars"] += sum(len(v) for v in flat_texts(r.source).values())
             progress.advance("mt", len(batch), joint=stats["joint"], fallback=stats["fallback"], failed=stats["failed"])
             batch.clear()
 
