@@ -46,7 +46,12 @@ def register(app: typer.Typer) -> None:
     @user_errors(on_interrupt="rerun with --resume to continue from the last checkpoint (--save-steps)")
     def clo_cmd(
         data: Annotated[
-            Path, typer.Option("--data", help="`cltx mt` output (English in `_source`) or a bilingual JSONL.")
+            Path,
+            typer.Option(
+                "--data",
+                help="`cltx mt` output (English in `_source`) or a bilingual JSONL; chat records "
+                "(`messages`/`conversations`) use their first user→assistant exchange.",
+            ),
         ],
         out_dir: Annotated[Path, typer.Option("--out", help="Output folder: model + tokenizer + report.")],
         model: Annotated[str, typer.Option("--model", help="Embedded name, model folder or hub id.")] = "smollm2-135m",
@@ -186,6 +191,8 @@ def register(app: typer.Typer) -> None:
             table.add_row(f"skipped: {reason}", f"{n} (first lines {dr['skipped_first_lines'].get(reason)})")
         if dr["truncated_responses"]:
             table.add_row("responses cut to --max-length", str(dr["truncated_responses"]))
+        if dr.get("system_turns_ignored"):
+            table.add_row("chat system turns ignored", str(dr["system_turns_ignored"]))
         ref = rep["reference"]
         if ref:
             how = f"computed ({ref['bins_computed']} micro-batches, {ref['seconds']}s)"

@@ -13,6 +13,7 @@ from cltx.clo.data import (
     DataSpec,
     PromptFormatter,
     build_examples,
+    describe_skips,
     make_bins,
     read_records,
     read_records_with_lines,
@@ -228,3 +229,70 @@ def test_unreadable_files_are_one_clear_error(tmp_path):
     nums.write_text('{"a": 1}\n\n[1, 2]\n', encoding="utf-8")
     with pytest.raises(CltxError, match=r"line 3: expected a JSON object"):
         read_records(nums)
+
+
+# ----------------------------------------------------------------------------------- chat-format records
+def _turns(pairs, role="role", text="content"):
+    return [{role: r, text: t} for r, t in pairs]
+
+
+def test_chat_records_give_their_first_exchange_without_flags():
+    en = [("system", "the sun"), ("user", "the cat sat"), ("assistant", "a dog ran"), ("user", "red"),
+          ("assistant", "blue")]  # fmt: skip
+    pt = [("system", "o sol"), ("user", "o gato sentou"), ("assistant", "um cao correu"), ("user", "vermelho"),
+          ("assistant", "azul")]  # fmt: skip
+    recs = [
+        # cltx mt output: target turns in the record, the English list in _source
+        {"messages": _turns(pt), "_source": {"messages": _turns(en)}, "_mt": {"status": "joint", "tgt": "pt"}},
+        # ShareGPT, no system turn
+        {
+            "conversations": _turns([("human", "a arvore"), ("gpt", "verde")], "from", "value"),
+            "_source": {"conversations": _turns([("human", "the tree"), ("gpt", "green")], "from", "value")},
+        },
+    ]
+    ex, rep = build_examples(recs)
+    assert rep.used == 2 and not rep.skipped
+    assert (ex[0].prompt_en, ex[0].response_en, ex[0].prompt_tg, ex[0].response_tg) == (
+        "the cat sat", "a dog ran", "o gato sentou", "um cao correu",
+    )  # fmt: skip
+    assert (ex[1].prompt_en, ex[1].response_en, ex[1].prompt_tg, ex[1].response_tg) == (
+        "the tree", "green", "a arvore", "verde",
+    )  # fmt: skip
+    assert rep.as_dict()["system_turns_ignored"] == 1
+    # bilingual JSONL: nested per language, or suffixed fields
+    nested = [{"en": {"messages": _turns(en)}, "pt": {"messages": _turns(pt)}}]
+    ex, rep = build_examples(nested, DataSpec(en_key="en", tgt_key="pt"))
+    assert rep.used == 1 and (ex[0].prompt_en, ex[0].response_tg) == ("the cat sat", "um cao correu")
+    suffixed = [{"messages_en": _turns(en[1:3]), "messages_pt": _turns(pt[1:3])}]
+    ex, rep = build_examples(suffixed, DataSpec(en_suffix="_en", tgt_suffix="_pt"))
+    assert rep.used == 1 and (ex[0].prompt_tg, ex[0].response_en) == ("o gato sentou", "a dog ran")
+    assert rep.as_dict()["system_turns_ignored"] == 0
+
+
+def test_chat_records_without_an_exchange_are_counted_per_reason():
+    def rec(en, pt):
+        return {"messages": _turns(pt), "_source": {"messages": _turns(en)}}
+
+    ok_en, ok_pt = [("user", "the cat"), ("assistant", "a dog")], [("user", "o gato"), ("assistant", "um cao")]
+    recs = [
+        rec(ok_en, ok_pt),
+        rec([("system", "the sun")], [("system", "o sol")]),  # no user turn
+        rec([("user", "the cat"), ("user", "a dog")], [("user", "o gato"), ("user", "um cao")]),  # no reply
+        rec([("assistant", "the cat")], [("assistant", "o gato")]),  # assistant only
+        rec([], []),  # empty conversation
+        rec(ok_en, [("user", "o gato"), ("system", "o sol"), ("assistant", "um cao")]),  # turns differ
+        {"messages": ["o gato", "um cao"], "_source": {"messages": ["the cat", "a dog"]}},  # not turn objects
+        rec(ok_en, [("user", "o gato"), ("assistant", " ")]),  # empty target reply
+        {"messages": _turns(ok_pt)},  # no English
+    ]
+    ex, rep = build_examples(recs)
+    assert rep.used == 1 and ex[0].index == 0
+    assert dict(rep.skipped) == {
+        "no_exchange": 4,
+        "chat_mismatch": 1,
+        "not_text": 1,
+        "empty_response": 1,
+        "missing_english": 1,
+    }
+    assert rep.as_dict()["skipped_first_lines"]["no_exchange"] == [2, 3, 4, 5]
+    assert "user turn" in describe_skips(rep)

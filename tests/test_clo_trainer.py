@@ -364,3 +364,18 @@ def test_library_call_checks_options_and_records_and_draws_no_bars(tmp_path, tok
     assert captured.out == ""
     assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err
     assert hf_logging.is_progress_bar_enabled()  # the caller's setting is restored
+
+
+def test_chat_format_records_train_without_flags(tmp_path, tok):
+    chat = []
+    for r in tiny_records(6, qa_every=0):
+        def turns(view):
+            return [{"role": "system", "content": view["output"]}, {"role": "user", "content": view["instruction"]},
+                    {"role": "assistant", "content": view["output"]}]  # fmt: skip
+
+        chat.append({"messages": turns(r), "_source": {"messages": turns(r["_source"])}, "_mt": r["_mt"]})
+    rep = train_clo(tiny_llama(tok), chat, tmp_path / "chat", tokenizer=tok, max_steps=2, batch_size=2,
+                    max_length=48, train_mode="full")  # fmt: skip
+    assert rep["steps"] == 2 and math.isfinite(rep["train_loss"])
+    assert rep["data_report"]["used"] + sum(rep["data_report"]["skipped"].values()) == 6
+    assert rep["data_report"]["used"] >= 5 and rep["data_report"]["system_turns_ignored"] == rep["data_report"]["used"]

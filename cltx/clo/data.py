@@ -11,7 +11,11 @@ view are each a dict of fields:
 
 Each view gives a prompt (the prompt fields joined by a blank line) and a response. Without flags
 the layout is found per record: instruction + input → output, passage + question → answer,
-context + question → answer, prompt → response.
+context + question → answer, prompt → response; and chat format: a ``messages`` (HF/OpenAI
+``{"role", "content"}`` turns) or ``conversations`` (ShareGPT ``{"from", "value"}``) list gives
+its first user turn as the prompt and the assistant turn right after it as the response (system
+turns before it are ignored and counted; later turns are not used). A chat record without such an
+exchange, or whose two languages place it differently, is skipped with its reason.
 
 Every usable record gives two preference pairs (DESIGN.md §3)::
 
@@ -57,12 +61,22 @@ DEFAULT_LAYOUTS: tuple[tuple[tuple[str, ...], str], ...] = (
     (("query",), "response"),
 )
 
+# Chat-format fields (cltx.mt translates them turn by turn) and the roles that matter, lower-cased.
+CHAT_FIELDS = ("messages", "conversations")
+USER_ROLES = frozenset({"user", "human"})
+ASSISTANT_ROLES = frozenset({"assistant", "gpt", "model", "bot", "chatgpt"})
+SYSTEM_ROLES = frozenset({"system"})
+_CHAT = "<chat>"  # the response "field" of a chat layout
+
 SKIP_REASONS = {
     "missing_english": "no English text for the prompt/response fields",
     "missing_target": "no target-language text for the prompt/response fields",
     "mt_failed": "cltx mt marked the translation failed",
     "not_text": "a prompt/response field is not a string",
     "no_layout": "no known prompt/response fields (pass --prompt-fields/--response-field)",
+    "no_exchange": "chat record without a user turn followed right away by an assistant turn",
+    "chat_mismatch": "chat record whose target conversation does not have the English user/assistant exchange "
+    "at the same turns",
     "empty_prompt": "empty prompt",
     "empty_response": "empty response in one language",
     "same_response": "English and target responses are identical (no preference signal)",
@@ -148,6 +162,7 @@ class DataReport:
     skipped: Counter = dataclasses.field(default_factory=Counter)
     skipped_examples: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     truncated_responses: int = 0
+    system_turns_ignored: int = 0  # chat records: system turns before the prompt turn (English side)
     lines: list[int] | None = None  # file line of each record; None: record numbers
 
     def line(self, index: int) -> int:
@@ -166,6 +181,7 @@ class DataReport:
             "skipped": dict(self.skipped),
             "skipped_first_lines": {k: [self.line(i) for i in v] for k, v in self.skipped_examples.items()},
             "truncated_responses": self.truncated_responses,
+            "system_turns_ignored": self.system_turns_ignored,
         }
 
 
@@ -228,7 +244,30 @@ def _layout(view: dict, spec: DataSpec) -> tuple[tuple[str, ...], str] | None:
     for prompt_fields, response in DEFAULT_LAYOUTS:
         if response in view and any(f in view for f in prompt_fields):
             return prompt_fields, response
+    for f in CHAT_FIELDS:
+        if isinstance(view.get(f), list):
+            return (f,), _CHAT
     return None
+
+
+def _chat_exchange(turns: object) -> tuple[int, str, str, int] | str:
+    """``(turn index of the prompt, prompt, response, system turns before it)`` or a skip reason.
+
+    The prompt is the first user turn; the response must be the turn right after it, an assistant
+    turn. Turns are ``{"role", "content"}`` or ShareGPT ``{"from", "value"}`` objects.
+    """
+    if turns is None:
+        return "missing"
+    if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
+        return "not_text"
+    roles = [str(t.get("role", t.get("from", ""))).lower() for t in turns]
+    user = next((i for i, r in enumerate(roles) if r in USER_ROLES), None)
+    if user is None or user + 1 >= len(turns) or roles[user + 1] not in ASSISTANT_ROLES:
+        return "no_exchange"
+    prompt, response = (turns[i].get("content", turns[i].get("value")) for i in (user, user + 1))
+    if not isinstance(prompt, str) or not isinstance(response, str):
+        return "not_text"
+    return user, prompt.strip(), response.strip(), sum(r in SYSTEM_ROLES for r in roles[:user])
 
 
 def _prompt_response(view: dict, layout, spec: DataSpec) -> tuple[str, str] | str:
@@ -278,8 +317,20 @@ def build_examples(
         if layout is None:
             report.skip("no_layout", i)
             continue
-        pe = _prompt_response(en, layout, spec)
-        pt = _prompt_response(tg, layout, spec)
+        n_system = 0
+        if layout[1] == _CHAT:
+            ce, ct = _chat_exchange(en.get(layout[0][0])), _chat_exchange(tg.get(layout[0][0]))
+            if ce == "no_exchange":
+                report.skip("no_exchange", i)
+                continue
+            if isinstance(ce, tuple) and (ct == "no_exchange" or isinstance(ct, tuple) and ce[0] != ct[0]):
+                report.skip("chat_mismatch", i)
+                continue
+            pe, pt = (c[1:3] if isinstance(c, tuple) else c for c in (ce, ct))
+            n_system = ce[3] if isinstance(ce, tuple) else 0
+        else:
+            pe = _prompt_response(en, layout, spec)
+            pt = _prompt_response(tg, layout, spec)
         if pe == "not_text" or pt == "not_text":
             report.skip("not_text", i)
             continue
@@ -299,6 +350,7 @@ def build_examples(
         if y_en == y_tg:
             report.skip("same_response", i)
             continue
+        report.system_turns_ignored += n_system
         out.append(Example(i, x_en, x_tg, y_en, y_tg))
     report.used = len(out)
     return out, report
