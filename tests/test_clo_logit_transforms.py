@@ -15,6 +15,7 @@ from cltx.clo.data import PromptFormatter, build_examples, make_bins, tokenize_e
 from cltx.clo.model import CLOModel, check_logits_path, logit_transform
 from cltx.clo.trainer import CLOConfig, CLOTrainer, step_zero_metrics
 from cltx.errors import CltxError
+from cltx.kernels.reference_clo import transform_logits
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,11 @@ def _own_logps(model, b, transform=None):
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
         else:
             hid = clo_model.body_of(model)(input_ids=b["input_ids"], attention_mask=b["attention_mask"])[0]
-            logits = clo_model.apply_logit_transform(hid @ model.get_output_embeddings().weight.t(), transform)
+            logits = transform_logits(
+                hid @ model.get_output_embeddings().weight.t(),
+                transform.get("logit_scale", 1.0),
+                transform.get("logit_softcap"),
+            )
     logp = torch.log_softmax(logits.double(), -1)
     lab = b["labels"]
     tok_lp = logp.gather(-1, lab.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (lab != -100)

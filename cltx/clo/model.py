@@ -101,17 +101,12 @@ def logit_transform(model: nn.Module) -> dict[str, float]:
     return out
 
 
-def apply_logit_transform(z: torch.Tensor, transform: dict[str, float]) -> torch.Tensor:
-    """``z`` as the model's softmax sees it (see :func:`logit_transform`)."""
-    z = z * transform.get("logit_scale", 1.0)
-    cap = transform.get("logit_softcap")
-    return z if cap is None else torch.tanh(z / cap) * cap
-
-
 def check_logits_path(model: nn.Module) -> None:
     """Probe once that the model's own logits are body hidden states · Wᵀ (+ b), up to the transform of
     :func:`logit_transform`: a head with anything else in between (BERT-style LM heads, a transform this
     code does not know) would make CLO silently wrong."""
+    from cltx.kernels.reference_clo import transform_logits
+
     lm = causal_lm(model)
     params = list(lm.parameters())
     if not params or any(p.is_meta for p in params):
@@ -127,7 +122,8 @@ def check_logits_path(model: nn.Module) -> None:
             full = lm(input_ids=ids, use_cache=False).logits.float()
             hid = body_of(model)(input_ids=ids, use_cache=False)
             hid = hid.last_hidden_state if hasattr(hid, "last_hidden_state") else hid[0]
-            mine = apply_logit_transform(nn.functional.linear(hid, head.weight, head.bias).float(), transform)
+            mine = nn.functional.linear(hid, head.weight, head.bias).float()
+            mine = transform_logits(mine, transform.get("logit_scale", 1.0), transform.get("logit_softcap"))
     finally:
         lm.train(was)
     tol = 1e-3 * max(1.0, float(full.abs().max()))
