@@ -246,7 +246,7 @@ def test_llm_whose_bos_is_its_eos_prepends_the_plms_eos():
     m = match_vocabularies(llm, plm)
     end = plm.eos_token_id
     assert m.roles["bos"] == m.roles["eos"] == (end, eos) and m.added == {}
-    tok = causal_tokenizer(plm, llm, m.roles, LlamaConfig(), added=m.added)
+    tok = causal_tokenizer(plm, llm, m.roles, LlamaConfig(), prepend=m.prepends is not None, added=m.added)
     assert tok("walk to")["input_ids"] == [end, *plm("walk to")["input_ids"]]
 
 

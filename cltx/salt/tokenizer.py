@@ -109,15 +109,23 @@ def _max_length(llm_tokenizer, llm_config) -> int:
 
 
 def causal_tokenizer(
-    plm_tokenizer, llm_tokenizer, roles: dict[str, tuple[int, int]], llm_config, *, added: dict[int, str] | None = None
+    plm_tokenizer,
+    llm_tokenizer,
+    roles: dict[str, tuple[int, int]],
+    llm_config,
+    *,
+    prepend: bool,
+    added: dict[int, str] | None = None,
 ):
     """Build the new model's tokenizer.
 
     Args:
         plm_tokenizer: the PLM's fast tokenizer.
-        llm_tokenizer: the LLM's fast tokenizer (for what it prepends, padding side, max length).
+        llm_tokenizer: the LLM's fast tokenizer (for padding side and max length).
         roles: ``{role: (plm_id, llm_id)}`` from :class:`cltx.salt.matching.Matching`.
         llm_config: the LLM's config.
+        prepend: whether the LLM's tokenizer prepends a token (:attr:`cltx.salt.matching.Matching.prepends`
+            is set); the new tokenizer then prepends its bos, which the matching gave that token's row.
         added: ``{id: token}`` of :attr:`cltx.salt.matching.Matching.added`: special tokens the new
             vocabulary has beyond the PLM's (the LLM's bos where the PLM has none apart from its eos).
 
@@ -159,13 +167,7 @@ def causal_tokenizer(
     eos = convert(roles["eos"][0])
     pad = convert(roles["pad"][0]) if "pad" in roles else eos
     unk = convert(roles["unk"][0]) if "unk" in roles else None
-    start = llm_start_token(llm_tokenizer)
-    if start is not None and bos is not None and roles["bos"][1] != start:
-        raise RuntimeError(
-            f"the new bos {bos!r} has LLM row {roles['bos'][1]}, but the LLM's tokenizer prepends token {start} "
-            "(a bug: please report it)"
-        )
-    if start is not None and bos is not None:
+    if prepend and bos is not None:
         backend.post_processor = TemplateProcessing(
             single=f"{bos} $A", pair=f"{bos} $A $B:1", special_tokens=[(bos, roles["bos"][0])]
         )

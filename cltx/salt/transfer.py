@@ -647,7 +647,12 @@ class VocabularyTransfer:
             return
         m = self.matching
         self.tokenizer = causal_tokenizer(
-            self.plm_tokenizer, self.llm_tokenizer, m.roles, self.llm_config, added=m.added
+            self.plm_tokenizer,
+            self.llm_tokenizer,
+            m.roles,
+            self.llm_config,
+            prepend=m.prepends is not None,
+            added=m.added,
         )
         if len(self.tokenizer) > m.vocab_size:
             raise RuntimeError(
