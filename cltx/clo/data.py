@@ -47,6 +47,7 @@ from typing import Any
 
 from cltx._validate import check_fields, checked_init
 from cltx.errors import CltxError, bad_arg
+from cltx.mt.chat import text_key
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +265,7 @@ def _chat_exchange(turns: object) -> tuple[int, str, str, int] | str:
     user = next((i for i, r in enumerate(roles) if r in USER_ROLES), None)
     if user is None or user + 1 >= len(turns) or roles[user + 1] not in ASSISTANT_ROLES:
         return "no_exchange"
-    prompt, response = (turns[i].get("content", turns[i].get("value")) for i in (user, user + 1))
+    prompt, response = (turns[i].get(text_key(turns[i])) for i in (user, user + 1))
     if not isinstance(prompt, str) or not isinstance(response, str):
         return "not_text"
     return user, prompt.strip(), response.strip(), sum(r in SYSTEM_ROLES for r in roles[:user])

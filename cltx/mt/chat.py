@@ -17,7 +17,8 @@ from collections.abc import Iterator, Mapping
 TEXT_KEYS = ("content", "value")
 
 
-def _shown(v: object, n: int = 40) -> str:
+def shown(v: object, n: int = 40) -> str:
+    """``v`` as JSON for an error message, cut to ``n`` characters."""
     s = json.dumps(v, ensure_ascii=False)
     return s if len(s) <= n else s[: n - 3] + "..."
 
@@ -36,18 +37,13 @@ def check_turns(value: list, field_name: str) -> str | None:
     for i, turn in enumerate(value, start=1):
         where = f"field {field_name!r} item {i}"
         if not isinstance(turn, dict):
-            return f"{where} is a {type(turn).__name__} ({_shown(turn)}), not a turn object; {fix}"
+            return f"{where} is a {type(turn).__name__} ({shown(turn)}), not a turn object; {fix}"
         key = text_key(turn)
         if key is None:
-            return f"{where} has no 'content' (nor 'value') key: {_shown(turn)}; {fix}"
+            return f"{where} has no 'content' (nor 'value') key: {shown(turn)}; {fix}"
         if turn[key] is not None and not isinstance(turn[key], str):
-            return f"{where}'s {key!r} is a {type(turn[key]).__name__} ({_shown(turn[key])}), not a string; {fix}"
+            return f"{where}'s {key!r} is a {type(turn[key]).__name__} ({shown(turn[key])}), not a string; {fix}"
     return None
-
-
-def is_chat(value: object) -> bool:
-    """Whether ``value`` is a (checked) chat field: a list of turn objects with string or null text."""
-    return isinstance(value, list) and check_turns(value, "") is None
 
 
 def segments(record: Mapping, fields: list[str]) -> Iterator[tuple[str, str, str]]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cltx.errors import CltxError
-from cltx.mt.chat import check_turns
+from cltx.mt.chat import check_turns, shown
 
 
 @dataclass
@@ -133,11 +133,8 @@ def check_record(obj: object, fields: list[str], where: str, *, require_all: boo
                 return f"{where}: {why}"
             continue
         if v is not None and not isinstance(v, str):
-            shown = json.dumps(v, ensure_ascii=False)
-            if len(shown) > 60:
-                shown = shown[:57] + "..."
             return (
-                f"{where}: field {f!r} is a {type(v).__name__} ({shown}), not a string; "
+                f"{where}: field {f!r} is a {type(v).__name__} ({shown(v, 60)}), not a string; "
                 f"fix: make it a string (or a list of chat turns) or leave it out of --fields"
             )
     clash = previous_run_clash(obj)
