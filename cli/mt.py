@@ -74,9 +74,14 @@ def render_report(report: dict) -> None:
             f"({c['engine_texts']} texts) — {c['path']}"
         )
     if report.get("scores"):
+        # the skipped column (turns/records with no usable reference) only when something was skipped
+        skips = any(v.get("skipped") for v in report["scores"].values())
         sc = Table("field", "n", "BLEU", "chrF", title="against references", title_justify="left")
+        if skips:
+            sc.add_column("skipped")
         for f, v in report["scores"].items():
-            sc.add_row(f, str(v["n"]), f"{v['bleu']:.2f}", f"{v['chrf']:.2f}")
+            row = [f, str(v["n"])] + ["n/a" if v[k] is None else f"{v[k]:.2f}" for k in ("bleu", "chrf")]
+            sc.add_row(*row, *([str(v.get("skipped", 0))] if skips else []))
         out.print(sc)
 
 

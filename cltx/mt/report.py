@@ -1,5 +1,5 @@
 """The end-of-run report: counts from the finished output file, speed from this session, and
-(with reference translations) BLEU and chrF per field through sacrebleu.
+(with reference translations) BLEU and chrF per field through sacrebleu (chat fields turn by turn).
 
 Counts are read back from the output file, so a resumed run reports on the whole file; speed
 (records/s, source characters/s) covers the records translated in this session only.
@@ -8,24 +8,61 @@ Counts are read back from the output file, so a resumed run reports on the whole
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from pathlib import Path
 
 from cltx.errors import CltxError
+from cltx.mt.chat import text_key
+
+logger = logging.getLogger(__name__)
 
 
-def _iter_jsonl(path: Path):
+def _iter_jsonl_lines(path: Path):
+    """``(line number, record)`` of every non-blank line of ``path``."""
     with open(path, encoding="utf-8") as fh:
         for i, line in enumerate(fh, start=1):
             if line.strip():
                 try:
-                    yield json.loads(line)
+                    yield i, json.loads(line)
                 except json.JSONDecodeError as e:
                     raise CltxError(f"{path}:{i}: malformed JSON ({e.msg}); fix: repair the file") from e
 
 
+def _iter_jsonl(path: Path):
+    return (rec for _, rec in _iter_jsonl_lines(path))
+
+
 def _read_jsonl(path: Path) -> list[dict]:
     return list(_iter_jsonl(path))
+
+
+def _corpus_scores(hyp: list[str], ref: list[str]) -> dict:
+    """``{"bleu", "chrf"}`` of the hypotheses ``hyp`` against one reference each (``ref``), corpus-level."""
+    import sacrebleu
+
+    return {
+        "bleu": round(sacrebleu.corpus_bleu(hyp, [ref]).score, 2),
+        "chrf": round(sacrebleu.corpus_chrf(hyp, [ref]).score, 2),
+    }
+
+
+def _turn_text(turn: object) -> str | None:
+    """A chat turn's text (``content`` or ``value``), or ``None`` if it is not a turn with a string text."""
+    key = text_key(turn) if isinstance(turn, dict) else None
+    return turn[key] if key is not None and isinstance(turn[key], str) else None
+
+
+def _scorable_turns(out_turns: list, src_turns: object) -> list[int]:
+    """Positions of the output turns that carry a translation: a non-blank source text, a string output."""
+    src = src_turns if isinstance(src_turns, list) and len(src_turns) == len(out_turns) else out_turns
+    return [
+        i for i, turn in enumerate(out_turns) if _turn_text(turn) is not None and (_turn_text(src[i]) or "").strip()
+    ]
+
+
+def _kind(v: str | list) -> str:
+    return "chat list" if isinstance(v, list) else "string"
 
 
 def reference_scores(outputs: list[dict], references: str | Path, fields: list[str]) -> dict:
@@ -33,35 +70,93 @@ def reference_scores(outputs: list[dict], references: str | Path, fields: list[s
 
     Alignment: by the ``id`` field when every reference has one (references may then cover a
     subset), otherwise the n-th reference goes with the n-th output record. Failed records and
-    records without the field on either side are left out; ``n`` says how many pairs were scored.
-    """
-    import sacrebleu
+    records without the field on either side (absent or ``null``) are left out.
 
-    refs = _read_jsonl(Path(references))
-    if refs and all("id" in r for r in refs):
-        by_id = {str(r["id"]): r for r in refs}
-        pairs = [(o, by_id.get(str(o.get("id")))) for o in outputs]
+    A string field is one segment per record. A chat field (a list of ``{"role", "content"}`` or
+    ShareGPT ``{"from", "value"}`` turns) is scored turn by turn: the output's turn ``i`` goes with
+    the reference record's turn ``i`` of the same field, and BLEU/chrF are corpus scores over all
+    paired turns of all records, under the field's name. Turns whose source text (``_source``, else
+    the output turn itself) is ``null``, empty or blank are not translated, so they are not scored
+    and not counted. The other unpaired turns are counted in ``skipped``:
+
+    * the reference conversation has another number of turns than the output: positions no longer
+      line up (a dropped system turn would shift every pair), so none of that record's turns are
+      scored and all of its translated turns are skipped;
+    * the reference turn at the same position is not a turn object, has no ``content``/``value``,
+      or its text is ``null``, not a string, or blank: that turn is skipped;
+    * the field is a string on one side and a chat list on the other: the record is skipped (a
+      string output counts one, a chat output its translated turns), with one warning per field
+      naming the first such reference line.
+
+    An empty reference string for a string field is left out without counting, as before.
+
+    Returns:
+        ``{field: {"n", "bleu", "chrf", "skipped"}}`` for each field with something scored or
+        skipped; ``n`` is the number of segments (records for a string field, turns for a chat
+        field) scored. With ``n == 0`` (everything skipped) ``bleu`` and ``chrf`` are ``None``.
+    """
+    refs = list(_iter_jsonl_lines(Path(references)))
+    if refs and all("id" in r for _, r in refs):
+        by_id = {str(r["id"]): (i, r) for i, r in refs}
+        pairs = [(o, *by_id.get(str(o.get("id")), (None, None))) for o in outputs]
     else:
         if len(refs) != len(outputs):
             raise CltxError(
                 f"--references={str(references)!r}: {len(refs)} records for {len(outputs)} outputs and no 'id' "
                 f"field to align them; fix: give one reference per record in order, or an 'id' on both"
             )
-        pairs = list(zip(outputs, refs, strict=True))
+        pairs = [(o, i, r) for o, (i, r) in zip(outputs, refs, strict=True)]
     scores = {}
     for f in fields:
         hyp, ref = [], []
-        for o, r in pairs:
+        skipped = 0
+        kind_mismatch: list[tuple[int, str, str]] = []  # (reference line, output kind, reference kind)
+        for o, line, r in pairs:
             if r is None or o.get("_mt", {}).get("status") == "failed":
                 continue
-            if isinstance(o.get(f), str) and isinstance(r.get(f), str) and r[f].strip():
-                hyp.append(o[f])
-                ref.append(r[f])
-        if hyp:
+            ov, rv = o.get(f), r.get(f)
+            if ov is None or rv is None:
+                continue
+            src = o.get("_source")
+            src = src.get(f) if isinstance(src, dict) else None
+            if isinstance(ov, str) and isinstance(rv, str):
+                if rv.strip():
+                    hyp.append(ov)
+                    ref.append(rv)
+            elif isinstance(ov, list) and isinstance(rv, list):
+                todo = _scorable_turns(ov, src)
+                if len(rv) != len(ov):
+                    skipped += len(todo)
+                    continue
+                for i in todo:
+                    rt = _turn_text(rv[i])
+                    if rt is None or not rt.strip():
+                        skipped += 1
+                    else:
+                        hyp.append(_turn_text(ov[i]))
+                        ref.append(rt)
+            elif isinstance(ov, (str, list)) and isinstance(rv, (str, list)):
+                lost = 1 if isinstance(ov, str) else len(_scorable_turns(ov, src))
+                if lost:
+                    skipped += lost
+                    kind_mismatch.append((line, _kind(ov), _kind(rv)))
+        if kind_mismatch:
+            line, o_kind, r_kind = kind_mismatch[0]
+            logger.warning(
+                "--references=%s line %d: field %r is a %s in the reference but a %s in the output; "
+                "%d record(s) like it not scored (counted as skipped); fix: give the reference the output's shape",
+                references,
+                line,
+                f,
+                r_kind,
+                o_kind,
+                len(kind_mismatch),
+            )
+        if hyp or skipped:
             scores[f] = {
                 "n": len(hyp),
-                "bleu": round(sacrebleu.corpus_bleu(hyp, [ref]).score, 2),
-                "chrf": round(sacrebleu.corpus_chrf(hyp, [ref]).score, 2),
+                **(_corpus_scores(hyp, ref) if hyp else {"bleu": None, "chrf": None}),
+                "skipped": skipped,
             }
     return scores
 
@@ -110,7 +205,7 @@ def build_report(
             n_q_retried += 1
             n_q_kept += mt["retry"].get("kept") == "retry"
         if references is not None:
-            kept.append({k: v for k, v in r.items() if k in config.fields or k in ("id", "_mt")})
+            kept.append({k: v for k, v in r.items() if k in config.fields or k in ("id", "_mt", "_source")})
     n_rejects = n_q_rejects = 0
     for rj in _iter_jsonl(rejects) if rejects.exists() else ():
         n_rejects += 1
