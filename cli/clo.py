@@ -27,7 +27,19 @@ def _fmt(v, spec: str = ".4f") -> str:
     return format(v, spec) if isinstance(v, (int, float)) else "—"
 
 
-def data_spec(prompt_fields, response_field, en_key, tgt_key, en_suffix, tgt_suffix):
+class ChatTurns(str, Enum):
+    all = "all"
+    first = "first"
+    last = "last"
+
+
+CHAT_TURNS_HELP = (
+    "Chat records (messages/conversations): train on all user→assistant exchanges (each with the "
+    "conversation before it), or only the first or last."
+)
+
+
+def data_spec(prompt_fields, response_field, en_key, tgt_key, en_suffix, tgt_suffix, chat_turns="all"):
     """The :class:`cltx.clo.data.DataSpec` of the data-layout options shared by ``clo`` and ``eval``."""
     from cltx.clo.data import DataSpec
 
@@ -38,6 +50,7 @@ def data_spec(prompt_fields, response_field, en_key, tgt_key, en_suffix, tgt_suf
         tgt_key=tgt_key or None,
         en_suffix=en_suffix,
         tgt_suffix=tgt_suffix,
+        chat_turns=getattr(chat_turns, "value", chat_turns),
     )
 
 
@@ -66,7 +79,11 @@ def register(app: typer.Typer) -> None:
         epochs: Annotated[float, typer.Option("--epochs", help="Passes over the data (when --max-steps is 0).")] = 1.0,
         max_steps: Annotated[int, typer.Option("--max-steps", help="Optimizer steps (0: use --epochs).")] = 0,
         batch_size: Annotated[
-            int, typer.Option("--batch-size", help="Records per device per micro-batch (a record = 2 pairs).")
+            int,
+            typer.Option(
+                "--batch-size",
+                help="Examples per device per micro-batch (an example = 2 pairs; a chat record: one per exchange).",
+            ),
         ] = 2,
         grad_accum: Annotated[int, typer.Option("--grad-accum", help="Gradient accumulation steps.")] = 1,
         lr: Annotated[
@@ -126,6 +143,7 @@ def register(app: typer.Typer) -> None:
             Optional[str], typer.Option("--en-suffix", help="Or: English field suffix, e.g. _en (with --tgt-suffix).")
         ] = None,
         tgt_suffix: Annotated[Optional[str], typer.Option("--tgt-suffix", help="Target suffix, e.g. _pt.")] = None,
+        chat_turns: Annotated[ChatTurns, typer.Option("--chat-turns", help=CHAT_TURNS_HELP)] = ChatTurns.all,
         chat_template: Annotated[
             Optional[bool],
             typer.Option("--chat-template/--no-chat-template", help="Use the model's chat template (default: if any)."),
@@ -149,7 +167,7 @@ def register(app: typer.Typer) -> None:
             from cltx.errors import bad_arg
 
             raise bad_arg("max_steps", max_steps, "must be ≥ 0 (0: train for --epochs)")
-        spec = data_spec(prompt_fields, response_field, en_key, tgt_key, en_suffix, tgt_suffix)
+        spec = data_spec(prompt_fields, response_field, en_key, tgt_key, en_suffix, tgt_suffix, chat_turns)
         with RichProgress() as prog:
             rep = train_clo(
                 model,
@@ -187,12 +205,18 @@ def register(app: typer.Typer) -> None:
         dr = rep["data_report"]
         table = Table("", "value", title=f"cltx clo ({rep['method']}, train {rep['train']}) → {out_dir}")
         table.add_row("records used", f"{dr['used']} of {dr['records']}")
+        if dr.get("examples", dr["used"]) != dr["used"]:
+            table.add_row("examples (chat exchanges)", str(dr["examples"]))
         for reason, n in dr["skipped"].items():
             table.add_row(f"skipped: {reason}", f"{n} (first lines {dr['skipped_first_lines'].get(reason)})")
         if dr["truncated_responses"]:
             table.add_row("responses cut to --max-length", str(dr["truncated_responses"]))
         if dr.get("system_turns_ignored"):
             table.add_row("chat system turns ignored", str(dr["system_turns_ignored"]))
+        for reason, n in (dr.get("exchanges_skipped") or {}).items():
+            table.add_row(f"chat exchanges skipped: {reason}", str(n))
+        if dr.get("histories_trimmed"):
+            table.add_row("chat histories trimmed to --max-length", str(dr["histories_trimmed"]))
         ref = rep["reference"]
         if ref:
             how = f"computed ({ref['bins_computed']} micro-batches, {ref['seconds']}s)"

@@ -8,6 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from cltx.cli._ui import RichProgress, out, setup_logging, user_errors
+from cltx.cli.clo import ChatTurns
+
+EVAL_CHAT_TURNS_HELP = (
+    "Chat records (messages/conversations): ask every exchange's prompt (after the conversation before "
+    "it), or only the first or last."
+)
 
 
 def register(app: typer.Typer) -> None:
@@ -36,6 +42,7 @@ def register(app: typer.Typer) -> None:
         tgt_key: Annotated[Optional[str], typer.Option("--tgt-key", help="Record key with the target fields.")] = None,
         en_suffix: Annotated[Optional[str], typer.Option("--en-suffix", help="English field suffix, e.g. _en.")] = None,
         tgt_suffix: Annotated[Optional[str], typer.Option("--tgt-suffix", help="Target suffix, e.g. _pt.")] = None,
+        chat_turns: Annotated[ChatTurns, typer.Option("--chat-turns", help=EVAL_CHAT_TURNS_HELP)] = ChatTurns.all,
         chat_template: Annotated[
             Optional[bool],
             typer.Option("--chat-template/--no-chat-template", help="Use the model's chat template (default: if any)."),
@@ -57,7 +64,7 @@ def register(app: typer.Typer) -> None:
         from cltx.cli.clo import data_spec
         from cltx.clo.evaluate import evaluate_models, summary_rows
 
-        spec = data_spec(prompt_fields, response_field, en_key, tgt_key, en_suffix, tgt_suffix)
+        spec = data_spec(prompt_fields, response_field, en_key, tgt_key, en_suffix, tgt_suffix, chat_turns)
         with RichProgress() as prog:
             res = evaluate_models(
                 model,

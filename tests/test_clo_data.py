@@ -236,7 +236,7 @@ def _turns(pairs, role="role", text="content"):
     return [{role: r, text: t} for r, t in pairs]
 
 
-def test_chat_records_give_their_first_exchange_without_flags():
+def test_chat_records_give_their_exchanges_without_flags():
     en = [("system", "the sun"), ("user", "the cat sat"), ("assistant", "a dog ran"), ("user", "red"),
           ("assistant", "blue")]  # fmt: skip
     pt = [("system", "o sol"), ("user", "o gato sentou"), ("assistant", "um cao correu"), ("user", "vermelho"),
@@ -251,22 +251,110 @@ def test_chat_records_give_their_first_exchange_without_flags():
         },
     ]
     ex, rep = build_examples(recs)
-    assert rep.used == 2 and not rep.skipped
+    assert (rep.used, rep.examples) == (2, 3) and not rep.skipped
+    assert [e.key for e in ex] == [(0, 2), (0, 4), (1, 1)]
     assert (ex[0].prompt_en, ex[0].response_en, ex[0].prompt_tg, ex[0].response_tg) == (
         "the cat sat", "a dog ran", "o gato sentou", "um cao correu",
     )  # fmt: skip
+    assert ex[0].history_en == ex[0].history_tg == ()
+    # the second exchange carries the first as its history, each language its own
     assert (ex[1].prompt_en, ex[1].response_en, ex[1].prompt_tg, ex[1].response_tg) == (
+        "red", "blue", "vermelho", "azul",
+    )  # fmt: skip
+    assert ex[1].history_en == (("user", "the cat sat"), ("assistant", "a dog ran"))
+    assert ex[1].history_tg == (("user", "o gato sentou"), ("assistant", "um cao correu"))
+    assert (ex[2].prompt_en, ex[2].response_en, ex[2].prompt_tg, ex[2].response_tg) == (
         "the tree", "green", "a arvore", "verde",
     )  # fmt: skip
     assert rep.as_dict()["system_turns_ignored"] == 1
+    # only the first or the last exchange
+    first, _ = build_examples(recs, DataSpec(chat_turns="first"))
+    assert [e.key for e in first] == [(0, 2), (1, 1)] and first[0].history_en == ()
+    last, _ = build_examples(recs, DataSpec(chat_turns="last"))
+    assert [e.key for e in last] == [(0, 4), (1, 1)] and last[0].history_tg == ex[1].history_tg
+    with pytest.raises(CltxError, match="chat_turns"):
+        DataSpec(chat_turns="every")
     # bilingual JSONL: nested per language, or suffixed fields
     nested = [{"en": {"messages": _turns(en)}, "pt": {"messages": _turns(pt)}}]
     ex, rep = build_examples(nested, DataSpec(en_key="en", tgt_key="pt"))
     assert rep.used == 1 and (ex[0].prompt_en, ex[0].response_tg) == ("the cat sat", "um cao correu")
+    assert len(ex) == 2 and ex[1].history_en[1] == ("assistant", "a dog ran")
     suffixed = [{"messages_en": _turns(en[1:3]), "messages_pt": _turns(pt[1:3])}]
     ex, rep = build_examples(suffixed, DataSpec(en_suffix="_en", tgt_suffix="_pt"))
     assert rep.used == 1 and (ex[0].prompt_tg, ex[0].response_en) == ("o gato sentou", "a dog ran")
     assert rep.as_dict()["system_turns_ignored"] == 0
+
+
+def test_chat_conversations_are_normalised_for_templates():
+    """Consecutive turns of one role are joined, an opening assistant turn is left out of the history,
+    reading stops at a tool turn or a null text, and a bad exchange drops only itself."""
+
+    def rec(pairs_en, pairs_pt):
+        return {"messages": _turns(pairs_pt), "_source": {"messages": _turns(pairs_en)}}
+
+    en = [("assistant", "hello"), ("user", "a"), ("user", "b"), ("assistant", "c"), ("system", "s"),
+          ("user", "d"), ("assistant", "e"), ("assistant", "f"), ("tool", "t"), ("user", "g"),
+          ("assistant", "h")]  # fmt: skip
+    pt = [(r, t.upper()) for r, t in en]
+    ex, rep = build_examples([rec(en, pt)])
+    assert [(e.prompt_en, e.response_en, e.turn) for e in ex] == [("a\n\nb", "c", 3), ("d", "e\n\nf", 7)]
+    assert ex[1].history_en == (("user", "a\n\nb"), ("assistant", "c"))  # "hello" left out
+    assert ex[1].history_tg == (("user", "A\n\nB"), ("assistant", "C"))
+    assert rep.system_turns_ignored == 1
+    # a null text (a tool call) ends the conversation; before any exchange it is not_text
+    null = [("user", "a"), ("assistant", "b"), ("assistant", None), ("user", "c"), ("assistant", "d")]
+    ex, rep = build_examples([rec(null, [(r, t and t.upper()) for r, t in null])])
+    assert [e.prompt_en for e in ex] == ["a"]
+    ex, rep = build_examples([rec(null[2:], [(r, t and t.upper()) for r, t in null[2:]])])
+    assert not ex and dict(rep.skipped) == {"not_text": 1}
+    # an exchange whose responses are identical is dropped alone; the record stays
+    same = [("user", "a"), ("assistant", "print(1)"), ("user", "b"), ("assistant", "c")]
+    ex, rep = build_examples([rec(same, [("user", "A"), ("assistant", "print(1)"), ("user", "B"), ("assistant", "C")])])
+    assert [e.prompt_en for e in ex] == ["b"] and ex[0].history_tg == (("user", "A"), ("assistant", "print(1)"))
+    assert (rep.used, rep.examples, dict(rep.exchanges_skipped), dict(rep.skipped)) == (1, 1, {"same_response": 1}, {})
+    # ... and when it was the record's only one, the record is skipped with that reason
+    ex, rep = build_examples([rec(same[:2], [("user", "A"), ("assistant", "print(1)")])])
+    assert not ex and dict(rep.skipped) == {"same_response": 1} and not rep.exchanges_skipped
+    # the languages must agree on every turn's role, not only on the exchanges
+    ex, rep = build_examples([rec(same, [("user", "A"), ("assistant", "X"), ("assistant", "B"), ("assistant", "C")])])
+    assert not ex and dict(rep.skipped) == {"chat_mismatch": 1}
+
+
+def test_chat_history_is_rendered_and_trimmed_to_fit(tok):
+    fmt = PromptFormatter(tok)
+    hist = (("user", "the cat"), ("assistant", "a dog"))
+    toks = tok.convert_ids_to_tokens(fmt.prompt_ids("red", hist))
+    assert toks == ["<|user|>", "the", "cat", "<|end|>", "<|assistant|>", "a", "dog", "<|end|>", "<|user|>", "red",
+                    "<|end|>", "<|assistant|>"]  # fmt: skip
+    assert tok.convert_ids_to_tokens(fmt.response_ids("red", "blue", hist)) == ["blue", "<|end|>"]
+    plain = PromptFormatter(tok, use_chat_template=False)
+    assert plain.prompt_text("red", hist) == "the cat\n\na dog\n\nred\n"
+    # a long conversation loses its oldest exchanges until prompt + response fit, in both languages
+    long_en = []
+    for k in range(6):
+        long_en += [("user", f"the cat sat {k}"), ("assistant", f"a dog ran {k}")]
+    long_pt = [(r, t.replace("the cat sat", "o gato").replace("a dog ran", "um cao")) for r, t in long_en]
+    long_en += [("user", "red"), ("assistant", "blue")]
+    long_pt += [("user", "vermelho"), ("assistant", "azul")]
+    recs = [{"messages": _turns(long_pt), "_source": {"messages": _turns(long_en)}}]
+    ex, rep = build_examples(recs, DataSpec(chat_turns="last"))
+    assert len(ex[0].history_en) == 12
+    full = len(fmt.prompt_ids("red", ex[0].history_en)) + len(fmt.response_ids("red", "blue", ex[0].history_en))
+    tex = tokenize_examples(ex, fmt, 40, rep)
+    assert full > 40 and rep.histories_trimmed == 1 and len(tex) == 1
+    kept = next(n for n in range(2, 13, 2) if fmt.prompt_ids("red", ex[0].history_en[-n:]) == tex[0].prompt_en)
+    assert kept < 12 and len(tex[0].prompt_en) + len(tex[0].response_en) <= 40
+    assert len(fmt.prompt_ids("red", ex[0].history_en[-(kept + 2) :])) + 2 > 40  # one more exchange would not fit
+    assert tex[0].prompt_tg == fmt.prompt_ids("vermelho", ex[0].history_tg[-kept:])
+    assert rep.as_dict()["histories_trimmed"] == 1 and not rep.skipped
+    # an exchange whose own prompt does not fit is skipped alone while the record has others
+    pt = [("user", "o gato " * 30), ("assistant", "um cao"), ("user", "red"), ("assistant", "azul")]
+    en = [("user", "the cat " * 30), ("assistant", "a dog"), ("user", "red"), ("assistant", "blue")]
+    recs = [{"messages": _turns(pt), "_source": {"messages": _turns(en)}}]
+    ex, rep = build_examples(recs)
+    tex = tokenize_examples(ex, fmt, 32, rep)
+    assert [t.key for t in tex] == [(0, 3)] and dict(rep.exchanges_skipped) == {"prompt_too_long": 1}
+    assert not rep.skipped and (rep.used, rep.examples) == (1, 1)
 
 
 def test_chat_records_without_an_exchange_are_counted_per_reason():

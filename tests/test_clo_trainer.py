@@ -371,7 +371,8 @@ def test_chat_format_records_train_without_flags(tmp_path, tok):
     for r in tiny_records(6, qa_every=0):
         def turns(view):
             return [{"role": "system", "content": view["output"]}, {"role": "user", "content": view["instruction"]},
-                    {"role": "assistant", "content": view["output"]}]  # fmt: skip
+                    {"role": "assistant", "content": view["output"]}, {"role": "user", "content": view["output"]},
+                    {"role": "assistant", "content": view["instruction"]}]  # fmt: skip
 
         chat.append({"messages": turns(r), "_source": {"messages": turns(r["_source"])}, "_mt": r["_mt"]})
     rep = train_clo(tiny_llama(tok), chat, tmp_path / "chat", tokenizer=tok, max_steps=2, batch_size=2,
@@ -379,3 +380,8 @@ def test_chat_format_records_train_without_flags(tmp_path, tok):
     assert rep["steps"] == 2 and math.isfinite(rep["train_loss"])
     assert rep["data_report"]["used"] + sum(rep["data_report"]["skipped"].values()) == 6
     assert rep["data_report"]["used"] >= 5 and rep["data_report"]["system_turns_ignored"] == rep["data_report"]["used"]
+    # two exchanges a conversation: the second, with the first as its history, is an example too
+    assert rep["data_report"]["examples"] + sum(rep["data_report"]["exchanges_skipped"].values()) == 2 * rep[
+        "data_report"
+    ]["used"]
+    assert rep["data_report"]["examples"] > rep["data_report"]["used"]

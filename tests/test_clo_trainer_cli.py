@@ -178,3 +178,28 @@ def test_short_run_reports_its_loss(files, tmp_path):
     assert res.exit_code == 0, res.output
     rep = json.loads((tmp_path / "seven" / "clo_report.json").read_text())
     assert [h["step"] for h in rep["log_history"] if "loss" in h] == [1, 5, 7] and rep["last_log"]["step"] == 7
+
+
+def test_cli_clo_chat_turns(files, tmp_path):
+    """--chat-turns reaches the data: all exchanges by default (the table says how many), or the last only."""
+    chat = []
+    for r in tiny_records(4, qa_every=0):
+
+        def turns(v):
+            said = [("user", v["instruction"]), ("assistant", v["output"]), ("user", v["output"])]
+            return [{"role": k, "content": c} for k, c in said + [("assistant", v["instruction"])]]
+
+        chat.append({"messages": turns(r), "_source": {"messages": turns(r["_source"])}, "_mt": r["_mt"]})
+    data = tmp_path / "chat.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in chat), encoding="utf-8")
+    args = ["clo", "--model", str(files / "model"), "--data", str(data), "--max-steps", "1", "--method", "sft"]
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "all")])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "all" / "clo_report.json").read_text())["data_report"]
+    assert (rep["used"], rep["examples"]) == (4, 8) and "examples (chat exchanges)" in res.output
+    res = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "last"), "--chat-turns", "last"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads((tmp_path / "last" / "clo_report.json").read_text())["data_report"]
+    assert (rep["used"], rep["examples"]) == (4, 4)
+    bad = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "bad"), "--chat-turns", "every"])
+    assert bad.exit_code == 2 and "every" in bad.output

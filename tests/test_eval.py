@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 import cltx.clo.evaluate as ev
 from cltx.cli.main import app
 from cltx.clo._tiny import tiny_llama, tiny_records, tiny_tokenizer
-from cltx.clo.data import PromptFormatter, _sequence, build_examples, tokenize_examples
+from cltx.clo.data import DataSpec, PromptFormatter, _sequence, build_examples, tokenize_examples
 from cltx.errors import CltxError
 
 
@@ -141,6 +141,27 @@ def test_cli_eval_passes_the_system_prompt(tmp_path, tok, monkeypatch):
     assert "Answer briefly" in made
 
 
+def test_cli_eval_chat_turns(tmp_path, tok):
+    tiny_llama(tok).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    recs = []
+    for r in tiny_records(2, seed=9, qa_every=0):
+
+        def turns(v):
+            said = [("user", v["instruction"]), ("assistant", v["output"]), ("user", v["output"])]
+            return [{"role": k, "content": c} for k, c in said + [("assistant", v["instruction"])]]
+
+        recs.append({"messages": turns(r), "_source": {"messages": turns(r["_source"])}, "_mt": r["_mt"]})
+    data = tmp_path / "held.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in recs), encoding="utf-8")
+    args = ["eval", "--model", str(tmp_path / "m"), "--data", str(data), "--max-new-tokens", "2"]
+    for turns_opt, usable, turn in (("all", 4, {1, 3}), ("first", 2, {1}), ("last", 2, {3})):
+        res = CliRunner().invoke(app, [*args, "--chat-turns", turns_opt, "--json", str(tmp_path / f"{turns_opt}.json")])
+        assert res.exit_code == 0, res.output
+        rep = json.loads((tmp_path / f"{turns_opt}.json").read_text())
+        assert rep["usable"] == usable and {s["turn"] for s in rep["models"][0]["samples"]} == turn
+
+
 def test_target_language_from_the_mt_report(tmp_path, tok, monkeypatch):
     recs = [{k: v for k, v in r.items() if k != "_mt"} for r in tiny_records(2)]
     data = tmp_path / "held.jsonl"
@@ -190,3 +211,40 @@ def test_models_answer_the_same_prompts_and_skips_are_shown(tmp_path, tok, monke
     assert out.exit_code == 0, out.output
     assert "skipped 1 of 6 records: 1 empty_response (first lines [4])" in " ".join(out.output.split())
     assert "5 held-out records" in out.output
+
+
+def test_chat_records_evaluate_every_exchange_after_its_history(tok):
+    """A two-exchange conversation is two held-out prompts per language; the second is asked after the
+    first exchange (its own language's), and each sample says which turn it is."""
+    recs = []
+    for r in tiny_records(3, seed=4, qa_every=0):
+
+        def turns(v):
+            said = [("user", v["instruction"]), ("assistant", v["output"]), ("user", v["output"])]
+            return [{"role": r, "content": c} for r, c in said + [("assistant", v["instruction"])]]
+
+        recs.append({"messages": turns(r), "_source": {"messages": turns(r["_source"])}, "_mt": r["_mt"]})
+    model = tiny_llama(tok, seed=0)
+    res = ev.evaluate_models([("base", model, tok)], recs, max_new_tokens=2)
+    m = res["models"][0]
+    assert res["usable"] == 6 and m["en"]["prompts"] == m["tgt"]["prompts"] == 6
+    assert sorted(
+        (s["record"], s["turn"], s["history_turns"]) for s in m["samples"] if s["prompt_language"] == "en"
+    ) == [(i, t, h) for i in (1, 2, 3) for t, h in ((1, 0), (3, 2))]
+    # the NLL is the model's own over each exchange's response given the conversation before it
+    fmt = PromptFormatter(tok)
+    ex, _ = build_examples(recs)
+    total, n = 0.0, 0
+    for e in ex:
+        ids, labels = _sequence(
+            fmt.prompt_ids(e.prompt_tg, e.history_tg), fmt.response_ids(e.prompt_tg, e.response_tg, e.history_tg)
+        )
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+        lab = torch.tensor(labels)
+        keep = lab != -100
+        total -= float(torch.log_softmax(logits, -1)[keep].gather(1, lab[keep][:, None]).sum())
+        n += int(keep.sum())
+    assert m["tgt"]["nll"] == pytest.approx(total / n, rel=1e-5)
+    first = ev.evaluate_models([("base", model, tok)], recs, max_new_tokens=2, spec=DataSpec(chat_turns="first"))
+    assert first["usable"] == 3 and {s["turn"] for s in first["models"][0]["samples"]} == {1}

@@ -272,10 +272,19 @@ def train_clo(
         lines=lines,
         examples=examples,
     )
+    exchanges = f" ({data_report.examples} examples)" if data_report.examples != data_report.used else ""
     if data_report.skipped:
-        progress.message(f"data: {data_report.used}/{data_report.records} records used; {describe_skips(data_report)}")
+        progress.message(
+            f"data: {data_report.used}/{data_report.records} records used{exchanges}; {describe_skips(data_report)}"
+        )
+    elif exchanges:
+        progress.message(f"data: {data_report.used} records give{exchanges}")
+    if data_report.exchanges_skipped:
+        progress.message(f"data: chat exchanges skipped: {dict(data_report.exchanges_skipped)}")
+    if data_report.histories_trimmed:
+        progress.message(f"data: {data_report.histories_trimmed} chat histories lost their oldest turns to max_length")
     if data_report.truncated_responses:
-        progress.message(f"data: {data_report.truncated_responses} records had responses cut to max_length")
+        progress.message(f"data: {data_report.truncated_responses} examples had responses cut to max_length")
     trainer = CLOTrainer(
         model, args, bins, processing_class=tokenizer, progress=progress, callbacks=[trainer_callback(progress)]
     )

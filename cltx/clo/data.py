@@ -13,23 +13,30 @@ Each view gives a prompt (the prompt fields joined by a blank line) and a respon
 the layout is found per record: instruction + input → output, passage + question → answer,
 context + question → answer, prompt → response; and chat format: a ``messages`` (HF/OpenAI
 ``{"role", "content"}`` turns) or ``conversations`` (ShareGPT ``{"from", "value"}``) list gives
-its first user turn as the prompt and the assistant turn right after it as the response (system
-turns before it are ignored and counted; later turns are not used). A chat record without such an
-exchange, or whose two languages place it differently, is skipped with its reason.
+one example per *exchange*, a user turn and the assistant turn right after it, with the turns
+before it (same language) as the conversation history (``DataSpec.chat_turns``: ``all`` exchanges,
+the default, or only the ``first`` or ``last``). System turns are ignored and counted (``--system-prompt``
+sets one for every example); consecutive turns of one role are joined (blank line) so roles alternate,
+as chat templates require; assistant turns before the first user turn are dropped from the history; the
+conversation is read up to its first turn of another role (tool, function) or with a non-string text.
+A chat record without an exchange, or whose two languages differ in their turns' roles, is skipped
+with its reason; an exchange that is unusable (empty or identical responses, a prompt that does not
+fit) drops only itself (``exchanges_skipped``), and the record only when it was its last.
 
-Every usable record gives two preference pairs (DESIGN.md §3)::
+Every usable example gives two preference pairs (DESIGN.md §3)::
 
     prompt  chosen  rejected
     x_en    y_en    y_tg
     x_tg    y_tg    y_en
 
-and both sit in the same micro-batch: a micro-batch ("bin") is a fixed group of whole records,
-formed once by a seeded shuffle, so gradient accumulation and data parallelism only ever move
-whole records. Because a bin's tensors never change, the reference log-probs computed on a bin
-before training meet exactly the same tensors at step 0 (rewards exactly zero).
+and both sit in the same micro-batch: a micro-batch ("bin") is a fixed group of whole examples
+(a record, or one exchange of a chat record), formed once by a seeded shuffle, so gradient
+accumulation and data parallelism only ever move whole examples. Because a bin's tensors never
+change, the reference log-probs computed on a bin before training meet exactly the same tensors at
+step 0 (rewards exactly zero).
 
-Row layout of a CLO bin of B records (P = 2B pairs): chosen rows 0…P−1 =
-``[x_en+y_en, x_tg+y_tg]`` per record, rejected rows P…2P−1 = ``[x_en+y_tg, x_tg+y_en]`` in the
+Row layout of a CLO bin of B examples (P = 2B pairs): chosen rows 0…P−1 =
+``[x_en+y_en, x_tg+y_tg]`` per example, rejected rows P…2P−1 = ``[x_en+y_tg, x_tg+y_en]`` in the
 same order; ``nll_mask`` marks the x_tg pairs (the SFT term is the target-language NLL only). An
 SFT bin holds only the P chosen rows with ``nll_mask`` all true.
 """
@@ -68,6 +75,7 @@ USER_ROLES = frozenset({"user", "human"})
 ASSISTANT_ROLES = frozenset({"assistant", "gpt", "model", "bot", "chatgpt"})
 SYSTEM_ROLES = frozenset({"system"})
 _CHAT = "<chat>"  # the response "field" of a chat layout
+CHAT_TURNS = ("all", "first", "last")
 
 SKIP_REASONS = {
     "missing_english": "no English text for the prompt/response fields",
@@ -76,8 +84,8 @@ SKIP_REASONS = {
     "not_text": "a prompt/response field is not a string",
     "no_layout": "no known prompt/response fields (pass --prompt-fields/--response-field)",
     "no_exchange": "chat record without a user turn followed right away by an assistant turn",
-    "chat_mismatch": "chat record whose target conversation does not have the English user/assistant exchange "
-    "at the same turns",
+    "chat_mismatch": "chat record whose target conversation does not have the English conversation's turns "
+    "(roles in the same order)",
     "empty_prompt": "empty prompt",
     "empty_response": "empty response in one language",
     "same_response": "English and target responses are identical (no preference signal)",
@@ -96,7 +104,9 @@ class DataSpec:
         en_key: dict key holding the English view (``_source`` for ``cltx mt`` output).
         tgt_key: dict key holding the target view; None = the record's top level.
         en_suffix / tgt_suffix: alternatively, per-language field suffixes (``_en``, ``_pt``).
-        joiner: separator between prompt fields.
+        joiner: separator between prompt fields (and between consecutive chat turns of one role).
+        chat_turns: which exchanges of a chat record become examples: ``all`` (each with the turns
+            before it as history), ``first`` or ``last``.
     """
 
     prompt_fields: tuple[str, ...] | None = None
@@ -106,8 +116,11 @@ class DataSpec:
     en_suffix: str | None = None
     tgt_suffix: str | None = None
     joiner: str = "\n\n"
+    chat_turns: str = "all"
 
     def __post_init__(self) -> None:
+        if self.chat_turns not in CHAT_TURNS:
+            raise bad_arg("chat_turns", self.chat_turns, f"use one of {', '.join(CHAT_TURNS)}")
         if isinstance(self.prompt_fields, str):
             self.prompt_fields = tuple(f.strip() for f in self.prompt_fields.split(",") if f.strip())
         check_fields(self)
@@ -145,13 +158,26 @@ class DataSpec:
 
 @dataclasses.dataclass
 class Example:
-    """One usable record: the prompt and response in both languages."""
+    """One usable example: the prompt and response in both languages.
+
+    ``index``: the record's number. Chat records: ``turn`` is the response turn's position in the
+    conversation, ``history_*`` the turns before the prompt as ``(role, text)`` pairs (roles
+    ``user``/``assistant``, alternating, starting with ``user``); other records: ``None`` and ``()``.
+    """
 
     index: int
     prompt_en: str
     prompt_tg: str
     response_en: str
     response_tg: str
+    turn: int | None = None
+    history_en: tuple[tuple[str, str], ...] = ()
+    history_tg: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """Identifies the example: (record, response turn; -1 for non-chat records)."""
+        return self.index, -1 if self.turn is None else self.turn
 
 
 @dataclasses.dataclass
@@ -159,11 +185,14 @@ class DataReport:
     """What happened to each input record (skips are counted per reason, never silent)."""
 
     records: int = 0
-    used: int = 0
+    used: int = 0  # records that give at least one example
+    examples: int = 0  # examples (a chat record gives one per exchange)
     skipped: Counter = dataclasses.field(default_factory=Counter)
     skipped_examples: dict[str, list[int]] = dataclasses.field(default_factory=dict)
     truncated_responses: int = 0
-    system_turns_ignored: int = 0  # chat records: system turns before the prompt turn (English side)
+    system_turns_ignored: int = 0  # chat records: system turns in the conversations used (English side)
+    exchanges_skipped: Counter = dataclasses.field(default_factory=Counter)  # chat: per reason, in used records
+    histories_trimmed: int = 0  # chat examples whose oldest turns were left out to fit max_length
     lines: list[int] | None = None  # file line of each record; None: record numbers
 
     def line(self, index: int) -> int:
@@ -179,10 +208,13 @@ class DataReport:
         return {
             "records": self.records,
             "used": self.used,
+            "examples": self.examples,
             "skipped": dict(self.skipped),
             "skipped_first_lines": {k: [self.line(i) for i in v] for k, v in self.skipped_examples.items()},
             "truncated_responses": self.truncated_responses,
             "system_turns_ignored": self.system_turns_ignored,
+            "exchanges_skipped": dict(self.exchanges_skipped),
+            "histories_trimmed": self.histories_trimmed,
         }
 
 
@@ -251,24 +283,53 @@ def _layout(view: dict, spec: DataSpec) -> tuple[tuple[str, ...], str] | None:
     return None
 
 
-def _chat_exchange(turns: object) -> tuple[int, str, str, int] | str:
-    """``(turn index of the prompt, prompt, response, system turns before it)`` or a skip reason.
+@dataclasses.dataclass
+class _Chat:
+    """A conversation read for CLO: its roles (every turn, lower-cased), its exchanges and system turns."""
 
-    The prompt is the first user turn; the response must be the turn right after it, an assistant
-    turn. Turns are ``{"role", "content"}`` or ShareGPT ``{"from", "value"}`` objects.
+    roles: list[str]
+    exchanges: list[tuple[int, tuple[tuple[str, str], ...], str, str]]  # (response turn, history, prompt, response)
+    system_turns: int
+
+
+def _chat(turns: object, joiner: str) -> _Chat | str:
+    """The exchanges of a conversation (see the module docstring), or a skip reason.
+
+    Turns are ``{"role", "content"}`` or ShareGPT ``{"from", "value"}`` objects. Reading stops at the
+    first turn of a role other than user/assistant/system or whose text is not a string (a tool call's
+    ``null``); a conversation that stops that way before its first exchange is ``not_text``.
     """
     if turns is None:
         return "missing"
     if not isinstance(turns, list) or not all(isinstance(t, dict) for t in turns):
         return "not_text"
     roles = [str(t.get("role", t.get("from", ""))).lower() for t in turns]
-    user = next((i for i, r in enumerate(roles) if r in USER_ROLES), None)
-    if user is None or user + 1 >= len(turns) or roles[user + 1] not in ASSISTANT_ROLES:
-        return "no_exchange"
-    prompt, response = (turns[i].get(text_key(turns[i])) for i in (user, user + 1))
-    if not isinstance(prompt, str) or not isinstance(response, str):
-        return "not_text"
-    return user, prompt.strip(), response.strip(), sum(r in SYSTEM_ROLES for r in roles[:user])
+    merged: list[list] = []  # [role, [texts], last turn index], consecutive turns of one role joined
+    exchanges, system, stopped = [], 0, False
+    for i, (role, turn) in enumerate(zip(roles, turns, strict=True)):
+        if role in SYSTEM_ROLES:
+            system += 1
+            continue
+        kind = "user" if role in USER_ROLES else "assistant" if role in ASSISTANT_ROLES else None
+        text = turn.get(text_key(turn))
+        if kind is None or not isinstance(text, str):
+            stopped = kind is not None
+            break
+        if merged and merged[-1][0] == kind:
+            merged[-1][1].append(text.strip())
+            merged[-1][2] = i
+        else:
+            merged.append([kind, [text.strip()], i])
+    for j in range(1, len(merged)):
+        if merged[j][0] == "assistant" and merged[j - 1][0] == "user":
+            history = [(r, joiner.join(t)) for r, t, _ in merged[: j - 1]]
+            while history and history[0][0] != "user":  # templates want the user to speak first
+                history.pop(0)
+            user, reply = (joiner.join(merged[x][1]) for x in (j - 1, j))
+            exchanges.append((merged[j][2], tuple(history), user, reply))
+    if not exchanges:
+        return "not_text" if stopped else "no_exchange"
+    return _Chat(roles, exchanges, system)
 
 
 def _prompt_response(view: dict, layout, spec: DataSpec) -> tuple[str, str] | str:
@@ -318,43 +379,69 @@ def build_examples(
         if layout is None:
             report.skip("no_layout", i)
             continue
-        n_system = 0
         if layout[1] == _CHAT:
-            ce, ct = _chat_exchange(en.get(layout[0][0])), _chat_exchange(tg.get(layout[0][0]))
-            if ce == "no_exchange":
-                report.skip("no_exchange", i)
-                continue
-            if isinstance(ce, tuple) and (ct == "no_exchange" or isinstance(ct, tuple) and ce[0] != ct[0]):
-                report.skip("chat_mismatch", i)
-                continue
-            pe, pt = (c[1:3] if isinstance(c, tuple) else c for c in (ce, ct))
-            n_system = ce[3] if isinstance(ce, tuple) else 0
-        else:
-            pe = _prompt_response(en, layout, spec)
-            pt = _prompt_response(tg, layout, spec)
-        if pe == "not_text" or pt == "not_text":
-            report.skip("not_text", i)
+            _chat_examples(i, en.get(layout[0][0]), tg.get(layout[0][0]), spec, report, out)
             continue
-        if pe == "missing":
-            report.skip("missing_english", i)
-            continue
-        if pt == "missing":
-            report.skip("missing_target", i)
+        pe = _prompt_response(en, layout, spec)
+        pt = _prompt_response(tg, layout, spec)
+        reason = _pair_problem(pe, pt)
+        if reason:
+            report.skip(reason, i)
             continue
         (x_en, y_en), (x_tg, y_tg) = pe, pt
-        if not x_en or not x_tg:
-            report.skip("empty_prompt", i)
-            continue
-        if not y_en or not y_tg:
-            report.skip("empty_response", i)
-            continue
-        if y_en == y_tg:
-            report.skip("same_response", i)
-            continue
-        report.system_turns_ignored += n_system
         out.append(Example(i, x_en, x_tg, y_en, y_tg))
-    report.used = len(out)
+    report.used = len({e.index for e in out})
+    report.examples = len(out)
     return out, report
+
+
+def _pair_problem(pe, pt) -> str | None:
+    """Why a prompt/response pair in both languages gives no example (None: it does)."""
+    if pe == "not_text" or pt == "not_text":
+        return "not_text"
+    if pe == "missing":
+        return "missing_english"
+    if pt == "missing":
+        return "missing_target"
+    (x_en, y_en), (x_tg, y_tg) = pe, pt
+    if not x_en or not x_tg:
+        return "empty_prompt"
+    if not y_en or not y_tg:
+        return "empty_response"
+    if y_en == y_tg:
+        return "same_response"
+    return None
+
+
+def _chat_examples(i: int, en_turns, tg_turns, spec: DataSpec, report: DataReport, out: list[Example]) -> None:
+    """Append the examples of chat record ``i`` (both languages' conversations) to ``out``, or count its skip."""
+    ce, ct = _chat(en_turns, spec.joiner), _chat(tg_turns, spec.joiner)
+    if ce == "no_exchange":
+        report.skip("no_exchange", i)
+        return
+    differ = isinstance(ct, _Chat) and (ct.roles, len(ct.exchanges)) != (ce.roles, len(ce.exchanges))
+    if isinstance(ce, _Chat) and (ct == "no_exchange" or differ):
+        report.skip("chat_mismatch", i)
+        return
+    if not isinstance(ce, _Chat) or not isinstance(ct, _Chat):
+        report.skip(_pair_problem(ce, ct) or "not_text", i)
+        return
+    pairs = list(zip(ce.exchanges, ct.exchanges, strict=True))
+    if spec.chat_turns != "all":
+        pairs = pairs[:1] if spec.chat_turns == "first" else pairs[-1:]
+    made, problems = [], []
+    for (turn, he, x_en, y_en), (_, ht, x_tg, y_tg) in pairs:
+        reason = _pair_problem((x_en, y_en), (x_tg, y_tg))
+        if reason:
+            problems.append(reason)
+        else:
+            made.append(Example(i, x_en, x_tg, y_en, y_tg, turn=turn, history_en=he, history_tg=ht))
+    if not made:
+        report.skip(problems[0], i)
+        return
+    report.exchanges_skipped.update(problems)
+    report.system_turns_ignored += ce.system_turns
+    out.extend(made)
 
 
 def target_language(records: list[dict]) -> str | None:
@@ -366,6 +453,9 @@ def target_language(records: list[dict]) -> str | None:
                 if isinstance(mt.get(k), str):
                     return mt[k]
     return None
+
+
+History = tuple[tuple[str, str], ...]  # earlier chat turns: (role, text), roles user/assistant
 
 
 class PromptFormatter:
@@ -430,29 +520,33 @@ class PromptFormatter:
             messages, tokenize=False, add_generation_prompt=add_generation_prompt, enable_thinking=False
         )
 
-    def _messages(self, prompt: str) -> list[dict]:
+    def _messages(self, prompt: str, history: History = ()) -> list[dict]:
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        msgs += [{"role": role, "content": text} for role, text in history]
         return msgs + [{"role": "user", "content": prompt}]
 
-    def prompt_text(self, prompt: str) -> str:
+    def prompt_text(self, prompt: str, history: History = ()) -> str:
+        """The prompt as text: with a chat template, the conversation (``history``: earlier
+        ``(role, text)`` turns) up to the user's ``prompt`` plus the generation prompt; without one,
+        the turns' texts joined by a blank line, and a newline."""
         if self.chat:
-            return self._render(self._messages(prompt), add_generation_prompt=True)
-        return prompt + "\n"
+            return self._render(self._messages(prompt, history), add_generation_prompt=True)
+        return "\n\n".join([text for _, text in history] + [prompt]) + "\n"
 
-    def prompt_ids(self, prompt: str) -> list[int]:
+    def prompt_ids(self, prompt: str, history: History = ()) -> list[int]:
         if self.chat:
-            return list(self.tok(self.prompt_text(prompt), add_special_tokens=False)["input_ids"])
-        ids = list(self.tok(self.prompt_text(prompt), add_special_tokens=True)["input_ids"])
+            return list(self.tok(self.prompt_text(prompt, history), add_special_tokens=False)["input_ids"])
+        ids = list(self.tok(self.prompt_text(prompt, history), add_special_tokens=True)["input_ids"])
         # BOS where the tokenizer adds it, but not an EOS it appends (Llama's add_eos_token=True):
         # the answer follows the prompt, not the end of a text
         if len(ids) > 1 and ids[-1] == self.tok.eos_token_id:
             ids.pop()
         return ids
 
-    def response_ids(self, prompt: str, response: str) -> list[int]:
+    def response_ids(self, prompt: str, response: str, history: History = ()) -> list[int]:
         if self.chat:
-            head = self.prompt_text(prompt)
-            full = self._render(self._messages(prompt) + [{"role": "assistant", "content": response}])
+            head = self.prompt_text(prompt, history)
+            full = self._render(self._messages(prompt, history) + [{"role": "assistant", "content": response}])
             tail = full[len(head) :] if full.startswith(head) else response + (self.tok.eos_token or "")
             return list(self.tok(tail, add_special_tokens=False)["input_ids"])
         return list(self.tok(response, add_special_tokens=False)["input_ids"]) + [self.tok.eos_token_id]
@@ -492,26 +586,49 @@ class TokenizedExample:
     prompt_tg: list[int]
     response_en: list[int]
     response_tg: list[int]
+    turn: int | None = None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """The :attr:`Example.key` of the example it was made from."""
+        return self.index, -1 if self.turn is None else self.turn
 
 
 def tokenize_examples(
     examples: list[Example], fmt: PromptFormatter, max_length: int, report: DataReport
 ) -> list[TokenizedExample]:
-    """Token ids per example; records whose prompt fills max_length are skipped (counted), responses
-    longer than the room left are truncated (counted)."""
+    """Token ids per example. A chat example whose conversation does not fit ``max_length`` loses its
+    oldest exchanges first (counted: ``histories_trimmed``), in both languages alike, until prompt and
+    response fit or no history is left; then an example whose prompt alone fills ``max_length`` is
+    skipped (counted) and responses longer than the room left are truncated (counted)."""
     out = []
+    lost: Counter = Counter()  # record → examples skipped here
     for ex in examples:
-        pe, pt = fmt.prompt_ids(ex.prompt_en), fmt.prompt_ids(ex.prompt_tg)
+        he, ht, trimmed = ex.history_en, ex.history_tg, False
+        while True:
+            pe, pt = fmt.prompt_ids(ex.prompt_en, he), fmt.prompt_ids(ex.prompt_tg, ht)
+            re_ = fmt.response_ids(ex.prompt_en, ex.response_en, he)
+            rt = fmt.response_ids(ex.prompt_tg, ex.response_tg, ht)
+            if not he or max(len(pe), len(pt)) + max(len(re_), len(rt)) <= max_length:
+                break
+            he, ht, trimmed = he[2:], ht[2:], True  # one user + assistant pair, oldest first
+        report.histories_trimmed += trimmed
         if max(len(pe), len(pt)) >= max_length:
-            report.skip("prompt_too_long", ex.index)
+            lost[ex.index] += 1
             continue
-        re_, rt = fmt.response_ids(ex.prompt_en, ex.response_en), fmt.response_ids(ex.prompt_tg, ex.response_tg)
         room = max_length - max(len(pe), len(pt))
         if len(re_) > room or len(rt) > room:
             report.truncated_responses += 1
             re_, rt = re_[:room], rt[:room]
-        out.append(TokenizedExample(ex.index, pe, pt, re_, rt))
-    report.used = len(out)
+        out.append(TokenizedExample(ex.index, pe, pt, re_, rt, ex.turn))
+    kept = {t.index for t in out}
+    for index, n in lost.items():
+        if index in kept:  # the record still gives examples: count the exchanges
+            report.exchanges_skipped["prompt_too_long"] += n
+        else:
+            report.skip("prompt_too_long", index)
+    report.used = len(kept)
+    report.examples = len(out)
     return out
 
 

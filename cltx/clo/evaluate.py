@@ -1,7 +1,9 @@
 """``cltx eval``: does the model answer in the prompt's language, and how well does it model the
 reference responses in each language?
 
-For each held-out record, the prompt is asked once in English and once in the target language;
+For each held-out example (a record; a chat record gives one per exchange, its prompt the
+conversation so far in that language, see ``DataSpec.chat_turns``), the prompt is asked once in
+English and once in the target language;
 the model answers greedily (``max_new_tokens`` bounded) and py3langid identifies the answer's
 language. Reported per model and prompt language: the share of answers in the prompt's language,
 the detected-language counts, and the held-out NLL (token mean, nats) of the reference response
@@ -152,18 +154,20 @@ def evaluate_model(
             "detected": dict(Counter(d or "none" for d in detected).most_common()),
             "nll": _nll(model, tokenizer, rows, batch_size),
         }
-        by_index = {e.index: e for e in examples}
+        by_key = {e.key: e for e in examples}
         for t, a, d in zip(tokenized, answers, detected, strict=True):
-            ex = by_index[t.index]
-            samples.append(
-                {
-                    "record": data_report.line(t.index) if data_report is not None else t.index + 1,
-                    "prompt_language": want,
-                    "prompt": ex.prompt_en if lang == "en" else ex.prompt_tg,
-                    "answer": a,
-                    "detected": d,
-                }
-            )
+            ex = by_key[t.key]
+            sample = {
+                "record": data_report.line(t.index) if data_report is not None else t.index + 1,
+                "prompt_language": want,
+                "prompt": ex.prompt_en if lang == "en" else ex.prompt_tg,
+                "answer": a,
+                "detected": d,
+            }
+            if ex.turn is not None:  # chat records: which exchange (its response turn), after how many turns
+                sample["turn"] = ex.turn
+                sample["history_turns"] = len(ex.history_en)
+            samples.append(sample)
     progress.finish(task)
     result["samples"] = samples
     return result
@@ -192,7 +196,7 @@ def evaluate_models(
         data: held-out records (``cltx mt`` output or bilingual JSONL), path or list.
         tgt: the target-language code (default: the records' ``_mt.tgt``, else the ``tgt`` of the
             ``NAME.report.json`` that ``cltx mt`` writes beside its output).
-        limit: use the first ``limit`` usable records (0: all).
+        limit: use the first ``limit`` usable examples (0: all; a chat record gives one per exchange).
         out: write the JSON report here (a ``.json`` file).
 
     Returns:
@@ -206,7 +210,7 @@ def evaluate_models(
     if not models:
         raise bad_arg("model", models, "pass at least one --model")
     if limit < 0:
-        raise bad_arg("limit", limit, "must be ≥ 0 (0: every record)")
+        raise bad_arg("limit", limit, "must be ≥ 0 (0: every example)")
     if max_new_tokens < 1:
         raise bad_arg("max_new_tokens", max_new_tokens, "must be ≥ 1")
     if batch_size < 1:
@@ -235,8 +239,8 @@ def evaluate_models(
                 "fix: check the field options or --max-length"
             )
         views.append((entry, name, tokenized, rep))
-    common = set.intersection(*({t.index for t in tokenized} for _, _, tokenized, _ in views))
-    order = [e.index for e in examples if e.index in common]
+    common = set.intersection(*({t.key for t in tokenized} for _, _, tokenized, _ in views))
+    order = [e.key for e in examples if e.key in common]
     if not order:
         raise CltxError(
             "data: no held-out record fits every model's --max-length/context; fix: raise --max-length or "
@@ -250,7 +254,7 @@ def evaluate_models(
     first_lines = report.as_dict()["skipped_first_lines"]
     if dropped:
         skipped["prompt_too_long"] = skipped.get("prompt_too_long", 0) + dropped
-        first_lines["prompt_too_long"] = [report.line(e.index) for e in examples if e.index not in common][:5]
+        first_lines["prompt_too_long"] = [report.line(e.index) for e in examples if e.key not in common][:5]
     results = []
     for entry, name, tokenized, rep in views:
         if isinstance(entry, tuple):
@@ -266,7 +270,7 @@ def evaluate_models(
             model,
             tok,
             examples,
-            [t for t in tokenized if t.index in keep],
+            [t for t in tokenized if t.key in keep],
             tgt=tgt,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
