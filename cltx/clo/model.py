@@ -67,11 +67,12 @@ def lm_head_of(model: nn.Module) -> nn.Linear:
     return head
 
 
-def _real_or(value, default):
-    try:
-        return float(value) if value is not None and not isinstance(value, bool) else default
-    except (TypeError, ValueError):
-        return default
+def _real_or(value, default: float) -> float:
+    """A config value as a float when it is a real number (the kernels' own test), else ``default``."""
+    from cltx.kernels.reference_clo import _real
+
+    real = _real(value)
+    return default if real is None else real
 
 
 def logit_transform(model: nn.Module) -> dict[str, float]:
