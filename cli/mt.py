@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -157,8 +157,12 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         keep_newlines: Annotated[
-            bool, typer.Option(help="Translate line by line so line breaks survive (sentence-level engines).")
-        ] = True,
+            Optional[bool],
+            typer.Option(
+                help="Translate line by line so line breaks survive sentence-level engines (default: on, "
+                "off for openai: chat models, which keep them)."
+            ),
+        ] = None,
         on_flag: Annotated[
             OnFlag,
             typer.Option(
@@ -208,7 +212,7 @@ def register(app: typer.Typer) -> None:
         SQLite, so a re-run translates only what changed.
         """
         setup_logging(verbose)
-        from cltx.mt.engines import make_engine, parse_options
+        from cltx.mt.engines import default_keep_newlines, make_engine, parse_options
         from cltx.mt.markers import parse_styles
         from cltx.mt.pipeline import MTConfig
         from cltx.mt.runner import dist_env, run_file
@@ -229,6 +233,8 @@ def register(app: typer.Typer) -> None:
             raise bad_arg("--cache", str(cache), "cannot be combined with --no-cache; drop one of them")
         rank, _ = dist_env()  # a bad RANK/WORLD_SIZE is reported before an hf: engine loads its model
         engine_options = parse_options(engine_option)
+        if keep_newlines is None:
+            keep_newlines = default_keep_newlines(engine)
         eng = make_engine(engine, src, tgt, options=engine_options, keep_newlines=keep_newlines)
         # bergamot and hf engines are cached by default: their identity (package version, weight
         # files) is in the key. A python: engine may depend on what cltx cannot see (an API's model

@@ -407,3 +407,30 @@ def test_cli_refused_key_stops_the_run_naming_the_env_var(server, tmp_path):
     assert last.startswith("error: engine openai:m failed on") and "--max-errors=10" in last
     assert "HTTP 401" in last and "$OPENAI_API_KEY is not set" in last
     assert len(server.requests) <= 2  # the requests in flight when the first 401 came back, no more
+
+
+def test_cli_sends_whole_texts_to_chat_models_unless_told(server, tmp_path):
+    """openai: keeps line breaks itself, so a multi-line field is one request (more context, fewer calls);
+    --keep-newlines still splits it line by line, as for sentence-level engines (the default there)."""
+    server.respond = _word_map
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"instruction": "Say hello.\nRead the book.", "output": "Hello!"}) + "\n")
+    base = ["mt", str(inp), "--fields", "instruction,output", "--engine", "openai:m", "--no-cache"]
+    base += ["--engine-option", f"base_url={server.url}"]
+    r = CliRunner().invoke(app, [base[0], base[1], str(tmp_path / "a.jsonl"), *base[2:]])
+    assert r.exit_code == 0, r.output
+    assert any("Say hello.\nRead the book." in _user_text(q) for q in server.requests)
+    assert json.loads((tmp_path / "a.jsonl").read_text())["instruction"] == "Diga olá.\nLeia o livro."
+    server.requests.clear()
+    r = CliRunner().invoke(app, [base[0], base[1], str(tmp_path / "b.jsonl"), *base[2:], "--keep-newlines"])
+    assert r.exit_code == 0, r.output
+    assert not any("\n" in _user_text(q) for q in server.requests)
+    assert json.loads((tmp_path / "b.jsonl").read_text())["instruction"] == "Diga olá.\nLeia o livro."
+
+
+def test_line_by_line_is_the_default_for_other_engines():
+    from cltx.mt.engines import KeepNewlines, default_keep_newlines, make_engine
+
+    assert default_keep_newlines("bergamot") and default_keep_newlines("hf:x") and not default_keep_newlines("openai:m")
+    assert isinstance(make_engine("python:json:loads", "en", "pt"), KeepNewlines)
+    assert not isinstance(make_engine("openai:m", "en", "pt"), KeepNewlines)

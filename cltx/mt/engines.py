@@ -610,10 +610,20 @@ def parse_options(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def default_keep_newlines(spec: str) -> bool:
+    """Whether ``spec``'s engine translates line by line unless told otherwise: sentence-level engines
+    (bergamot, hf:, python:) do, as they join lines; a chat model (openai:) keeps line breaks itself and
+    translates better with the whole text as context (and one request instead of one per line)."""
+    return not spec.startswith("openai:")
+
+
 def make_engine(
-    spec: str, src: str, tgt: str, *, options: dict[str, Any] | None = None, keep_newlines: bool = True
+    spec: str, src: str, tgt: str, *, options: dict[str, Any] | None = None, keep_newlines: bool | None = None
 ) -> Engine:
-    """Build the engine named by ``spec`` (see the module docstring), wrapped in :class:`KeepNewlines`."""
+    """Build the engine named by ``spec`` (see the module docstring), wrapped in :class:`KeepNewlines`
+    (``keep_newlines``; None: :func:`default_keep_newlines`)."""
+    if keep_newlines is None:
+        keep_newlines = default_keep_newlines(spec)
     options = dict(options or {})
     try:
         if spec == "bergamot":
