@@ -88,6 +88,7 @@ class MTOptions:
         default_factory=lambda: ["instruction", "input", "output", "question", "passage", "answer"]
     )
     engine: str = "bergamot"
+    engine_options: dict = field(default_factory=dict)  # as `cltx mt --engine-option KEY=VALUE`
     limit: int = 0
     held_out: int = 8
     compare_separate: bool = True
@@ -97,10 +98,17 @@ class MTOptions:
             raise CltxError("mt.fields=[]: no field to translate; fix: list the record fields to translate")
         _nonneg("mt.limit", self.limit)
         _nonneg("mt.held_out", self.held_out)
-        if not (self.engine == "bergamot" or self.engine.startswith(("hf:", "python:"))):
+        if not (self.engine == "bergamot" or self.engine.startswith(("hf:", "python:", "openai:"))):
             raise CltxError(
-                f"mt.engine={self.engine!r}: unknown engine; fix: use bergamot, hf:MODEL or python:MODULE:FN"
+                f"mt.engine={self.engine!r}: unknown engine; fix: use bergamot, hf:MODEL, openai:MODEL or "
+                "python:MODULE:FN"
             )
+        for key, value in self.engine_options.items():
+            if key == "_base_dir" or not isinstance(value, (str, int, float, bool)):
+                raise CltxError(
+                    f"config: mt.engine_options.{key}={value!r}: each option is one string, number or boolean; "
+                    'fix: e.g. engine_options = { base_url = "http://localhost:8000/v1", concurrency = 16 }'
+                )
 
 
 @dataclass
@@ -411,6 +419,8 @@ def _build_section(name: str, cls: type, table: dict, device: str):
 def _coerce(section: str, key: str, value: Any, f: dataclasses.Field) -> Any:
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
     want = type(default)
+    if want is dict and isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k != "_base_dir"}  # a table gets one (relative paths)
     ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -545,6 +555,13 @@ def _check_files(cfg: RunConfig) -> None:
                 f"run.src/run.tgt={cfg.run.src!r}->{cfg.run.tgt!r}: mt.engine='bergamot' translates only "
                 f"{' and '.join(BergamotEngine.DIRECTIONS)}; fix: set mt.engine = 'hf:MODEL' for this pair"
             )
+    if eng.startswith("openai:"):  # its options are checked now (no request is sent); a server is not
+        from cltx.mt.engines import make_engine
+
+        try:
+            make_engine(eng, cfg.run.src, cfg.run.tgt, options=cfg.mt.engine_options)
+        except CltxError as e:
+            raise CltxError(f"mt.engine={eng!r}: {e}") from e
     if eng.startswith("python:"):
         module = eng[len("python:") :].rpartition(":")[0]
         if not module:
@@ -605,6 +622,8 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     run = dataclasses.asdict(cfg.run)
     shared = {"seed": run["seed"], "src": run["src"], "tgt": run["tgt"]}
     mt = {**dataclasses.asdict(cfg.mt), **shared}
+    if not mt["engine_options"]:
+        del mt["engine_options"]  # stage keys as before the option existed: earlier runs stay reusable
     st: list[Stage] = [Stage("mt", "mt", {**mt, "mode": "joint"}, [], _stage_mt, [cfg.mt.input])]
     if cfg.mt.compare_separate:
         st.append(Stage("mt-separate", "mt", {**mt, "mode": "separate"}, [], _stage_mt, [cfg.mt.input]))
@@ -877,7 +896,7 @@ def _stage_mt(ctx: RunContext, st: Stage) -> dict[str, Any]:
 
     o, d = st.options, ctx.dir(st.name)
     inp = _limited_input(Path(o["input"]), o["limit"], d / "input.jsonl")
-    engine = make_engine(o["engine"], o["src"], o["tgt"])
+    engine = make_engine(o["engine"], o["src"], o["tgt"], options=o.get("engine_options"))
     mt_cfg = MTConfig(fields=o["fields"], src=o["src"], tgt=o["tgt"], mode=o["mode"])
     t0 = time.perf_counter()
     rep = run_file(inp, d / "data.jsonl", engine, mt_cfg, overwrite=True, progress=ctx.progress, rank=0, world_size=1)

@@ -91,6 +91,9 @@ def test_extends_a_shipped_config_by_its_file_name(tmp_path):
         ("[mt]\nlimit = 4\nheld_out = 3\n", "mt.held_out=3: with mt.limit=4"),  # was cut to 2 silently
         ("[run]\ntgt = 'de'\n", "mt.engine='bergamot' translates only en-pt and pt-en"),  # failed in stage mt
         ("[mt]\ninput = '.'\n", "mt.input=.*a folder, not a file"),
+        ("[mt]\nengine = 'openai:m'\nengine_options = { concurrency = 0 }\n", "mt.engine='openai:m'.*concurrency"),
+        ("[mt]\nengine_options = { a = [1] }\n", "mt.engine_options.a=\\[1\\]"),
+        ("[mt]\nengine_options = 'x'\n", "mt.engine_options='x' should be dict"),
     ],
 )
 def test_bad_config_fails_before_any_stage(tmp_path, monkeypatch, text, match):
@@ -317,3 +320,31 @@ def test_quick_run_end_to_end(tmp_path):
         assert (run / plot).stat().st_size > 1000, plot
     md = (run / "report.md").read_text()
     assert "English vocabulary swap" in md and "## CLO vs SFT" in md
+
+
+def test_engine_options_reach_the_engine_and_keep_stage_keys(tmp_path, tiny_llama, monkeypatch):
+    """[mt] engine_options = {...} is `cltx mt --engine-option` for the run; without it the stage keys (and so the
+    reuse of earlier runs) are what they were before the option existed."""
+    from cltx.run import build_stages, load_config
+
+    cfg = _small_config(tmp_path, tiny_llama)
+    text = cfg.read_text().replace("[mt]\n", '[mt]\nengine_options = { suffix = "!" }\n', 1)
+    eng = tmp_path / "upper_engine.py"
+    eng.write_text(
+        ENGINE.replace(
+            "def translate(texts, src, tgt):\n    return [t.upper() for t in texts]",
+            "def translate(texts, src, tgt, suffix=''):\n    return [t.upper() + suffix for t in texts]",
+        )
+    )
+    cfg.write_text(text)
+    monkeypatch.setenv(STOP_ENV, "mt")
+    with pytest.raises(RunStopped):
+        run_pipeline(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "out" / "mt" / "data.jsonl").read_text().splitlines()]
+    bangs = sum(r[f].count("!") - r["_source"][f].count("!") for r in rows for f in r["_source"])
+    assert rows and bangs >= len(rows)  # every engine call ended its text with the option's suffix
+    (tmp_path / "b").mkdir()
+    plain = {s.name: s.options for s in build_stages(load_config(_small_config(tmp_path / "b", tiny_llama)))}
+    assert "engine_options" not in plain["mt"]
+    with_opts = {s.name: s.options for s in build_stages(load_config(cfg))}
+    assert with_opts["mt"]["engine_options"] == {"suffix": "!"}
