@@ -278,7 +278,7 @@ def train_clo(
             f"data: {data_report.used}/{data_report.records} records used{exchanges}; {describe_skips(data_report)}"
         )
     elif exchanges:
-        progress.message(f"data: {data_report.used} records give{exchanges}")
+        progress.message(f"data: {data_report.used} records give {data_report.examples} examples (chat exchanges)")
     if data_report.exchanges_skipped:
         progress.message(f"data: chat exchanges skipped: {dict(data_report.exchanges_skipped)}")
     if data_report.histories_trimmed:
