@@ -16,6 +16,12 @@ EVAL_CHAT_TURNS_HELP = (
 )
 
 
+def _unit(res: dict) -> str:
+    """What the table counts: records, or examples where chat records gave one per exchange."""
+    chat = any("turn" in smp for m in res["models"] for smp in m.get("samples", []))
+    return "examples (chat exchanges)" if chat else "records"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     @user_errors
@@ -81,13 +87,14 @@ def register(app: typer.Typer) -> None:
                 progress=prog,
             )
         t = res["tgt"]
+        held = f"{res['usable']} held-out {_unit(res)}"
         table = Table(
             "model",
             "en prompt → en answer",
             f"{t} prompt → {t} answer",
             "NLL en",
             f"NLL {t}",
-            title=f"cltx eval: {res['usable']} held-out records × 2 languages, greedy ≤ {res['max_new_tokens']} tokens",
+            title=f"cltx eval: {held} × 2 languages, greedy ≤ {res['max_new_tokens']} tokens",
         )
         for r in summary_rows(res):
             table.add_row(

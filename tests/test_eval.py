@@ -160,6 +160,7 @@ def test_cli_eval_chat_turns(tmp_path, tok):
         assert res.exit_code == 0, res.output
         rep = json.loads((tmp_path / f"{turns_opt}.json").read_text())
         assert rep["usable"] == usable and {s["turn"] for s in rep["models"][0]["samples"]} == turn
+        assert f"{usable} held-out examples (chat exchanges)" in res.output
 
 
 def test_target_language_from_the_mt_report(tmp_path, tok, monkeypatch):
