@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from cltx.cli._ui import RichProgress, out, setup_logging, user_errors
+
+
+class TrainMode(str, Enum):
+    full = "full"
+    embeddings = "embeddings"
 
 
 def register(app: typer.Typer) -> None:
@@ -32,6 +38,13 @@ def register(app: typer.Typer) -> None:
             typer.Option("--resume", help="Continue from the last checkpoint in --out (written with --save-steps)."),
         ] = False,
         seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
+        train: Annotated[
+            TrainMode,
+            typer.Option(
+                "--train",
+                help="full: every weight; embeddings: only the input embeddings and the LM head (the rest frozen).",
+            ),
+        ] = TrainMode.full,
         eval_text: Annotated[
             Optional[Path], typer.Option("--eval-text", help="Held-out text: loss and bits/byte before and after.")
         ] = None,
@@ -65,10 +78,13 @@ def register(app: typer.Typer) -> None:
                 bf16=bf16,
                 save_steps=save_steps,
                 seed=seed,
+                train=train.value,
             )
         table = Table("metric", "value", title=f"cltx pretrain → {out_dir}")
         curve = rep["loss_curve"]
         table.add_row("steps", str(rep["steps"]))
+        if rep["train"] != "full":
+            table.add_row("trained", f"{rep['train']} ({rep['trainable_parameters']:,} parameters)")
         table.add_row("tokens trained", f"{rep['tokens_trained']:,}")
         if curve:
             table.add_row("loss first → last step", f"{curve[0]['loss']:.4f} → {curve[-1]['loss']:.4f}")

@@ -34,6 +34,11 @@ logger = logging.getLogger(__name__)
 
 REPORT_NAME = "pretrain_report.json"
 
+#: What ``--train`` trains. ``embeddings``: the input embedding matrix and the LM head (one matrix when
+#: tied), the rest frozen — the cheap first stage after a vocabulary swap, when only the embedding rows
+#: are new (the body still expects the LLM's embedding geometry, which SALT's fits approximate).
+TRAIN_MODES = ("full", "embeddings")
+
 
 @checked_init
 @dataclass
@@ -46,13 +51,19 @@ class PretrainConfig(TrainingArguments):
     """
 
     block_size: int = field(default=256, metadata={"help": "Tokens per packed training block."})
+    train: str = field(
+        default="full",
+        metadata={"help": "full: every weight; embeddings: the input embeddings and LM head only (TRAIN_MODES)."},
+    )
     max_eval_bytes: int = field(default=200_000, metadata={"help": "Cap on the evaluation text (bytes)."})
 
     def __post_init__(self):
         # Types first: max_steps="3" was a TypeError from the comparison below or deep in the Trainer.
-        check_fields(self, only=("block_size", "max_eval_bytes", *TRAINING_NUMBERS))
+        check_fields(self, only=("block_size", "train", "max_eval_bytes", *TRAINING_NUMBERS))
         if self.block_size < 2:
             raise bad_arg("block_size", self.block_size, "use at least 2 tokens per block")
+        if self.train not in TRAIN_MODES:
+            raise bad_arg("train", self.train, f"use one of {', '.join(TRAIN_MODES)}")
         if self.max_steps is None or self.max_steps <= 0:
             raise bad_arg("max_steps", self.max_steps, "give a positive number of optimiser steps")
         super().__post_init__()
@@ -71,6 +82,7 @@ def make_config(
     warmup_steps: int = 0,
     save_steps: int = 0,
     device: str | None = None,
+    train: str = "full",
     **extra: Any,
 ) -> PretrainConfig:
     """Build a :class:`PretrainConfig` with cltx's defaults from plain keyword options."""
@@ -93,6 +105,7 @@ def make_config(
         output_dir=str(out),
         max_steps=max_steps,
         block_size=block_size,
+        train=train,
         per_device_train_batch_size=batch_size,
         learning_rate=lr,
         bf16=bf16,
@@ -303,6 +316,28 @@ def _cap_docs(docs: list[str], max_bytes: int) -> list[str]:
 # --------------------------------------------------------------------------------------- train
 
 
+def set_trainable(model, mode: str) -> dict[str, Any]:
+    """Freeze what ``mode`` (:data:`TRAIN_MODES`) does not train; return the trained parameters' names and count."""
+    if mode not in TRAIN_MODES:
+        raise bad_arg("train", mode, f"use one of {', '.join(TRAIN_MODES)}")
+    params = dict(model.named_parameters())
+    if mode == "full":
+        for p in params.values():
+            p.requires_grad_(True)
+        return {"names": ["all"], "parameters": sum(p.numel() for p in params.values())}
+    keep = []
+    for module in (model.get_input_embeddings(), model.get_output_embeddings()):
+        w = getattr(module, "weight", None)
+        if w is not None and all(w is not k for k in keep):
+            keep.append(w)
+    if not keep:
+        raise bad_arg("train", mode, f"{type(model).__name__} exposes no embedding matrix to train; use --train full")
+    for p in params.values():
+        p.requires_grad_(any(p is k for k in keep))
+    names = [n for n, p in params.items() if p.requires_grad]
+    return {"names": names, "parameters": sum(params[n].numel() for n in names)}
+
+
 @quiet_hf_bars()
 def pretrain(
     model: str,
@@ -325,7 +360,8 @@ def pretrain(
         out: output folder (safetensors model, tokenizer, ``pretrain_report.json``).
         config: a full :class:`PretrainConfig`; otherwise ``options`` go to :func:`make_config`
             (``max_steps``, ``block_size``, ``batch_size``, ``lr``, ``bf16``, ``seed``,
-            ``grad_accum``, ``warmup_steps``, ``save_steps``, ``device``).
+            ``grad_accum``, ``warmup_steps``, ``save_steps``, ``device``, ``train``: ``full`` or
+            ``embeddings``, see :data:`TRAIN_MODES`).
         resume: continue from the last ``checkpoint-N`` folder in ``out`` (written with ``save_steps``).
             With none there it starts from step 0 when ``save_steps`` is set (a run stopped before
             its first checkpoint) and is an error when it is not (nothing would ever be resumed).
@@ -374,6 +410,9 @@ def pretrain(
         f"{cfg.max_steps} steps × {tokens_per_step} tokens = {cfg.max_steps * tokens_per_step} tokens"
     )
     lm.config.use_cache = False
+    trainable = set_trainable(lm, cfg.train)
+    if cfg.train != "full":
+        prog.message(f"pretrain: training {trainable['names']} only ({trainable['parameters']:,} parameters)")
 
     device = "cpu" if cfg.use_cpu or not torch.cuda.is_available() else "cuda"
     eval_before = None
@@ -434,6 +473,8 @@ def pretrain(
         "batch_size": cfg.per_device_train_batch_size,
         "grad_accum": cfg.gradient_accumulation_steps,
         "bf16": bool(cfg.bf16),
+        "train": cfg.train,
+        "trainable_parameters": trainable["parameters"],
         "resumed_from": resume_from,
         "train_s": train_s,
         "wall_s": time.perf_counter() - t0,

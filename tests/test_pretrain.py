@@ -173,6 +173,15 @@ def test_cli_pretrain(tiny, tmp_path):
         app, ["pretrain", "--model", str(tiny), "--text", str(tmp_path / "nope.txt"), "--out", "x"]
     )
     assert res.exit_code == 1 and "text=" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(
+        app, [*args[:6], str(tmp_path / "e"), *args[7:], "--block-size", "16", "--train", "embeddings"]
+    )
+    assert res.exit_code == 0, res.output
+    assert (
+        "embeddings (" in res.output
+        and json.loads((tmp_path / "e" / "pretrain_report.json").read_text())["train"] == "embeddings"
+    )
+    assert CliRunner().invoke(app, [*args, "--train", "attention"]).exit_code == 2
 
 
 def test_read_documents_json_suffixes_encoding_and_fields(tmp_path):
@@ -279,3 +288,34 @@ def test_library_call_draws_no_bars_and_names_a_misspelt_option(tiny, tmp_path, 
         assert captured.out == ""
         assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err, captured.err
     assert hf_logging.is_progress_bar_enabled()  # the caller's setting is restored
+
+
+def test_train_embeddings_only_changes_only_the_embeddings(tiny, tmp_path):
+    """--train embeddings: the input embeddings and the (untied) LM head learn, every other weight stays
+    bit-identical; a tied model trains its one matrix once."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from cltx.pretrain import pretrain, set_trainable
+
+    text = tmp_path / "train.txt"
+    text.write_text("\n".join(TEXT), encoding="utf-8")
+    rep = pretrain(str(tiny), text, tmp_path / "emb", max_steps=3, block_size=16, batch_size=2, lr=1e-2,
+                   device="cpu", train="embeddings")  # fmt: skip
+    start = dict(AutoModelForCausalLM.from_pretrained(tiny).named_parameters())
+    after = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "emb").named_parameters())
+    changed = {n for n in start if not torch.equal(start[n], after[n])}
+    assert changed == {"model.embed_tokens.weight", "lm_head.weight"}
+    v, h = start["lm_head.weight"].shape
+    assert rep["train"] == "embeddings" and rep["trainable_parameters"] == 2 * v * h
+    # the full mode trains the body too
+    full = pretrain(str(tiny), text, tmp_path / "full", max_steps=1, block_size=16, batch_size=2, lr=1e-2, device="cpu")
+    after = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "full").named_parameters())
+    assert not torch.equal(start["model.layers.0.mlp.up_proj.weight"], after["model.layers.0.mlp.up_proj.weight"])
+    assert full["train"] == "full" and full["trainable_parameters"] == sum(p.numel() for p in start.values())
+    tied = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, tie_word_embeddings=True))  # fmt: skip
+    got = set_trainable(tied, "embeddings")
+    assert got["parameters"] == 50 * 16 and [n for n, p in tied.named_parameters() if p.requires_grad] == got["names"]
+    with pytest.raises(CltxError, match="train"):
+        pretrain(str(tiny), text, tmp_path / "bad", max_steps=1, train="lora")
