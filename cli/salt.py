@@ -25,6 +25,18 @@ def _fmt(v, spec: str = ".4f") -> str:
     return "—" if v is None else format(v, spec)
 
 
+def _marker(entry: dict) -> str:
+    """One chat-template marker of the report, as the summary line shows it."""
+    how = entry["handled"]
+    if how == "rewritten":
+        return f"{entry['token']} → {entry['to']}"
+    if how == "added":
+        return f"{entry['token']} added as {entry['id']}"
+    if how == "paired":
+        return f"{entry['token']} paired with {entry['id']}"
+    return f"{entry['token']} kept as text"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("salt")
     @user_errors
@@ -113,6 +125,10 @@ def register(app: typer.Typer) -> None:
         # An added token (the LLM's bos where the PLM has none apart from its eos) changes the vocabulary size.
         for note in m.get("notes") or []:
             out.print(f"[yellow]note[/]: {escape(note)}", highlight=False)
+        chat = m.get("chat_template") or {}
+        if chat.get("carried"):
+            how = ", ".join(_marker(e) for e in chat.get("markers") or [])
+            out.print(escape(f"chat template: carried over ({how or 'no markers'})"), highlight=False)
         table = Table("method", "bits/byte", "Δ vs LLM", "hold-out cos", "hold-out rel. err", "fallback", "init s")
         base = summary.get("llm_bits_per_byte")
         if base is not None:

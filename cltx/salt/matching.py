@@ -29,12 +29,33 @@ no bos), the new vocabulary gets the LLM's bos string as one added special token
 row (:attr:`Matching.added`): without it the new model would see no start token at all, and Gemma
 depends on its bos heavily. A PLM token that already spells that string becomes the bos instead. An
 LLM whose tokenizer prepends nothing (Qwen2) gets nothing prepended.
+
+The LLM's chat template is carried over (:attr:`Matching.chat_template`), so that
+``apply_chat_template`` works on the new model. Its markers are the LLM's added tokens whose text
+occurs literally in the template source (every named template of a dict or list), special or shaped
+like a marker (``<...>``, ``[...]``), two characters or more (:func:`chat_markers`). Each marker, in
+LLM id order, keeps its LLM row in one of three ways (:attr:`Matching.chat_markers` says which):
+
+* rewritten: a role already gives a PLM token that row (priority eos, bos, pad, unk), so the marker's
+  text in the template becomes that token's string — SmolLM2's bos ``<|im_start|>`` becomes BERT's
+  ``[CLS]``, its eos ``<|im_end|>`` becomes ``[SEP]`` — and no row is duplicated;
+* paired: the PLM has a token of exactly that string that keeps no LLM row yet; it gets the marker's row;
+* added: a new token of the new vocabulary, after the PLM's and after an added bos, with the
+  marker's rows (:attr:`Matching.added`): ChatML's ``<|im_start|>`` with BERT, Llama-3's
+  ``<|start_header_id|>``, ``<|end_header_id|>`` and ``<|eot_id|>``, Gemma's ``<start_of_turn>``.
+
+Paired and added markers become added tokens of the new tokenizer with the LLM's flags (special or
+not, lstrip, rstrip), so a rendered conversation never splits them; a marker whose LLM row is one of
+the LLM's end tokens (``<|eot_id|>`` in Llama-3's generation config) ends generation like the eos.
+Template variables (``{{ bos_token }}``, ``{{ eos_token }}``) need no change: they render the new
+tokenizer's role tokens, which have those rows.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
@@ -235,6 +256,14 @@ class Matching:
         prepends: ``{"id", "token", "llm_id", "llm_token"}`` of the token the new tokenizer prepends (the new
             model's bos, with the row of the token the LLM's tokenizer prepends), or None when the LLM's
             tokenizer prepends nothing (Qwen2).
+        chat_template: the LLM's chat template with its markers rewritten for the new vocabulary (a str, or
+            ``{name: template}`` for named templates), or None when the LLM has none.
+        chat_markers: per marker of the LLM's template, ``{"llm_id", "token", "handled", "id", …}`` with
+            ``handled`` one of ``rewritten`` (``to``: the PLM token's string, ``role``), ``paired``, ``added``
+            or ``kept`` (the PLM's token of that string keeps another LLM row; ``reason``).
+        marker_tokens: ``{id: {"content", "special", "lstrip", "rstrip", "single_word"}}`` of the paired and
+            added markers, which the new tokenizer makes added tokens with the LLM's flags.
+        chat_template_note: why no template was carried over, or None.
     """
 
     llm_family: str
@@ -253,6 +282,10 @@ class Matching:
     notes: list[str] = field(default_factory=list)
     llm_tokens: dict[int, str] = field(default_factory=dict)
     prepends: dict | None = None
+    chat_template: str | dict[str, str] | None = None
+    chat_markers: list[dict] = field(default_factory=list)
+    marker_tokens: dict[int, dict] = field(default_factory=dict)
+    chat_template_note: str | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -281,13 +314,31 @@ class Matching:
             },
             "new_model_vocab_size": self.vocab_size,
             "added_tokens": [
-                {"id": i, "token": t, "role": r, "llm_id": q, "llm_token": self.llm_tokens.get(q)}
+                {"id": i, "token": t, "role": role, "llm_id": q, "llm_token": self.llm_tokens.get(q)}
                 for i, t in self.added.items()
-                for r, (p, q) in self.roles.items()
-                if p == i
+                for role, q in self._added_roles(i)
             ],
             "prepends": dict(self.prepends) if self.prepends else None,
+            "chat_template": self.chat_template_summary(),
             "notes": list(self.notes),
+        }
+
+    def _added_roles(self, token_id: int) -> list[tuple[str, int]]:
+        """``(role, llm_id)`` of an added token: its special roles, else ``chat_marker`` for a template marker."""
+        roles = [(r, q) for r, (p, q) in self.roles.items() if p == token_id]
+        if not roles and token_id in self.pairs:
+            roles = [("chat_marker", self.pairs[token_id])]
+        return roles
+
+    def chat_template_summary(self) -> dict:
+        """The report's ``chat_template`` entry: whether it was carried over, and how each marker was."""
+        if self.chat_template is None:
+            return {"carried": False, "reason": self.chat_template_note or "the LLM's tokenizer has no chat template"}
+        names = sorted(self.chat_template) if isinstance(self.chat_template, dict) else None
+        return {
+            "carried": True,
+            **({"templates": names} if names is not None else {}),
+            "markers": [dict(e) for e in self.chat_markers],
         }
 
 
@@ -318,6 +369,192 @@ def _bos_slot(plm_tokenizer, text: str, *, taken: set[int]) -> tuple[str, int, b
 
 def _vocab_by_id(tokenizer) -> dict[int, str]:
     return {i: t for t, i in tokenizer.get_vocab().items()}
+
+
+# ------------------------------------------------------------------------------ chat template
+
+MARKER_SHAPE = re.compile(r"<[^<>\s]+>|\[[^\[\]\s]+\]")
+# A rewritten marker lands inside a Jinja string literal or statement: a PLM token string with one of these
+# characters could end the literal or open a tag, so such a marker keeps its own text instead.
+_JINJA_UNSAFE = re.compile(r"['\"\\{}%#\n\r]")
+
+
+def chat_template_sources(template) -> dict[str | None, str] | None:
+    """A tokenizer's chat template as ``{name: source}`` (``{None: source}`` for a single template).
+
+    ``chat_template`` is a str, a dict ``{name: template}`` (transformers' form of several named templates), or
+    a list of ``{"name", "template"}`` (their form in ``tokenizer_config.json``). Returns ``{}`` for None and
+    None for anything else.
+    """
+    if template is None:
+        return {}
+    if isinstance(template, str):
+        return {None: template}
+    if isinstance(template, dict) and all(isinstance(v, str) for v in template.values()):
+        return {str(k): v for k, v in template.items()}
+    if isinstance(template, (list, tuple)) and all(
+        isinstance(t, dict) and isinstance(t.get("template"), str) and "name" in t for t in template
+    ):
+        return {str(t["name"]): t["template"] for t in template}
+    return None
+
+
+def chat_markers(llm_tokenizer) -> list[tuple[int, object]]:
+    """``(llm_id, AddedToken)`` of the markers of the LLM's chat template, in LLM id order.
+
+    A marker is an added token whose text occurs literally in a template source, that is special or shaped
+    like a marker (``<...>``, ``[...]``), at least two characters long and not only whitespace. A token whose
+    text occurs only inside a longer marker's is not one.
+    """
+    sources = chat_template_sources(getattr(llm_tokenizer, "chat_template", None))
+    if not sources:
+        return []
+    decoder = getattr(llm_tokenizer, "added_tokens_decoder", None) or {}
+    candidates = [
+        (i, a)
+        for i, a in decoder.items()
+        if len(a.content) >= 2 and a.content.strip() and (a.special or MARKER_SHAPE.fullmatch(a.content))
+    ]
+    texts = list(sources.values())
+    found = []
+    for i, a in sorted(candidates, key=lambda ia: (-len(ia[1].content), ia[0])):
+        if any(a.content in t for t in texts):
+            found.append((i, a))
+            texts = [t.replace(a.content, "\0") for t in texts]
+    return sorted(found, key=lambda ia: ia[0])
+
+
+def rewrite_markers(template, rewrites: dict[str, str]):
+    """``template`` (str, dict or list) with every marker text of ``rewrites`` replaced, longest first, in
+    one pass (a replacement is never rewritten again; give a marker that keeps its text as ``{text: text}``,
+    so that no shorter marker is replaced inside it); a list of named templates becomes a dict."""
+    sources = chat_template_sources(template)
+    if sources is None:
+        raise ValueError(f"chat_template of type {type(template).__name__} (a bug: please report it)")
+    if rewrites:
+        pattern = re.compile("|".join(re.escape(t) for t in sorted(rewrites, key=lambda t: (-len(t), t))))
+        sources = {k: pattern.sub(lambda mt: rewrites[mt.group(0)], v) for k, v in sources.items()}
+    if isinstance(template, str):
+        return sources[None]
+    return dict(sources)
+
+
+def added_token_ids(tokenizer, tokens: list[dict]) -> list[int]:
+    """The ids the tokenizer's backend gives ``tokens`` (``{"content", "special", …}``), added in order to one
+    copy, as :func:`cltx.salt.tokenizer.causal_tokenizer` adds them."""
+    from tokenizers import Tokenizer
+
+    from cltx.salt.tokenizer import add_token
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    for spec in tokens:
+        add_token(backend, spec)
+    return [backend.token_to_id(spec["content"]) for spec in tokens]
+
+
+def _token_spec(added) -> dict:
+    """The flags of an LLM added token that the new tokenizer's copy keeps."""
+    return {
+        "content": added.content,
+        "special": bool(added.special),
+        "lstrip": bool(added.lstrip),
+        "rstrip": bool(added.rstrip),
+        "single_word": bool(added.single_word),
+    }
+
+
+@dataclass
+class _ChatResult:
+    template: str | dict | None
+    markers: list[dict]
+    tokens: dict[int, dict]
+    note: str | None
+
+
+def _carry_chat_template(
+    llm_tokenizer,
+    plm_tokenizer,
+    *,
+    pairs: dict[int, int],
+    kinds: dict[int, str],
+    roles: dict[str, tuple[int, int]],
+    added: dict[int, str],
+    llm_tokens: dict[int, str],
+    new: list[int],
+    unmapped: list[int],
+    notes: list[str],
+) -> _ChatResult:
+    """Carry the LLM's chat template over (module docstring); updates pairs, kinds, added, new, unmapped, notes."""
+    template = getattr(llm_tokenizer, "chat_template", None)
+    sources = chat_template_sources(template)
+    if sources is None:
+        why = f"the LLM's chat_template is a {type(template).__name__}, not a str, dict or list of templates"
+        notes.append(f"chat template: not carried over ({why})")
+        return _ChatResult(None, [], {}, why)
+    if not sources:
+        return _ChatResult(None, [], {}, "the LLM's tokenizer has no chat template")
+
+    def plm_text(pid: int) -> str:
+        return added[pid] if pid in added else plm_tokenizer.convert_ids_to_tokens(pid)
+
+    strings = {**plm_tokenizer.get_vocab(), **{t: i for i, t in added.items()}}
+    rewrites: dict[str, str] = {}
+    entries: list[dict] = []
+    to_add: list[tuple[int, dict, dict]] = []  # (llm_id, token spec, report entry)
+    tokens: dict[int, dict] = {}
+    for lid, tok in chat_markers(llm_tokenizer):
+        text = tok.content
+        # Every marker takes part in the one-pass rewrite, those that keep their text too: a marker inside
+        # a longer one's text (``<|im_end|>`` in ``<|im_end|>!``) is then never rewritten there.
+        rewrites[text] = text
+        entry: dict = {"llm_id": lid, "token": text}
+        role = next((r for r in ROLES if r in roles and roles[r][1] == lid), None)
+        if role is not None and not _JINJA_UNSAFE.search(plm_text(roles[role][0])):
+            pid = roles[role][0]
+            rewrites[text] = plm_text(pid)
+            entries.append({**entry, "handled": "rewritten", "to": plm_text(pid), "id": pid, "role": role})
+            continue
+        pid = strings.get(text)
+        if pid is None:
+            entry["handled"] = "added"
+            entries.append(entry)  # its id comes below, once every added marker is known
+            to_add.append((lid, _token_spec(tok), entry))
+        elif pid in pairs and pairs[pid] != lid:
+            why = f"the PLM's token {text!r} ({pid}) keeps the LLM's row {pairs[pid]}"
+            entries.append({**entry, "handled": "kept", "id": pid, "reason": why})
+            notes.append(f"chat template: the marker {text!r} is kept as text, but {why}, not the marker's {lid}")
+        else:
+            if pid not in pairs:
+                pairs[pid] = lid
+                kinds[pid] = KIND_SPECIAL
+                for ids in (new, unmapped):
+                    if pid in ids:
+                        ids.remove(pid)
+                notes.append(f"chat template: the PLM's token {text!r} ({pid}) gets the row of the LLM's marker")
+            tokens[pid] = _token_spec(tok)
+            entries.append({**entry, "handled": "paired", "id": pid})
+    if to_add:
+        # After the PLM's tokens and an added bos, in LLM id order: causal_tokenizer adds them in id order.
+        before = [{"content": added[i], "special": True} for i in sorted(added)]
+        ids = added_token_ids(plm_tokenizer, before + [spec for _, spec, _ in to_add])[len(before) :]
+        taken = set(strings.values())
+        for (lid, spec, entry), pid in zip(to_add, ids, strict=True):
+            if pid is None or pid in taken:
+                raise RuntimeError(f"the marker {spec['content']!r} got the taken id {pid} (a bug: please report it)")
+            pairs[pid] = lid
+            kinds[pid] = KIND_SPECIAL
+            added[pid] = spec["content"]
+            llm_tokens[lid] = spec["content"]
+            tokens[pid] = spec
+            entry["id"] = pid
+            taken.add(pid)
+        listed = ", ".join(f"{spec['content']!r} ({entry['id']})" for _, spec, entry in to_add)
+        notes.append(f"chat template: added {listed} to the vocabulary with the rows of the LLM's markers")
+    carried = rewrite_markers(template, rewrites)
+    for e in entries:
+        if e["handled"] == "rewritten":
+            logger.info("chat template: %r → %r (%s, id %d)", e["token"], e["to"], e["role"], e["id"])
+    return _ChatResult(carried, entries, tokens, None)
 
 
 def match_vocabularies(llm_tokenizer, plm_tokenizer) -> Matching:
@@ -459,6 +696,20 @@ def match_vocabularies(llm_tokenizer, plm_tokenizer) -> Matching:
             kinds[pid] = kind
             basis.append(pid)
 
+    # 3. The markers of the LLM's chat template: rewritten to a role's PLM token, paired, or added.
+    chat = _carry_chat_template(
+        llm_tokenizer,
+        plm_tokenizer,
+        pairs=pairs,
+        kinds=kinds,
+        roles=roles,
+        added=added,
+        llm_tokens=llm_tokens,
+        new=new,
+        unmapped=unmapped,
+        notes=notes,
+    )
+
     plm_size = max(len(plm_tokenizer), max(forms) + 1 if forms else 0)
     m = Matching(
         llm_family=llm_family,
@@ -477,6 +728,10 @@ def match_vocabularies(llm_tokenizer, plm_tokenizer) -> Matching:
         notes=notes,
         llm_tokens=llm_tokens,
         prepends=prepends,
+        chat_template=chat.template,
+        chat_markers=chat.markers,
+        marker_tokens=chat.tokens,
+        chat_template_note=chat.note,
     )
     logger.info(
         "matched %d of %d PLM tokens to the LLM (%s → %s): %s",

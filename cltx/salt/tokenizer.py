@@ -11,6 +11,14 @@ that is the PLM's eos (BERT's ``[SEP]``), which is then bos and eos at once. Whe
 apart from its eos (GPT-2, T5) and the LLM prepends its bos, the bos is the LLM's bos string added to the
 vocabulary as a special token (:attr:`cltx.salt.matching.Matching.added`).
 
+The LLM's chat template goes to the new tokenizer with its markers rewritten for the new vocabulary
+(:attr:`cltx.salt.matching.Matching.chat_template`; the rule is in :mod:`cltx.salt.matching`): a marker
+that a role's token already carries (SmolLM2's ``<|im_end|>``) is written as that token (``[SEP]``); a
+marker the PLM spells, or one added to the vocabulary (ChatML's ``<|im_start|>`` with BERT), becomes an
+added token here with the LLM's flags (special or not, lstrip, rstrip; ids after the PLM's and an added
+bos, in LLM id order, checked), and the special ones are extra special tokens, so ``all_special_ids``
+and ``skip_special_tokens`` know them. Every marker's text in the template encodes to its one token (checked).
+
 A WordPiece decoder is replaced by one that puts the space before every word-start token, the first
 included (as byte-level BPE and SentencePiece tokens carry theirs): a WordPiece decoder joins tokens
 with spaces *between* them, so text decoded from the generated tokens alone — what transformers'
@@ -99,6 +107,28 @@ def _keep_first_space(spec: dict | None) -> dict | None:
     return spec
 
 
+def add_token(backend, spec: dict) -> None:
+    """Add one token to a ``tokenizers`` backend: ``spec`` is ``{"content", "special", "lstrip", "rstrip",
+    "single_word"}`` (only ``content`` needed; special by default), never normalised (matched on the raw text).
+
+    A token the backend has already (a PLM's added token) is updated to these flags and keeps its id.
+    """
+    from tokenizers import AddedToken
+
+    token = AddedToken(
+        spec["content"],
+        special=bool(spec.get("special", True)),
+        normalized=False,
+        lstrip=bool(spec.get("lstrip", False)),
+        rstrip=bool(spec.get("rstrip", False)),
+        single_word=bool(spec.get("single_word", False)),
+    )
+    if token.special:
+        backend.add_special_tokens([token])
+    else:
+        backend.add_tokens([token])
+
+
 def _max_length(llm_tokenizer, llm_config) -> int:
     n = getattr(llm_tokenizer, "model_max_length", None)
     if isinstance(n, int) and 0 < n < 10**8:
@@ -116,6 +146,8 @@ def causal_tokenizer(
     *,
     prepend: bool,
     added: dict[int, str] | None = None,
+    markers: dict[int, dict] | None = None,
+    chat_template=None,
 ):
     """Build the new model's tokenizer.
 
@@ -127,14 +159,21 @@ def causal_tokenizer(
         prepend: whether the LLM's tokenizer prepends a token (:attr:`cltx.salt.matching.Matching.prepends`
             is set); the new tokenizer then prepends its bos, which the matching gave that token's row.
         added: ``{id: token}`` of :attr:`cltx.salt.matching.Matching.added`: special tokens the new
-            vocabulary has beyond the PLM's (the LLM's bos where the PLM has none apart from its eos).
+            vocabulary has beyond the PLM's (the LLM's bos where the PLM has none apart from its eos, the
+            markers of its chat template that no PLM token carries).
+        markers: ``{id: {"content", "special", "lstrip", "rstrip", "single_word"}}`` of
+            :attr:`cltx.salt.matching.Matching.marker_tokens`: chat-template markers made added tokens.
+        chat_template: the new tokenizer's chat template (:attr:`cltx.salt.matching.Matching.chat_template`),
+            or None.
 
     Returns:
         A ``PreTrainedTokenizerFast`` with bos/eos/pad/unk set and no [CLS]/[SEP] wrapping.
     """
-    from tokenizers import AddedToken, Tokenizer
+    from tokenizers import Tokenizer
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
+
+    from cltx.salt.matching import chat_template_sources
 
     if "eos" not in roles:
         raise CltxError(
@@ -153,17 +192,31 @@ def causal_tokenizer(
         return added[tid] if tid in added else plm_tokenizer.convert_ids_to_tokens(tid)
 
     bos = convert(roles["bos"][0]) if "bos" in roles else None
+    markers = dict(markers or {})
+    sources = chat_template_sources(chat_template) or {}
+    # Role tokens that the chat template writes out (the markers rewritten to them): one token each.
+    in_template = {pid for pid, _ in roles.values() if any(convert(pid) in src for src in sources.values())}
     # An added bos, or a PLM token of the LLM's bos string that becomes the bos, is made a special token, so
-    # that it is never split, and skip_special_tokens drops it.
+    # that it is never split, and skip_special_tokens drops it; template markers keep the LLM's flags. Added
+    # tokens go in id order, as the matching numbered them (added_token_ids).
     specials = backend.get_added_tokens_decoder()
-    for tid in sorted({*added, *([roles["bos"][0]] if bos is not None else [])}):
-        text = convert(tid)
-        if not (tid in specials and specials[tid].special):
-            backend.add_special_tokens([AddedToken(text, special=True, normalized=False)])
+    for tid in sorted({*added, *markers, *in_template, *([roles["bos"][0]] if bos is not None else [])}):
+        if tid in markers:
+            text = markers[tid]["content"]
+            add_token(backend, markers[tid])
+        else:
+            text = convert(tid)
+            if not (tid in specials and specials[tid].special):
+                add_token(backend, {"content": text, "special": True})
         if backend.token_to_id(text) != tid:
             raise RuntimeError(
                 f"the new tokenizer gave {text!r} id {backend.token_to_id(text)}, not {tid} (a bug: please report it)"
             )
+    for tid in sorted({*markers, *in_template}):
+        text = markers[tid]["content"] if tid in markers else convert(tid)
+        got = backend.encode(text, add_special_tokens=False).ids
+        if got != [tid]:
+            raise RuntimeError(f"the new tokenizer splits the marker {text!r} into {got}, not [{tid}] (a bug)")
     eos = convert(roles["eos"][0])
     pad = convert(roles["pad"][0]) if "pad" in roles else eos
     unk = convert(roles["unk"][0]) if "unk" in roles else None
@@ -177,6 +230,10 @@ def causal_tokenizer(
     mask = getattr(plm_tokenizer, "mask_token", None)
     if mask:
         kwargs["mask_token"] = mask
+    decoder = backend.get_added_tokens_decoder()
+    extra = [decoder[t] for t in sorted(markers) if markers[t].get("special", True)]
+    if extra:
+        kwargs["extra_special_tokens"] = extra
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=bos,
@@ -189,6 +246,8 @@ def causal_tokenizer(
         clean_up_tokenization_spaces=cleanup or bool(getattr(plm_tokenizer, "clean_up_tokenization_spaces", False)),
         **kwargs,
     )
+    if chat_template is not None:
+        tok.chat_template = chat_template
     return tok
 
 

@@ -16,7 +16,9 @@ Pipeline (DESIGN.md §2), cheap checks first so bad input fails before any heavy
    when the LLM prepends one and the PLM has none apart from its eos), overlap rows copied exactly
    from the LLM, new rows written, the PLM tokenizer made causal, bos/eos/pad ids set in the config
    and generation config (no pad id in the config of a model that builds other modules from it, as
-   XGLM builds its positions), safetensors + ``salt_report.json``.
+   XGLM builds its positions), the LLM's chat template carried over with its markers rewritten, paired
+   or added (:mod:`cltx.salt.matching`; an added marker that is one of the LLM's end tokens ends
+   generation), safetensors + ``salt_report.json``.
 6. ``evaluate``: bits per byte of a held-out text (total NLL in bits / total UTF-8 bytes).
 """
 
@@ -64,6 +66,8 @@ OWN_FILES = (
     f"{SHIM_MODULE}.py",
 )
 OWN_GLOBS = ("model-*-of-*.safetensors",)
+# Folders a run writes: transformers saves the named chat templates other than "default" there.
+OWN_DIRS = ("additional_chat_templates",)
 SENTENCEPIECE_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -653,6 +657,8 @@ class VocabularyTransfer:
             self.llm_config,
             prepend=m.prepends is not None,
             added=m.added,
+            markers=m.marker_tokens,
+            chat_template=m.chat_template,
         )
         if len(self.tokenizer) > m.vocab_size:
             raise RuntimeError(
@@ -952,6 +958,9 @@ def clear_earlier_output(out: str | Path) -> None:
     for pattern in OWN_GLOBS:
         for f in p.glob(pattern):
             f.unlink()
+    for name in OWN_DIRS:
+        if (p / name).is_dir():
+            shutil.rmtree(p / name)
     for m in METHODS:
         if (p / m).is_dir():
             shutil.rmtree(p / m)
