@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--data",
                 help="`cltx mt` output (English in `_source`) or a bilingual JSONL; chat records "
-                "(`messages`/`conversations`) use their first user→assistant exchange.",
+                "(`messages`/`conversations`) give one example per user→assistant exchange (--chat-turns).",
             ),
         ],
         out_dir: Annotated[Path, typer.Option("--out", help="Output folder: model + tokenizer + report.")],
@@ -99,6 +99,16 @@ def register(app: typer.Typer) -> None:
         ] = False,
         seed: Annotated[int, typer.Option("--seed", help="Random seed (also fixes the micro-batches).")] = 0,
         save_steps: Annotated[int, typer.Option("--save-steps", help="Checkpoint every N steps (0: none).")] = 0,
+        eval_data: Annotated[
+            Optional[Path],
+            typer.Option(
+                "--eval-data",
+                help="Held-out records (same layout as --data): loss, NLL and rewards on them during training.",
+            ),
+        ] = None,
+        eval_steps: Annotated[
+            int, typer.Option("--eval-steps", help="Score --eval-data every N steps (0: at the start and end only).")
+        ] = 0,
         logging_steps: Annotated[int, typer.Option("--logging-steps", help="Log metrics every N steps.")] = 5,
         warmup_steps: Annotated[int, typer.Option("--warmup-steps", help="Linear warm-up steps.")] = 0,
         gradient_checkpointing: Annotated[
@@ -191,6 +201,8 @@ def register(app: typer.Typer) -> None:
                 logging_steps=logging_steps,
                 use_chat_template=chat_template,
                 system_prompt=system_prompt,
+                eval_data=eval_data,
+                eval_steps=eval_steps,
                 progress=prog,
                 warmup_steps=warmup_steps,
                 gradient_checkpointing=gradient_checkpointing,
@@ -227,6 +239,16 @@ def register(app: typer.Typer) -> None:
         for key in ("loss", "nll", "cl", "rewards/margins", "rewards/accuracies"):
             if key in first or key in last:
                 table.add_row(f"{key} first → last log", f"{_fmt(first.get(key))} → {_fmt(last.get(key))}")
+        evals = rep.get("eval") or []
+        if evals:
+            er = rep["eval_data_report"]
+            table.add_row("held-out examples", f"{er['examples']} from {er['used']} of {er['records']} records")
+            for key in ("eval_loss", "eval_nll", "eval_rewards/margins", "eval_rewards/accuracies"):
+                if key in evals[-1]:
+                    steps = f" (steps {evals[0]['step']} → {evals[-1]['step']})" if key == "eval_loss" else ""
+                    table.add_row(
+                        f"held-out {key} first → last{steps}", f"{_fmt(evals[0].get(key))} → {_fmt(evals[-1][key])}"
+                    )
         table.add_row("tokens/s", f"{rep['tokens_per_second']:.0f}")
         table.add_row("model", f"{out_dir} (safetensors + tokenizer; report clo_report.json)")
         out.print(table)

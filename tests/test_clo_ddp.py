@@ -28,17 +28,20 @@ WORKER = textwrap.dedent(
     tok = tiny_tokenizer()
     ex, rep = build_examples(tiny_records(8, seed=5))
     bins = make_bins(tokenize_examples(ex, PromptFormatter(tok), 48, rep), 1, "clo", tok.pad_token_id, seed=2)
+    hx, hrep = build_examples(tiny_records(3, seed=11))
+    held = make_bins(tokenize_examples(hx, PromptFormatter(tok), 48, hrep), 1, "clo", tok.pad_token_id, seed=2)
     args = CLOConfig(
         output_dir=out + "/ck", use_cpu=True, save_strategy="no", max_steps=3, per_device_train_batch_size=1,
         gradient_accumulation_steps=grad_accum, learning_rate=0.5, optim="sgd", lr_scheduler_type="constant",
-        train_mode="full", logging_steps=1, seed=0, max_grad_norm=0.0,
+        train_mode="full", logging_steps=1, seed=0, max_grad_norm=0.0, eval_strategy="steps", eval_steps=1,
     )
-    tr = CLOTrainer(tiny_llama(tok), args, bins, processing_class=tok)
+    tr = CLOTrainer(tiny_llama(tok), args, bins, processing_class=tok, eval_bins=held)
     tr.train()
     tr.save_final(out)
     if tr.is_world_process_zero():
         logs = [h for h in tr.state.log_history if "loss" in h]
-        run = {"logs": logs, "world": tr.accelerator.num_processes, "ref": tr.ref_info}
+        evals = [h for h in tr.state.log_history if "eval_loss" in h]
+        run = {"logs": logs, "evals": evals, "world": tr.accelerator.num_processes, "ref": tr.ref_info}
         json.dump(run, open(out + "/run.json", "w"))
     """
 )
@@ -52,12 +55,18 @@ def test_two_process_ddp_equals_single_process(tmp_path):
     run_checked([sys.executable, str(script), str(single), "2"], tmp_path / "cache-single")
     a, b = json.loads((ddp / "run.json").read_text()), json.loads((single / "run.json").read_text())
     assert (a["world"], b["world"]) == (2, 1)
-    # 3 steps use 6 of the 8 micro-batches; the reference pass was split across the ranks
-    assert a["ref"]["bins_needed"] == b["ref"]["bins_needed"] == 6
-    assert a["ref"]["bins_computed"] == 3 and b["ref"]["bins_computed"] == 6
+    # 3 steps use 6 of the 8 micro-batches, plus the 3 held-out ones; the reference pass was split across the ranks
+    assert a["ref"]["bins_needed"] == b["ref"]["bins_needed"] == 9
+    assert a["ref"]["bins_computed"] == 5 and b["ref"]["bins_computed"] == 9
     for la, lb in zip(a["logs"], b["logs"], strict=True):
         for key in ("loss", "nll", "cl", "rewards/margins", "logps/chosen"):
             assert abs(la[key] - lb[key]) <= 1e-5 * max(1.0, abs(lb[key])), (key, la, lb)
+    # held-out scores after every step: 3 bins shared 2 : 1 between the ranks, reduced, equal to one process's
+    assert [e["step"] for e in a["evals"]] == [e["step"] for e in b["evals"]] == [1, 2, 3]
+    for ea, eb in zip(a["evals"], b["evals"], strict=True):
+        for key in ("eval_loss", "eval_nll", "eval_cl", "eval_rewards/margins", "eval_logps/chosen"):
+            assert abs(ea[key] - eb[key]) <= 1e-5 * max(1.0, abs(eb[key])), (key, ea, eb)
+    assert a["evals"][-1]["eval_rewards/margins"] != 0.0
     wa, wb = load_file(str(ddp / "model.safetensors")), load_file(str(single / "model.safetensors"))
     assert wa.keys() == wb.keys()
     for k in wa:

@@ -36,8 +36,8 @@ COMMON = textwrap.dedent(
     out = sys.argv[1]
     tok = tiny_tokenizer()
 
-    def bins():
-        ex, rep = build_examples(tiny_records(8, seed=5))
+    def bins(n=8, seed=5):
+        ex, rep = build_examples(tiny_records(n, seed=seed))
         return make_bins(tokenize_examples(ex, PromptFormatter(tok), 48, rep), 1, "clo", tok.pad_token_id, seed=2)
 
     def config(mode, grad_accum, **kw):
@@ -53,10 +53,10 @@ SINGLE = COMMON + textwrap.dedent(
     """
     runs = {}
     for mode in ("attention", "full"):
-        tr = CLOTrainer(tiny_llama(tok), config(mode, 2), bins(), processing_class=tok)
+        tr = CLOTrainer(tiny_llama(tok), config(mode, 2), bins(), processing_class=tok, eval_bins=bins(3, 11))
         tr.train()
         tr.save_final(f"{out}/{mode}")
-        runs[mode] = [h for h in tr.state.log_history if "loss" in h]
+        runs[mode] = [h for h in tr.state.log_history if "loss" in h] + [tr.evaluate()]
     json.dump(runs, open(out + "/run.json", "w"))
     """
 )
@@ -82,7 +82,9 @@ FSDP = COMMON + textwrap.dedent(
     plugin = FullyShardedDataParallelPlugin(**config("attention", 1, fsdp=True).fsdp_plugin_args)
     world, rank = dist.get_world_size(), dist.get_rank()
     for mode in ("attention", "full"):
-        tr = CLOTrainer(tiny_llama(tok), config(mode, 1, ref_cache=False), bins(), processing_class=tok)
+        tr = CLOTrainer(
+            tiny_llama(tok), config(mode, 1, ref_cache=False), bins(), processing_class=tok, eval_bins=bins(3, 11)
+        )
         before = {i: tr.train_bins[i]["ref_chosen_logps"].clone() for i in tr.needed_bins()}
         accel = types.SimpleNamespace(
             state=types.SimpleNamespace(fsdp_plugin=plugin), mixed_precision="no",
@@ -111,12 +113,15 @@ FSDP = COMMON + textwrap.dedent(
             dist.all_reduce(total)
             tr.state.global_step = step + 1
             tr.log({"loss": float(total) / world})
+        # held-out scores through the sharded model: 3 bins, 2 : 1 between the ranks, rank 1 pads a forward
+        tr.is_fsdp_enabled, tr.model_wrapped = True, model
+        held = tr.evaluate()
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, cpu_offload=True)
         state = get_model_state_dict(model, options=options)  # accelerate's get_state_dict under FSDP2
         if rank == 0:
             tr.save_full_state_dict(f"{out}/{mode}", state)
         result[mode] = {
-            "logs": [h for h in tr.state.log_history if "loss" in h],
+            "logs": [h for h in tr.state.log_history if "loss" in h] + [held],
             "units": units,
             "head_sharded": isinstance(head, DTensor) and tuple(head.to_local().shape) != tuple(head.shape),
             "ref_diff": ref_diff,
@@ -153,7 +158,10 @@ def test_fsdp_two_processes_equal_single_process(runs, mode):
     assert run["units"] == ["", "policy.model.layers.0", "policy.model.layers.1"], run["units"]
     assert run["head_sharded"]
     assert run["ref_diff"] <= 1e-6  # reference log-probs through the sharded model = unsharded ones
-    assert len(run["logs"]) == len(single[mode]) == 3
+    assert len(run["logs"]) == len(single[mode]) == 4
+    ea, eb = run["logs"].pop(), single[mode].pop()  # held-out scores of the trained weights
+    for key in ("eval_loss", "eval_nll", "eval_cl", "eval_rewards/margins", "eval_logps/rejected"):
+        assert abs(ea[key] - eb[key]) <= 1e-5 * max(1.0, abs(eb[key])), (key, ea, eb)
     for la, lb in zip(run["logs"], single[mode], strict=True):
         for key in ("loss", "nll", "cl", "rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected"):
             assert abs(la[key] - lb[key]) <= 1e-5 * max(1.0, abs(lb[key])), (key, la, lb)

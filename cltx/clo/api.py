@@ -77,11 +77,24 @@ def load_policy(name: str):
     return model, tok
 
 
-def _none_usable(report: DataReport) -> CltxError:
+def _none_usable(report: DataReport, argument: str = "data") -> CltxError:
     return CltxError(
-        f"data: none of the {report.records} records is usable ({describe_skips(report)}); "
+        f"{argument}: none of the {report.records} records is usable ({describe_skips(report)}); "
         "fix: pass cltx mt output or a bilingual JSONL, and name the fields with --prompt-fields/--response-field"
     )
+
+
+def _read_data(data, argument: str) -> tuple[list[dict], list[int] | None]:
+    """Records (and their file lines) from a JSONL path or a list of dicts; bad input names ``argument``."""
+    if isinstance(data, (str, Path)):
+        return read_records_with_lines(data, argument=argument)
+    if isinstance(data, dict) or not isinstance(data, Iterable):
+        raise bad_arg(argument, data, "give a JSONL path or a list of records (dicts)")
+    records = list(data)
+    odd = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
+    if odd is not None:
+        raise bad_arg(f"{argument}[{odd}]", records[odd], "each record must be a dict (a JSON object)")
+    return records, None
 
 
 def prepare_bins(
@@ -137,6 +150,8 @@ def train_clo(
     logging_steps: int = 10,
     use_chat_template: bool | None = None,
     system_prompt: str | None = None,
+    eval_data: str | Path | list[dict] | None = None,
+    eval_steps: int = 0,
     progress: Progress | None = None,
     **config: Any,
 ) -> dict:
@@ -152,6 +167,10 @@ def train_clo(
             first checkpoint) and is an error when it is not (nothing would ever be resumed). Another
             run's checkpoint (model, data, options) is refused before the model loads or, for the
             data, before the reference pass.
+        eval_data: held-out records (same layout as ``data``), scored during training with the same
+            loss and metrics (``eval_loss``, ``eval_nll``, ``eval_rewards/accuracies`` …): every
+            ``eval_steps`` optimizer steps, before the first step and at the end (``eval_steps`` 0: before
+            and after training only).
         Remaining keyword arguments go to :class:`cltx.clo.trainer.CLOConfig`.
 
     Returns:
@@ -168,11 +187,16 @@ def train_clo(
     # checks its fields again (a direct CLOConfig) and turns numpy numbers into Python ones.
     check_call(
         train_clo, locals(), config, CLOConfig, where="train_clo",
-        exclude=("model", "data", "out", "config", "tokenizer", "progress"), also=("gradient_checkpointing",),
+        exclude=("model", "data", "out", "config", "tokenizer", "progress", "eval_data"),
+        also=("gradient_checkpointing",),
     )  # fmt: skip
     progress = ensure_progress(progress)
     if save_steps < 0:
         raise bad_arg("save_steps", save_steps, "must be ≥ 0 (0: no checkpoints)")
+    if eval_steps < 0:
+        raise bad_arg("eval_steps", eval_steps, "must be ≥ 0 (0: evaluate at the end only)")
+    if eval_steps and eval_data is None:
+        raise bad_arg("eval_steps", eval_steps, "needs held-out records: pass --eval-data")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise bad_arg("out", str(out), "is a file; pass a folder")
@@ -201,22 +225,22 @@ def train_clo(
         save_strategy="steps" if save_steps > 0 else "no",
         save_steps=save_steps if save_steps > 0 else 500,
         use_cpu=not torch.cuda.is_available(),
+        **({"eval_strategy": "steps", "eval_steps": eval_steps} if eval_steps else {}),
+        eval_on_start=eval_data is not None,  # the starting weights: every held-out reward exactly 0
         **config,
     )
-    if isinstance(data, (str, Path)):
-        records, lines = read_records_with_lines(data)
-    else:
-        if isinstance(data, dict) or not isinstance(data, Iterable):
-            raise bad_arg("data", data, "give a JSONL path or a list of records (dicts)")
-        records, lines = list(data), None
-        odd = next((i for i, r in enumerate(records) if not isinstance(r, dict)), None)
-        if odd is not None:
-            raise bad_arg(f"data[{odd}]", records[odd], "each record must be a dict (a JSON object)")
+    records, lines = _read_data(data, "data")
     # Records in a layout that gives no example are refused here, not after a 7B model has loaded;
     # the length checks need the tokenizer and come after the load (prepare_bins).
     examples = build_examples(records, spec, lines=lines)
     if not examples[0]:
         raise _none_usable(examples[1])
+    eval_examples = None
+    if eval_data is not None:
+        eval_records, eval_lines = _read_data(eval_data, "eval_data")
+        eval_examples = build_examples(eval_records, spec, lines=eval_lines)
+        if not eval_examples[0]:
+            raise _none_usable(eval_examples[1], "eval_data")
     old = last_checkpoint(ckpt_dir)
     resume_from = None
     if resume:
@@ -285,12 +309,42 @@ def train_clo(
         progress.message(f"data: {data_report.histories_trimmed} chat histories lost their oldest turns to max_length")
     if data_report.truncated_responses:
         progress.message(f"data: {data_report.truncated_responses} examples had responses cut to max_length")
+    eval_bins, eval_report = [], None
+    if eval_examples is not None:
+        eval_bins, eval_report = prepare_bins(
+            eval_records,
+            tokenizer,
+            method=method,
+            spec=spec,
+            max_length=max_length,
+            records_per_bin=batch_size,
+            seed=seed,
+            pad_to_multiple_of=config.get("pad_to_multiple_of", 8),
+            use_chat_template=use_chat_template,
+            system_prompt=system_prompt,
+            examples=eval_examples,
+        )
+        every = f"every {eval_steps} steps and " if eval_steps else ""
+        progress.message(
+            f"eval_data: {eval_report.examples} held-out examples from {eval_report.used}/{eval_report.records} "
+            f"records, scored at the start, {every}at the end"
+        )
     trainer = CLOTrainer(
-        model, args, bins, processing_class=tokenizer, progress=progress, callbacks=[trainer_callback(progress)]
+        model,
+        args,
+        bins,
+        processing_class=tokenizer,
+        progress=progress,
+        callbacks=[trainer_callback(progress)],
+        eval_bins=eval_bins,
     )
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - t0
+    evals = [h for h in trainer.state.log_history if "eval_loss" in h]
+    if eval_bins and (not evals or evals[-1].get("step") != trainer.state.global_step):
+        trainer.evaluate()  # the final weights are always scored
+        evals = [h for h in trainer.state.log_history if "eval_loss" in h]
     trainer.save_final(out)
     tokens_here = trainer.session_tokens()  # collective: every rank
     tokens = trainer.run_tokens(tokens_here)
@@ -304,6 +358,8 @@ def train_clo(
         "lam": lam,
         "beta": beta,
         "data_report": data_report.as_dict(),
+        "eval_data_report": eval_report.as_dict() if eval_report is not None else None,
+        "eval": evals,
         "micro_batches": len(bins),
         "reference": trainer.ref_info,
         "steps": trainer.state.global_step,

@@ -323,6 +323,10 @@ class CLOTrainer(Trainer):
             data or options are refused at once, not after that pass).
         train_bins: micro-batches from :func:`cltx.clo.data.make_bins` (method must match ``args``).
         processing_class: the tokenizer (saved with the model).
+        eval_bins: held-out micro-batches (same method), scored by :meth:`evaluate` (every
+            ``args.eval_steps`` with ``eval_strategy="steps"``): their reference log-probs come from the
+            same pass and cache as the training bins', so every held-out reward is exactly zero before
+            the first step.
         Other keyword arguments go to ``transformers.Trainer``.
 
     The first and the last optimizer step are always logged (besides every ``logging_steps``), so
@@ -341,6 +345,7 @@ class CLOTrainer(Trainer):
         train_bins: list[dict],
         processing_class=None,
         progress: Progress | None = None,
+        eval_bins: list[dict] | None = None,
         **kwargs,
     ):
         if not isinstance(args, CLOConfig):
@@ -348,8 +353,9 @@ class CLOTrainer(Trainer):
         if not train_bins:
             raise CltxError("data: no usable training records; fix: check the skip report and the field options")
         want_rows = 1 if args.method == "sft" else 2
-        if train_bins[0]["input_ids"].shape[0] != want_rows * _pairs(train_bins[0]):
-            raise bad_arg("train_bins", args.method, "bins were built for the other method; rebuild with make_bins")
+        for name, bins in (("train_bins", train_bins), ("eval_bins", eval_bins or [])):
+            if bins and bins[0]["input_ids"].shape[0] != want_rows * _pairs(bins[0]):
+                raise bad_arg(name, args.method, "bins were built for the other method; rebuild with make_bins")
         if isinstance(model, CLOModel):
             wrapper = model
         else:
@@ -368,12 +374,18 @@ class CLOTrainer(Trainer):
                 memory_budget_gib=args.memory_budget_gib,
             )
         self.train_bins = train_bins
+        self.eval_bins = list(eval_bins or [])
         self.progress = ensure_progress(progress)
         # `accelerate launch` with an FSDP config says so in the environment (read it before the
         # Accelerator is built: accelerate sets it too whenever it is handed an FSDP plugin)
         wants_fsdp = bool(args.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
         super().__init__(
-            model=wrapper, args=args, train_dataset=BinDataset(train_bins), processing_class=processing_class, **kwargs
+            model=wrapper,
+            args=args,
+            train_dataset=BinDataset(train_bins),
+            eval_dataset=BinDataset(self.eval_bins) if self.eval_bins else None,
+            processing_class=processing_class,
+            **kwargs,
         )
         from transformers.trainer_callback import PrinterCallback
 
@@ -451,6 +463,8 @@ class CLOTrainer(Trainer):
             "device": self.args.device.type,
             "train_mode": self.args.train_mode,
         }
+        if self.eval_bins:  # absent without held-out data: the keys of earlier runs stay valid
+            parts["eval_bins"] = bins_hash(self.eval_bins)
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:32]
 
     def _model_fingerprint(self, policy=None) -> str:
@@ -544,7 +558,8 @@ class CLOTrainer(Trainer):
         Under FSDP the pass waits for the wrapped model (:class:`_ReferenceAtTrainBegin`)."""
         key = self._shared_ref_key()
         path = cache_dir() / "clo" / "ref" / f"{key}.pt"
-        needed = self.needed_bins()
+        n = len(self.train_bins)
+        needed = self.needed_bins() + [n + j for j in range(len(self.eval_bins))]  # held-out bins after the train ones
         self.ref_info = {
             "key": key,
             "path": str(path),
@@ -598,8 +613,13 @@ class CLOTrainer(Trainer):
         else:
             logger.info("reference log-probs: cache hit %s", self.ref_info["path"])
         for i in self._ref_needed:
-            self.train_bins[i]["ref_chosen_logps"], self.train_bins[i]["ref_rejected_logps"] = self._ref_stored[i]
+            self._bin(i)["ref_chosen_logps"], self._bin(i)["ref_rejected_logps"] = self._ref_stored[i]
         self._ref_missing = []
+
+    def _bin(self, i: int) -> dict:
+        """Micro-batch ``i`` of the reference pass: a training bin, or held-out bin ``i - len(train_bins)``."""
+        n = len(self.train_bins)
+        return self.train_bins[i] if i < n else self.eval_bins[i - n]
 
     def _reference_pass(
         self, indices: list[int], *, model: torch.nn.Module | None = None, forwards: int | None = None
@@ -619,7 +639,7 @@ class CLOTrainer(Trainer):
         with torch.enable_grad(), self.accelerator.autocast():
             for n in range(total):
                 i = indices[n] if n < len(indices) else (indices or self._ref_missing)[-1]
-                b = {k: v.to(device) for k, v in self.train_bins[i].items() if k not in _NOT_INPUTS}
+                b = {k: v.to(device) for k, v in self._bin(i).items() if k not in _NOT_INPUTS}
                 _, m = wrapper(**b)
                 if n < len(indices):
                     out[i] = (m["chosen_logps"].detach().float().cpu(), m["rejected_logps"].detach().float().cpu())
@@ -682,8 +702,8 @@ class CLOTrainer(Trainer):
             self.tokens_trained += int(inputs["attention_mask"].sum())
         return (loss, metrics) if return_outputs else loss
 
-    def _store(self, m: dict, P: int, n_nll: int) -> None:
-        s = self._metric_sums
+    def _store(self, m: dict, P: int, n_nll: int, sums: dict | None = None) -> None:
+        s = self._metric_sums if sums is None else sums
         s["pairs"] += P
         s["nll_tokens"] += n_nll
         s["nll"] += float(m["nll"]) * n_nll
@@ -695,21 +715,78 @@ class CLOTrainer(Trainer):
         else:
             s["logps/chosen"] += float(m["chosen_logps"].double().sum())
 
+    def _reduce_metrics(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Sums of :meth:`_store` (all ranks) → means: ``nll`` per NLL token, the rest per pair."""
+        keys = sorted(sums)
+        vec = torch.stack([sums[k] for k in keys]).to(self.args.device)
+        if self.accelerator.num_processes > 1:
+            vec = self.accelerator.reduce(vec, reduction="sum")
+        tot = dict(zip(keys, vec.tolist(), strict=True))
+        pairs, ntok = max(tot.pop("pairs"), 1.0), tot.pop("nll_tokens")
+        return {k: (v / ntok if ntok > 0 else 0.0) if k == "nll" else v / pairs for k, v in tot.items()}
+
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         if self._metric_sums and "loss" in logs:
-            keys = sorted(self._metric_sums)
-            vec = torch.stack([self._metric_sums[k] for k in keys]).to(self.args.device)
-            if self.accelerator.num_processes > 1:
-                vec = self.accelerator.reduce(vec, reduction="sum")
-            tot = dict(zip(keys, vec.tolist(), strict=True))
-            pairs, ntok = max(tot.pop("pairs"), 1.0), tot.pop("nll_tokens")
-            for k, v in tot.items():
-                if k == "nll":
-                    logs["nll"] = v / ntok if ntok > 0 else 0.0
-                else:
-                    logs[k] = v / pairs
+            logs.update(self._reduce_metrics(self._metric_sums))
             self._metric_sums.clear()
         super().log(logs, *args, **kwargs)
+
+    # ---- held-out evaluation --------------------------------------------------------------------
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Score the held-out bins (``eval_bins``) with the current weights: ``eval_loss`` (λ·NLL +
+        (1 − λ)·CL over all held-out bins, as one batch would; SFT: the NLL) and the training metrics
+        under ``eval_`` names (``eval_nll``, ``eval_rewards/accuracies`` …), logged and returned.
+
+        Each rank scores a share of the bins and the sums are reduced; the forward is the training
+        forward (grad mode and autocast as in the reference pass, no backward), so before the first
+        step every held-out reward is exactly zero. Under FSDP every rank runs the same number of
+        (collective) forwards."""
+        if eval_dataset is not None:
+            raise bad_arg("eval_dataset", type(eval_dataset).__name__, "pass held-out data as eval_bins to CLOTrainer")
+        if not self.eval_bins:
+            return {}
+        if self.args.method == "clo" and "ref_chosen_logps" not in self.eval_bins[0]:
+            raise RuntimeError("held-out micro-batches without reference log-probs (the reference pass has not run)")
+        # FSDP2 shards the model in place (model_wrapped is model): every rank runs as many forwards (before
+        # train() wraps it, the extra forwards are only wasted work)
+        fsdp = self.is_fsdp_enabled
+        model = self.model_wrapped if fsdp else self.accelerator.unwrap_model(self.model)
+        world, rank, n = self.accelerator.num_processes, self.accelerator.process_index, len(self.eval_bins)
+        mine = list(range(rank, n, world))
+        forwards = -(-n // world) if fsdp else len(mine)
+        sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
+        was_training = model.training
+        model.train()  # dropout is off: the mode of the training forward
+        with torch.enable_grad(), self.accelerator.autocast():
+            for k in range(forwards):
+                i = mine[k] if k < len(mine) else (mine or [n - 1])[-1]
+                b = {key: v.to(self.args.device) for key, v in self.eval_bins[i].items() if key != "record_index"}
+                _, m = model(**b)
+                if k < len(mine):
+                    self._store({key: v.detach() for key, v in m.items()}, _pairs(b), _nll_tokens(b), sums)
+                del m
+        model.train(was_training)
+        if fsdp:
+            _reshard(model)
+        if not sums:  # a rank with no held-out bin still takes part in the reduction
+            for key in (
+                "pairs",
+                "nll_tokens",
+                "nll",
+                *(("cl", "rewards/accuracies", *_PAIR_METRICS) if self.args.method == "clo" else ("logps/chosen",)),
+            ):
+                sums[key] = torch.zeros((), dtype=torch.float64)
+        means = self._reduce_metrics(sums)
+        loss = (
+            means["nll"]
+            if self.args.method == "sft"
+            else self.args.lam * means["nll"] + (1 - self.args.lam) * means["cl"]
+        )
+        metrics = {f"{metric_key_prefix}_loss": loss, **{f"{metric_key_prefix}_{k}": v for k, v in means.items()}}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     # ---- saving / loading ---------------------------------------------------------------------
 
