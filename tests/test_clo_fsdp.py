@@ -295,7 +295,9 @@ def test_gpu_cli_fsdp_trainer_train_equals_plain_run(tmp_path, bf16):
     tiny_llama(tok, hidden=64).save_pretrained(tmp_path / "model")
     tok.save_pretrained(tmp_path / "model")
     (tmp_path / "mt.jsonl").write_text("\n".join(json.dumps(r) for r in tiny_records(8, seed=5)), encoding="utf-8")
+    (tmp_path / "held.jsonl").write_text("\n".join(json.dumps(r) for r in tiny_records(3, seed=11)), encoding="utf-8")
     base = ["clo", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "mt.jsonl"), "--max-steps", "4"]
+    base += ["--eval-data", str(tmp_path / "held.jsonl"), "--eval-steps", "2"]  # held-out scores through FSDP
     base += ["--batch-size", "2", "--logging-steps", "1", "--lr", "1e-3", "--seed", "0", "--train", "full"]
     if bf16:
         base.append("--bf16")
@@ -312,6 +314,10 @@ def test_gpu_cli_fsdp_trainer_train_equals_plain_run(tmp_path, bf16):
     lb = [h for h in rb["log_history"] if "loss" in h]
     for a, b in zip(la, lb, strict=True):
         assert abs(a["loss"] - b["loss"]) <= tol * max(1.0, abs(b["loss"])), (a, b)
+    assert [e["step"] for e in ra["eval"]] == [e["step"] for e in rb["eval"]] == [0, 2, 4]
+    assert ra["eval"][0]["eval_rewards/margins"] == 0.0  # held-out reference through the wrapped model too
+    for a, b in zip(ra["eval"], rb["eval"], strict=True):
+        assert abs(a["eval_loss"] - b["eval_loss"]) <= tol * max(1.0, abs(b["eval_loss"])), (a, b)
     from transformers import AutoModelForCausalLM
 
     wa = AutoModelForCausalLM.from_pretrained(tmp_path / "fsdp").state_dict()
