@@ -106,6 +106,13 @@ def register(app: typer.Typer) -> None:
                 help="Held-out records (same layout as --data): loss, NLL and rewards on them during training.",
             ),
         ] = None,
+        eval_split: Annotated[
+            float,
+            typer.Option(
+                "--eval-split",
+                help="Or hold out records of --data: a fraction (0.05) or a count (200), seeded by --seed.",
+            ),
+        ] = 0.0,
         eval_steps: Annotated[
             int, typer.Option("--eval-steps", help="Score --eval-data every N steps (0: at the start and end only).")
         ] = 0,
@@ -202,6 +209,7 @@ def register(app: typer.Typer) -> None:
                 use_chat_template=chat_template,
                 system_prompt=system_prompt,
                 eval_data=eval_data,
+                eval_split=eval_split,
                 eval_steps=eval_steps,
                 progress=prog,
                 warmup_steps=warmup_steps,

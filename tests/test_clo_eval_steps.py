@@ -148,3 +148,25 @@ def test_cli_eval_data(tmp_path, tok):
     rep = json.loads((tmp_path / "o" / "clo_report.json").read_text())
     assert [e["step"] for e in rep["eval"]] == [0, 1, 2]
     assert "held-out eval_loss" in res.output
+
+
+def test_eval_split_holds_out_records_of_the_data(tmp_path, tok):
+    recs = tiny_records(10, seed=1)
+    rep = train_clo(tiny_llama(tok), recs, tmp_path / "a", tokenizer=tok, max_steps=1, batch_size=2, max_length=48,
+                    eval_split=0.3, seed=4)  # fmt: skip
+    assert rep["data_report"]["records"] == 7 and rep["eval_data_report"]["records"] == 3
+    assert [e["step"] for e in rep["eval"]] == [0, 1]
+    # the same seed holds out the same records; a count works too; the two parts never overlap
+    again = train_clo(tiny_llama(tok), recs, tmp_path / "b", tokenizer=tok, max_steps=1, batch_size=2,
+                      max_length=48, eval_split=3, seed=4)  # fmt: skip
+    assert again["eval"][0]["eval_nll"] == rep["eval"][0]["eval_nll"]
+    from cltx.clo.api import _split
+
+    train, tl, held, hl = _split(recs, None, 3, 4)
+    assert len(held) == 3 and not set(tl) & set(hl) and sorted(tl + hl) == list(range(1, 11))
+    assert all(r in recs for r in held) and tl == sorted(tl)
+    for bad, needle in ((1.5, "whole"), (10, "leave at least one"), (-0.1, "fraction"), ("0.1", "pass a number")):
+        with pytest.raises(CltxError, match=needle):
+            train_clo(tiny_llama(tok), recs, tmp_path / "c", tokenizer=tok, max_steps=1, eval_split=bad)
+    with pytest.raises(CltxError, match="not both"):
+        train_clo(tiny_llama(tok), recs, tmp_path / "d", tokenizer=tok, max_steps=1, eval_split=0.2, eval_data=recs)

@@ -84,6 +84,24 @@ def _none_usable(report: DataReport, argument: str = "data") -> CltxError:
     )
 
 
+def _split(records: list[dict], lines: list[int] | None, split: float, seed: int):
+    """``(train records, their lines, held-out records, their lines)``: ``split`` records (a fraction, or a
+    count) drawn by a seeded shuffle, both parts in file order; lines default to record numbers."""
+    import random
+
+    n = len(records)
+    k = round(split * n) if split < 1 else int(split)
+    if not 1 <= k < n:
+        raise bad_arg(
+            "eval_split", split, f"holds out {k} of the {n} records; fix: leave at least one record on each side"
+        )
+    lines = list(lines) if lines is not None else list(range(1, n + 1))
+    held = set(random.Random(seed).sample(range(n), k))
+    train = [i for i in range(n) if i not in held]
+    out = sorted(held)
+    return [records[i] for i in train], [lines[i] for i in train], [records[i] for i in out], [lines[i] for i in out]
+
+
 def _read_data(data, argument: str) -> tuple[list[dict], list[int] | None]:
     """Records (and their file lines) from a JSONL path or a list of dicts; bad input names ``argument``."""
     if isinstance(data, (str, Path)):
@@ -151,6 +169,7 @@ def train_clo(
     use_chat_template: bool | None = None,
     system_prompt: str | None = None,
     eval_data: str | Path | list[dict] | None = None,
+    eval_split: float = 0.0,
     eval_steps: int = 0,
     progress: Progress | None = None,
     **config: Any,
@@ -171,6 +190,8 @@ def train_clo(
             loss and metrics (``eval_loss``, ``eval_nll``, ``eval_rewards/accuracies`` …): every
             ``eval_steps`` optimizer steps, before the first step and at the end (``eval_steps`` 0: before
             and after training only).
+        eval_split: instead of ``eval_data``, hold out records of ``data``: a fraction (0 < x < 1) or a
+            number of records (≥ 1), drawn by a ``seed``-ed shuffle; a chat record's exchanges stay together.
         Remaining keyword arguments go to :class:`cltx.clo.trainer.CLOConfig`.
 
     Returns:
@@ -195,8 +216,15 @@ def train_clo(
         raise bad_arg("save_steps", save_steps, "must be ≥ 0 (0: no checkpoints)")
     if eval_steps < 0:
         raise bad_arg("eval_steps", eval_steps, "must be ≥ 0 (0: evaluate at the end only)")
-    if eval_steps and eval_data is None:
-        raise bad_arg("eval_steps", eval_steps, "needs held-out records: pass --eval-data")
+    if isinstance(eval_split, bool) or not isinstance(eval_split, (int, float)) or not 0 <= eval_split:
+        raise bad_arg("eval_split", eval_split, "give a fraction 0 < x < 1 or a number of records ≥ 1 (0: none)")
+    if eval_split and eval_data is not None:
+        raise bad_arg("eval_split", eval_split, "held-out records come from --eval-data or --eval-split, not both")
+    if eval_split >= 1 and eval_split != int(eval_split):
+        raise bad_arg("eval_split", eval_split, "a number of records ≥ 1 must be whole (or give a fraction < 1)")
+    held_out = eval_data is not None or eval_split > 0
+    if eval_steps and not held_out:
+        raise bad_arg("eval_steps", eval_steps, "needs held-out records: pass --eval-data or --eval-split")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise bad_arg("out", str(out), "is a file; pass a folder")
@@ -226,21 +254,25 @@ def train_clo(
         save_steps=save_steps if save_steps > 0 else 500,
         use_cpu=not torch.cuda.is_available(),
         **({"eval_strategy": "steps", "eval_steps": eval_steps} if eval_steps else {}),
-        eval_on_start=eval_data is not None,  # the starting weights: every held-out reward exactly 0
+        eval_on_start=held_out,  # the starting weights: every held-out reward exactly 0
         **config,
     )
     records, lines = _read_data(data, "data")
+    eval_records = eval_lines = None
+    if eval_split:
+        records, lines, eval_records, eval_lines = _split(records, lines, eval_split, seed)
     # Records in a layout that gives no example are refused here, not after a 7B model has loaded;
     # the length checks need the tokenizer and come after the load (prepare_bins).
     examples = build_examples(records, spec, lines=lines)
     if not examples[0]:
         raise _none_usable(examples[1])
     eval_examples = None
-    if eval_data is not None:
-        eval_records, eval_lines = _read_data(eval_data, "eval_data")
+    if held_out:
+        if eval_records is None:
+            eval_records, eval_lines = _read_data(eval_data, "eval_data")
         eval_examples = build_examples(eval_records, spec, lines=eval_lines)
         if not eval_examples[0]:
-            raise _none_usable(eval_examples[1], "eval_data")
+            raise _none_usable(eval_examples[1], "eval_split" if eval_split else "eval_data")
     old = last_checkpoint(ckpt_dir)
     resume_from = None
     if resume:
@@ -358,6 +390,8 @@ def train_clo(
         "lam": lam,
         "beta": beta,
         "data_report": data_report.as_dict(),
+        "eval_data": str(eval_data) if isinstance(eval_data, (str, Path)) else None,
+        "eval_split": eval_split,
         "eval_data_report": eval_report.as_dict() if eval_report is not None else None,
         "eval": evals,
         "micro_batches": len(bins),
