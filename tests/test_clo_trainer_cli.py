@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 import cltx.clo.api as clo_api
 import cltx.clo.trainer as clo_trainer
 from cltx.cli.main import app
-from cltx.clo._tiny import tiny_llama, tiny_records, tiny_tokenizer
+from cltx.clo._tiny import tiny_chat_records, tiny_llama, tiny_records, tiny_tokenizer
 
 
 @pytest.fixture(autouse=True)
@@ -182,14 +182,7 @@ def test_short_run_reports_its_loss(files, tmp_path):
 
 def test_cli_clo_chat_turns(files, tmp_path):
     """--chat-turns reaches the data: all exchanges by default (the table says how many), or the last only."""
-    chat = []
-    for r in tiny_records(4, qa_every=0):
-
-        def turns(v):
-            said = [("user", v["instruction"]), ("assistant", v["output"]), ("user", v["output"])]
-            return [{"role": k, "content": c} for k, c in said + [("assistant", v["instruction"])]]
-
-        chat.append({"messages": turns(r), "_source": {"messages": turns(r["_source"])}, "_mt": r["_mt"]})
+    chat = tiny_chat_records(4)
     data = tmp_path / "chat.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in chat), encoding="utf-8")
     args = ["clo", "--model", str(files / "model"), "--data", str(data), "--max-steps", "1", "--method", "sft"]

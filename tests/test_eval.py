@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import cltx.clo.evaluate as ev
 from cltx.cli.main import app
-from cltx.clo._tiny import tiny_llama, tiny_records, tiny_tokenizer
+from cltx.clo._tiny import tiny_chat_records, tiny_llama, tiny_records, tiny_tokenizer
 from cltx.clo.data import DataSpec, PromptFormatter, _sequence, build_examples, tokenize_examples
 from cltx.errors import CltxError
 
@@ -144,14 +144,7 @@ def test_cli_eval_passes_the_system_prompt(tmp_path, tok, monkeypatch):
 def test_cli_eval_chat_turns(tmp_path, tok):
     tiny_llama(tok).save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    recs = []
-    for r in tiny_records(2, seed=9, qa_every=0):
-
-        def turns(v):
-            said = [("user", v["instruction"]), ("assistant", v["output"]), ("user", v["output"])]
-            return [{"role": k, "content": c} for k, c in said + [("assistant", v["instruction"])]]
-
-        recs.append({"messages": turns(r), "_source": {"messages": turns(r["_source"])}, "_mt": r["_mt"]})
+    recs = tiny_chat_records(2, seed=9)
     data = tmp_path / "held.jsonl"
     data.write_text("\n".join(json.dumps(r) for r in recs), encoding="utf-8")
     args = ["eval", "--model", str(tmp_path / "m"), "--data", str(data), "--max-new-tokens", "2"]
@@ -217,14 +210,7 @@ def test_models_answer_the_same_prompts_and_skips_are_shown(tmp_path, tok, monke
 def test_chat_records_evaluate_every_exchange_after_its_history(tok):
     """A two-exchange conversation is two held-out prompts per language; the second is asked after the
     first exchange (its own language's), and each sample says which turn it is."""
-    recs = []
-    for r in tiny_records(3, seed=4, qa_every=0):
-
-        def turns(v):
-            said = [("user", v["instruction"]), ("assistant", v["output"]), ("user", v["output"])]
-            return [{"role": r, "content": c} for r, c in said + [("assistant", v["instruction"])]]
-
-        recs.append({"messages": turns(r), "_source": {"messages": turns(r["_source"])}, "_mt": r["_mt"]})
+    recs = tiny_chat_records(3, seed=4)
     model = tiny_llama(tok, seed=0)
     res = ev.evaluate_models([("base", model, tok)], recs, max_new_tokens=2)
     m = res["models"][0]

@@ -37,6 +37,21 @@ def tiny_records(n: int, *, seed: int = 0, qa_every: int = 4) -> list[dict]:
     return out
 
 
+def tiny_chat_records(n: int, *, seed: int = 0) -> list[dict]:
+    """``n`` chat records as ``cltx mt`` writes them (``messages``, English list in ``_source``): two
+    exchanges each, built from :func:`tiny_records`' instruction records — the instruction answered by
+    the output, then the output answered by the instruction."""
+
+    def turns(view: dict) -> list[dict]:
+        said = [("user", view["instruction"]), ("assistant", view["output"]), ("user", view["output"])]
+        return [{"role": role, "content": text} for role, text in [*said, ("assistant", view["instruction"])]]
+
+    return [
+        {"messages": turns(r), "_source": {"messages": turns(r["_source"])}, "_mt": r["_mt"]}
+        for r in tiny_records(n, seed=seed, qa_every=0)
+    ]
+
+
 def tiny_tokenizer(*, chat_template: bool = True):
     """A word-level tokenizer over the tiny vocabularies (+ chat markers), built without a download."""
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -314,9 +314,8 @@ def train_clo(
     if context and max_length > context:
         progress.message(f"max_length {max_length} > the model's context {context}: using {context}")
         max_length = args.max_length = context
-    bins, data_report = prepare_bins(
-        records,
-        tokenizer,
+    # the held-out micro-batches are built exactly like the training ones
+    bin_options = dict(
         method=method,
         spec=spec,
         max_length=max_length,
@@ -325,9 +324,8 @@ def train_clo(
         pad_to_multiple_of=config.get("pad_to_multiple_of", 8),
         use_chat_template=use_chat_template,
         system_prompt=system_prompt,
-        lines=lines,
-        examples=examples,
     )
+    bins, data_report = prepare_bins(records, tokenizer, lines=lines, examples=examples, **bin_options)
     exchanges = f" ({data_report.examples} examples)" if data_report.examples != data_report.used else ""
     if data_report.skipped:
         progress.message(
@@ -343,19 +341,7 @@ def train_clo(
         progress.message(f"data: {data_report.truncated_responses} examples had responses cut to max_length")
     eval_bins, eval_report = [], None
     if eval_examples is not None:
-        eval_bins, eval_report = prepare_bins(
-            eval_records,
-            tokenizer,
-            method=method,
-            spec=spec,
-            max_length=max_length,
-            records_per_bin=batch_size,
-            seed=seed,
-            pad_to_multiple_of=config.get("pad_to_multiple_of", 8),
-            use_chat_template=use_chat_template,
-            system_prompt=system_prompt,
-            examples=eval_examples,
-        )
+        eval_bins, eval_report = prepare_bins(eval_records, tokenizer, examples=eval_examples, **bin_options)
         every = f"every {eval_steps} steps and " if eval_steps else ""
         progress.message(
             f"eval_data: {eval_report.examples} held-out examples from {eval_report.used}/{eval_report.records} "
