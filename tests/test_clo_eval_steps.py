@@ -130,6 +130,11 @@ def test_train_clo_scores_held_out_data_every_eval_steps_and_at_the_end(tmp_path
     assert saved["eval"] == rep["eval"]
     with pytest.raises(CltxError, match="eval_steps"):
         train_clo(tiny_llama(tok), tiny_records(4), tmp_path / "x", tokenizer=tok, max_steps=1, eval_steps=2)
+    long = [{**r, "instruction": "o gato " * 40, "_source": {**r["_source"], "instruction": "cat " * 40}} for r in
+            tiny_records(2, qa_every=0)]  # fmt: skip
+    with pytest.raises(CltxError, match=r"eval_data: none of the 2 records.*prompt_too_long"):  # not "data:"
+        train_clo(tiny_llama(tok), tiny_records(4), tmp_path / "z", tokenizer=tok, max_steps=1, max_length=32,
+                  eval_data=long)  # fmt: skip
     with pytest.raises(CltxError, match="eval_data: none of the 1 records"):
         train_clo(tiny_llama(tok), tiny_records(4), tmp_path / "y", tokenizer=tok, max_steps=1,
                   eval_data=[{"title": "no fields"}])  # fmt: skip

@@ -129,15 +129,17 @@ def prepare_bins(
     system_prompt: str | None = None,
     lines: list[int] | None = None,
     examples: tuple[list[Example], DataReport] | None = None,
+    argument: str = "data",
 ):
     """Records → micro-batches; returns ``(bins, data_report)``. Raises when nothing is usable.
     ``lines``: each record's line in its file (for the skip report; default: record numbers).
-    ``examples``: ``build_examples(records, spec, lines=lines)`` when the caller has it already."""
+    ``examples``: ``build_examples(records, spec, lines=lines)`` when the caller has it already.
+    ``argument``: the option the records came from, named in that error."""
     examples, report = examples if examples is not None else build_examples(records, spec, lines=lines)
     fmt = PromptFormatter(tokenizer, use_chat_template=use_chat_template, system_prompt=system_prompt)
     tokenized = tokenize_examples(examples, fmt, max_length, report)
     if not tokenized:
-        raise _none_usable(report)
+        raise _none_usable(report, argument)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     bins = make_bins(tokenized, records_per_bin, method, pad, seed=seed, pad_multiple=pad_to_multiple_of)
     return bins, report
@@ -223,6 +225,7 @@ def train_clo(
     if eval_split >= 1 and eval_split != int(eval_split):
         raise bad_arg("eval_split", eval_split, "a number of records ≥ 1 must be whole (or give a fraction < 1)")
     held_out = eval_data is not None or eval_split > 0
+    held_from = "eval_split" if eval_split else "eval_data"
     if eval_steps and not held_out:
         raise bad_arg("eval_steps", eval_steps, "needs held-out records: pass --eval-data or --eval-split")
     out = Path(out)
@@ -272,7 +275,7 @@ def train_clo(
             eval_records, eval_lines = _read_data(eval_data, "eval_data")
         eval_examples = build_examples(eval_records, spec, lines=eval_lines)
         if not eval_examples[0]:
-            raise _none_usable(eval_examples[1], "eval_split" if eval_split else "eval_data")
+            raise _none_usable(eval_examples[1], held_from)
     old = last_checkpoint(ckpt_dir)
     resume_from = None
     if resume:
@@ -341,7 +344,9 @@ def train_clo(
         progress.message(f"data: {data_report.truncated_responses} examples had responses cut to max_length")
     eval_bins, eval_report = [], None
     if eval_examples is not None:
-        eval_bins, eval_report = prepare_bins(eval_records, tokenizer, examples=eval_examples, **bin_options)
+        eval_bins, eval_report = prepare_bins(
+            eval_records, tokenizer, examples=eval_examples, argument=held_from, **bin_options
+        )
         every = f"every {eval_steps} steps and " if eval_steps else ""
         progress.message(
             f"eval_data: {eval_report.examples} held-out examples from {eval_report.used}/{eval_report.records} "
