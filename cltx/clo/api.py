@@ -46,9 +46,9 @@ def model_context(model) -> int | None:
     return int(n) if isinstance(n, int) and n > 0 else None
 
 
-def load_policy(name: str):
-    """Load a causal LM (fp32 master weights) and its tokenizer; refuse a checkpoint whose LM head
-    is missing (transformers would fill it with random weights)."""
+def load_policy(name: str, *, tokenizer=None):
+    """Load a causal LM (fp32 master weights) and its tokenizer (``tokenizer``: one already loaded from
+    ``name``); refuse a checkpoint whose LM head is missing (transformers would fill it with random weights)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -71,7 +71,7 @@ def load_policy(name: str):
             f"the checkpoint has no LM head ({', '.join(missing)} missing); fix: pass a causal LM "
             "(saved from *ForCausalLM), not a bare model body",
         )
-    tok = load_tokenizer(name)
+    tok = tokenizer if tokenizer is not None else load_tokenizer(name)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return model, tok

@@ -238,8 +238,8 @@ def evaluate_models(
                 f"data: no usable held-out records for {name} ({describe_skips(rep)}); "
                 "fix: check the field options or --max-length"
             )
-        views.append((entry, name, tokenized, rep))
-    common = set.intersection(*({t.key for t in tokenized} for _, _, tokenized, _ in views))
+        views.append((entry, name, tokenized, rep, tok))
+    common = set.intersection(*({t.key for t in tokenized} for _, _, tokenized, _, _ in views))
     order = [e.key for e in examples if e.key in common]
     if not order:
         raise CltxError(
@@ -256,12 +256,12 @@ def evaluate_models(
         skipped["prompt_too_long"] = skipped.get("prompt_too_long", 0) + dropped
         first_lines["prompt_too_long"] = [report.line(e.index) for e in examples if e.key not in common][:5]
     results = []
-    for entry, name, tokenized, rep in views:
+    for entry, name, tokenized, rep, view_tok in views:
         if isinstance(entry, tuple):
             _, model, tok = entry
         else:
             progress.message(f"loading {name}")
-            model, tok = load_policy(name)
+            model, tok = load_policy(name, tokenizer=view_tok)  # the tokenizer the prompts were made with
             if torch.cuda.is_available():
                 model.to("cuda")
         if tok.pad_token is None:
