@@ -219,19 +219,6 @@ def test_chat_records_evaluate_every_exchange_after_its_history(tok):
         (s["record"], s["turn"], s["history_turns"]) for s in m["samples"] if s["prompt_language"] == "en"
     ) == [(i, t, h) for i in (1, 2, 3) for t, h in ((1, 0), (3, 2))]
     # the NLL is the model's own over each exchange's response given the conversation before it
-    fmt = PromptFormatter(tok)
-    ex, _ = build_examples(recs)
-    total, n = 0.0, 0
-    for e in ex:
-        ids, labels = _sequence(
-            fmt.prompt_ids(e.prompt_tg, e.history_tg), fmt.response_ids(e.prompt_tg, e.response_tg, e.history_tg)
-        )
-        with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids])).logits[0].double()
-        lab = torch.tensor(labels)
-        keep = lab != -100
-        total -= float(torch.log_softmax(logits, -1)[keep].gather(1, lab[keep][:, None]).sum())
-        n += int(keep.sum())
-    assert m["tgt"]["nll"] == pytest.approx(total / n, rel=1e-5)
+    assert m["tgt"]["nll"] == pytest.approx(_direct_nll(model, tok, recs, "tgt"), rel=1e-5)
     first = ev.evaluate_models([("base", model, tok)], recs, max_new_tokens=2, spec=DataSpec(chat_turns="first"))
     assert first["usable"] == 3 and {s["turn"] for s in first["models"][0]["samples"]} == {1}
