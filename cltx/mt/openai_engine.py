@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from cltx.errors import CltxError, bad_arg
+from cltx.mt.engines import _int_option
 
 logger = logging.getLogger(__name__)
 
@@ -170,14 +171,6 @@ def _number(name: str, value: Any, *, low: float, high: float | None = None, low
     return value
 
 
-def _whole(name: str, value: Any, *, minimum: int, none_ok: bool = False) -> int | None:
-    if value is None and none_ok:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise bad_arg(f"--engine-option {name}", value, f"give a whole number >= {minimum}")
-    return value
-
-
 def _base_url(value: Any, where: str) -> str:
     fix = "give the http(s) URL of an OpenAI-compatible API, e.g. http://localhost:8000/v1"
     if not isinstance(value, str):
@@ -230,17 +223,17 @@ class OpenAISettings:
             # the value may be the key itself: never echo it
             fix = "give the NAME of the environment variable that holds the key (e.g. OPENAI_API_KEY), not the key"
             raise bad_arg("--engine-option api_key_env", _redacted(self.api_key_env), fix)
-        self.concurrency = _whole("concurrency", self.concurrency, minimum=1)
+        self.concurrency = _int_option("concurrency", self.concurrency, minimum=1)
         self.timeout = _number("timeout", self.timeout, low=0, low_open=True)
-        self.max_retries = _whole("max_retries", self.max_retries, minimum=0)
+        self.max_retries = _int_option("max_retries", self.max_retries, minimum=0)
         if self.temperature is not None:
             self.temperature = _number("temperature", self.temperature, low=0, high=2)
-        self.max_tokens = _whole("max_tokens", self.max_tokens, minimum=1, none_ok=True)
+        self.max_tokens = _int_option("max_tokens", self.max_tokens, minimum=1, none_ok=True)
         prompt = self.system_prompt
         if prompt is not None and (not isinstance(prompt, str) or not prompt.strip()):
             fix = "give the instruction text (it may use {src} and {tgt}), or leave it out for the default"
             raise bad_arg("--engine-option system_prompt", self.system_prompt, fix)
-        self.max_input_len = _whole("max_input_len", self.max_input_len, minimum=1, none_ok=True)
+        self.max_input_len = _int_option("max_input_len", self.max_input_len, minimum=1, none_ok=True)
 
     @classmethod
     def from_options(cls, options: dict[str, Any], *, spec: str) -> OpenAISettings:
