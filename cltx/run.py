@@ -104,7 +104,7 @@ class MTOptions:
                 "python:MODULE:FN"
             )
         for key, value in self.engine_options.items():
-            if key == "_base_dir" or not isinstance(value, (str, int, float, bool)):
+            if not isinstance(value, (str, int, float, bool)):
                 raise CltxError(
                     f"config: mt.engine_options.{key}={value!r}: each option is one string, number or boolean; "
                     'fix: e.g. engine_options = { base_url = "http://localhost:8000/v1", concurrency = 16 }'
@@ -419,8 +419,6 @@ def _build_section(name: str, cls: type, table: dict, device: str):
 def _coerce(section: str, key: str, value: Any, f: dataclasses.Field) -> Any:
     default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
     want = type(default)
-    if want is dict and isinstance(value, dict):
-        value = {k: v for k, v in value.items() if k != "_base_dir"}  # a table gets one (relative paths)
     ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
