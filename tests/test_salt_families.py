@@ -627,25 +627,50 @@ def test_qwen2_folder_reloads_its_own_tokenizer(family_runs, monkeypatch, tmp_pa
         assert tok.convert_ids_to_tokens(tok("Walk to")["input_ids"]) == expected, (trust, type(tok).__name__)
 
 
-def test_bert_folder_with_only_vocab_txt(family_models, tmp_path):
-    """BERTimbau-style folders ship vocab.txt and tokenizer_config.json, no tokenizer.json."""
+def _vocab_txt_folder(src: Path, plm: Path, tokenizer_config: str | None) -> None:
     import shutil
 
     from transformers import AutoTokenizer
 
-    from cltx.salt import SaltConfig, transfer_vocabulary
-
-    src, plm = family_models("bert-cased"), tmp_path / "bert-vocab-txt"
     plm.mkdir()
     for f in ("config.json", "model.safetensors"):
         shutil.copy(src / f, plm / f)
     vocab = AutoTokenizer.from_pretrained(src).get_vocab()
     (plm / "vocab.txt").write_text("".join(t + "\n" for t in sorted(vocab, key=vocab.get)), encoding="utf-8")
-    (plm / "tokenizer_config.json").write_text('{"tokenizer_class": "BertTokenizer", "do_lower_case": false}')
+    if tokenizer_config is not None:
+        (plm / "tokenizer_config.json").write_text(tokenizer_config)
+
+
+def test_bert_folder_with_only_vocab_txt(family_models, tmp_path):
+    """BERTimbau-style folders ship vocab.txt and tokenizer_config.json, no tokenizer.json."""
+    from cltx.salt import SaltConfig, transfer_vocabulary
+
+    src, plm = family_models("bert-cased"), tmp_path / "bert-vocab-txt"
+    _vocab_txt_folder(src, plm, '{"tokenizer_class": "BertTokenizer", "do_lower_case": false}')
     llm, out = family_models("llama-bbpe"), tmp_path / "out"
     transfer_vocabulary(SaltConfig(llm=str(llm), plm=str(plm), device="cpu", holdout=0, method="mean"), out)
     check_tokenizer(out, llm, plm)
     check_rows(out, llm, plm)
+    assert not any("vocab.txt" in n for n in json.loads((out / "salt_report.json").read_text())["notes"])
+
+
+@pytest.mark.parametrize("config", [None, '{"tokenizer_class": "BertTokenizer"}'])
+def test_cased_vocab_txt_without_a_lower_case_setting_loads_cased(family_models, tmp_path, config):
+    """A vocab.txt with capitalised entries and nothing saying do_lower_case: transformers' default would
+    lower-case the input, so "Walk" could never become the PLM's "Walk" token; cltx loads it cased, says so."""
+    from transformers import AutoTokenizer
+
+    from cltx.salt import SaltConfig, transfer_vocabulary
+
+    src, plm = family_models("bert-cased"), tmp_path / "bert-vocab-txt"
+    _vocab_txt_folder(src, plm, config)
+    assert AutoTokenizer.from_pretrained(plm).tokenize("Walk") != AutoTokenizer.from_pretrained(src).tokenize("Walk")
+    llm, out = family_models("llama-bbpe"), tmp_path / "out"
+    transfer_vocabulary(SaltConfig(llm=str(llm), plm=str(plm), device="cpu", holdout=0, method="mean"), out)
+    check_tokenizer(out, llm, src)  # the cased tokenizer.json of the same vocabulary
+    check_rows(out, llm, src)
+    notes = json.loads((out / "salt_report.json").read_text())["notes"]
+    assert any("vocab.txt" in n and "do_lower_case=False" in n for n in notes), notes
 
 
 def test_sentencepiece_model_without_tokenizer_json_names_the_packages(family_models, tmp_path, monkeypatch):

@@ -227,6 +227,7 @@ class VocabularyTransfer:
         self._neighbours_done = False
         self._gaussian = None
         self._holdout_cache: dict[str, dict] = {}
+        self._load_notes: list[str] = []
 
     # ----------------------------------------------------------------------------- 1. check
 
@@ -242,6 +243,7 @@ class VocabularyTransfer:
         self.llm_path = resolve_model(cfg.llm, argument="llm")
         self.plm_path = resolve_model(cfg.plm, argument="plm")
         tokenizers = {}
+        self._load_notes = []
         for arg, name, path in (("llm", cfg.llm, self.llm_path), ("plm", cfg.plm, self.plm_path)):
             p = Path(path)
             if p.is_dir() and not any((p / f).exists() for f in TOKENIZER_FILES):
@@ -265,6 +267,16 @@ class VocabularyTransfer:
                     f"{arg}={name!r}: its tokenizer could not be loaded ({type(e).__name__}: "
                     f"{str(e).splitlines()[0][:160]}); fix: pass a model folder with a working tokenizer"
                 ) from e
+            if (cased := _cased_vocab_txt(p, tok)) is not None:
+                # transformers' BERT default lower-cases: a cased vocab.txt (capitalised entries, no tokenizer
+                # config saying otherwise) would never produce its capitalised tokens
+                tok = AutoTokenizer.from_pretrained(path, do_lower_case=False)
+                self._load_notes.append(
+                    f"{arg} tokenizer: {path}/vocab.txt has no tokenizer.json or do_lower_case setting, and "
+                    f"{cased:.1%} of its entries are capitalised: loaded cased (do_lower_case=False), not "
+                    "transformers' lower-casing default"
+                )
+                logger.warning("%s", self._load_notes[-1])
             if not getattr(tok, "is_fast", False) or getattr(tok, "backend_tokenizer", None) is None:
                 # In transformers 5 every tokenizer with a converter is a fast one: what is left (PhoBERT,
                 # FlauBERT, GPT-SW3, BERT-Japanese, ByT5 …) has no `tokenizers` version at all, and saving it
@@ -297,6 +309,7 @@ class VocabularyTransfer:
 
         self.progress.message(f"matching {len(self.plm_tokenizer)} PLM tokens against {len(self.llm_tokenizer)}")
         m = match_vocabularies(self.llm_tokenizer, self.plm_tokenizer)
+        m.notes[:0] = self._load_notes
         if not m.basis:
             raise CltxError(
                 f"plm={cfg.plm!r}: no PLM token matches an LLM token (the overlap is empty: {m.plm_family} vs "
@@ -838,6 +851,29 @@ class VocabularyTransfer:
                 tok.unk_token,
             )
         return res
+
+
+def _cased_vocab_txt(folder: Path, tok) -> float | None:
+    """The share of capitalised entries when ``tok`` lower-cases only by transformers' default: a folder
+    with a WordPiece ``vocab.txt``, no ``tokenizer.json`` and no ``do_lower_case`` in a tokenizer config,
+    whose vocabulary is cased (≥ 1% of its entries hold an upper-case letter; an uncased one has a
+    handful, e.g. MiniLM's 2 of 30,522: ``ℝ``). None when nothing needs changing."""
+    from cltx.salt.matching import lowercases
+
+    if not (folder.is_dir() and (folder / "vocab.txt").is_file()) or (folder / "tokenizer.json").exists():
+        return None
+    conf = folder / "tokenizer_config.json"
+    if conf.is_file():
+        try:
+            if "do_lower_case" in json.loads(conf.read_text(encoding="utf-8")):
+                return None
+        except (OSError, ValueError):
+            return None
+    if not lowercases(tok):
+        return None
+    words = [w for w in tok.get_vocab() if not (w.startswith("[") and w.endswith("]"))]
+    share = sum(any(c.isupper() for c in w) for w in words) / max(len(words), 1)
+    return share if share >= 0.01 else None
 
 
 def _sentencepiece_needs(folder: Path) -> tuple[str, list[str]] | None:
