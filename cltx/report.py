@@ -215,6 +215,17 @@ def clo_section(results: dict[str, dict]) -> tuple[dict, list[dict]]:
             "wall_s": r.get("wall_s"),
             "curve": curve,
         }
+        held = r.get("heldout_curve")
+        if held:  # clo.eval_heldout: the held-out records scored with the training loss during training
+            sec["training"][name].update(
+                {
+                    "heldout_records": r.get("heldout_records"),
+                    "heldout_first_loss": held[0]["loss"],
+                    "heldout_last_loss": held[-1]["loss"],
+                    "heldout_last_accuracy": held[-1].get("accuracy"),
+                    "heldout_curve": held,
+                }
+            )
     claims = []
     paper = "CLO, arXiv 2505.14297"
 
@@ -421,6 +432,17 @@ def render_markdown(report: dict) -> str:
         if tr:
             cols = ["method", "input_records", "records", "steps", "first_loss", "last_loss", "last_margin", "wall_s"]
             md += ["", _table(["run"] + cols, [[n] + [r.get(c) for c in cols] for n, r in tr.items()])]
+            held = {n: r for n, r in tr.items() if r.get("heldout_curve")}
+            if held:
+                cols = ["heldout_records", "heldout_first_loss", "heldout_last_loss", "heldout_last_accuracy"]
+                md += [
+                    "",
+                    "The held-out records scored with each run's own training loss, before the first step and after "
+                    "the last (CLO: λ·NLL + (1 − λ)·CL and the share of pairs whose reward prefers the prompt's "
+                    "language; SFT: the NLL of both directions; so compare a run with itself, not CLO with SFT):",
+                    "",
+                    _table(["run"] + cols, [[n] + [r.get(c) for c in cols] for n, r in held.items()]),
+                ]
             md += ["", "![CLO vs SFT](clo_vs_sft.png)"]
     md += ["", "## Machine, versions, timings", ""]
     md += [_table(["", "value"], [[k, "—" if v is None else str(v)] for k, v in env.items()])]

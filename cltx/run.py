@@ -175,10 +175,18 @@ class CLOOptions:
     train_records: int = 0
     compare_sft: bool = True
     half_pairs: bool = True
+    eval_heldout: bool = False
+    eval_steps: int = 0
 
     def __post_init__(self):
         _choice("clo.train", self.train, ("attention", "full", "lora"))
         _nonneg("clo.train_records", self.train_records)
+        _nonneg("clo.eval_steps", self.eval_steps)
+        if self.eval_steps and not self.eval_heldout:
+            raise CltxError(
+                f"clo.eval_steps={self.eval_steps}: held-out scores are off (clo.eval_heldout = false); "
+                "fix: set eval_heldout = true, or drop eval_steps"
+            )
         for name in ("max_steps", "batch_size", "grad_accum", "max_length"):
             _positive(f"clo.{name}", getattr(self, name))
         if not 0.0 <= self.lam <= 1.0:
@@ -495,6 +503,7 @@ def _check_consistency(cfg: RunConfig) -> None:
             ("salt (eval_text)", cfg.salt.enabled and cfg.salt.eval_text in ("source", "target")),
             ("pretrain (held-out loss)", cfg.pretrain.enabled and cfg.pretrain.text in ("source", "target")),
             ("eval", cfg.eval.enabled),
+            ("clo (eval_heldout)", cfg.clo.enabled and cfg.clo.eval_heldout),
         )
         if on
     ]
@@ -644,6 +653,8 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
             st.append(Stage(f"pretrain-{init}", "pretrain", opts, needs, _stage_pretrain, files + extra))
     if cfg.clo.enabled:
         clo = {**dataclasses.asdict(cfg.clo), **shared}
+        if not clo["eval_heldout"]:
+            del clo["eval_heldout"], clo["eval_steps"]  # stage keys as before the options existed
         base_needs = ["mt"]
         files = []
         if clo["model"].startswith("pretrain:"):
@@ -1067,6 +1078,10 @@ def _stage_clo(ctx: RunContext, st: Stage) -> dict[str, Any]:
         rows = rows[: max(1, len(rows) // 2)]
     data = d / "train.jsonl"
     _write_jsonl(data, rows)
+    # held-out scores during training: the mt stage's held-out records (the eval stage's prompts), never trained on
+    held = {}
+    if o.get("eval_heldout"):
+        held = {"eval_data": ctx.dir("mt") / "heldout.jsonl", "eval_steps": o["eval_steps"]}
     rep = train_clo(
         _base_model(ctx, o["model"]),
         data,
@@ -1084,6 +1099,7 @@ def _stage_clo(ctx: RunContext, st: Stage) -> dict[str, Any]:
         seed=o["seed"],
         logging_steps=1,
         progress=ctx.progress,
+        **held,
     )
     curve = [
         {
@@ -1111,6 +1127,19 @@ def _stage_clo(ctx: RunContext, st: Stage) -> dict[str, Any]:
         "reference": rep.get("reference"),
         "data_report": rep.get("data_report"),
         "curve": curve,
+        "heldout_curve": [
+            {
+                "step": int(e["step"]),
+                "loss": e.get("eval_loss"),
+                "nll": e.get("eval_nll"),
+                "margin": e.get("eval_rewards/margins"),
+                "accuracy": e.get("eval_rewards/accuracies"),
+            }
+            for e in rep.get("eval") or []
+        ]
+        if held
+        else None,
+        "heldout_records": (rep.get("eval_data_report") or {}).get("used") if held else None,
         "model_dir": str(d / "model"),
     }
 

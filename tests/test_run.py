@@ -89,6 +89,9 @@ def test_extends_a_shipped_config_by_its_file_name(tmp_path):
         # held-out text would silently be training records, and eval would start with no prompt
         ("[mt]\nheld_out = 0\n", "mt.held_out=0: salt .*eval read"),
         ("[mt]\nlimit = 4\nheld_out = 3\n", "mt.held_out=3: with mt.limit=4"),  # was cut to 2 silently
+        ("[mt]\nheld_out = 0\n[salt]\nenabled = false\n[pretrain]\nenabled = false\n[eval]\nenabled = false\n"
+         "[clo]\neval_heldout = true\n", r"mt.held_out=0: clo \(eval_heldout\) read"),
+        ("[clo]\neval_steps = 3\n", "clo.eval_steps=3: held-out scores are off.*fix: set eval_heldout = true"),
         ("[run]\ntgt = 'de'\n", "mt.engine='bergamot' translates only en-pt and pt-en"),  # failed in stage mt
         ("[mt]\ninput = '.'\n", "mt.input=.*a folder, not a file"),
         ("[mt]\nengine = 'openai:m'\nengine_options = { concurrency = 0 }\n", "mt.engine='openai:m'.*concurrency"),
@@ -255,6 +258,8 @@ def test_tiny_pipeline_wires_clo_sft_eval_and_report(tmp_path, tiny_llama):
         lr = 1e-3
         max_length = 96
         train = "full"
+        eval_heldout = true
+        eval_steps = 2
         [eval]
         prompts = 2
         max_new_tokens = 3
@@ -273,11 +278,26 @@ def test_tiny_pipeline_wires_clo_sft_eval_and_report(tmp_path, tiny_llama):
     assert tr["clo-half"]["input_records"] == tr["clo"]["input_records"] // 2 == 5
     assert all(c["margin"] is not None for c in tr["clo"]["curve"])
     assert all(c["margin"] is None for c in tr["sft"]["curve"])
+    # clo.eval_heldout: the 3 held-out records scored before the first step, at step 2 and after the last
+    for name in ("clo", "sft", "clo-half"):
+        held = tr[name]["heldout_curve"]
+        assert [h["step"] for h in held] == [0, 2, 3] and tr[name]["heldout_records"] == 3, name
+        assert all(math.isfinite(h["loss"]) for h in held) and held[-1]["loss"] != held[0]["loss"], name
+    assert tr["clo"]["heldout_curve"][0]["margin"] == 0.0 and tr["clo"]["heldout_curve"][-1]["margin"] != 0.0
+    assert tr["sft"]["heldout_curve"][0]["margin"] is None and tr["sft"]["heldout_last_accuracy"] is None
+    assert tr["sft"]["heldout_curve"][0]["loss"] == tr["sft"]["heldout_curve"][0]["nll"]
     checks = {c["check"] for c in rep["claims"]}
     assert {"clo > sft", "clo < sft", "clo-half > sft", "joint > separate"} <= checks
     assert (run / "clo_vs_sft.png").stat().st_size > 1000 and (run / "pretrain_loss.png").exists()
     assert "## CLO vs SFT" in (run / "report.md").read_text()
+    assert "heldout_first_loss" in (run / "report.md").read_text()
     assert not _finite_numbers(json.loads((run / "report.json").read_text()))
+    # off (the library default): the clo stages' options, hence the keys of earlier runs' stages, are as before
+    off = tmp_path / "off.toml"
+    off.write_text(cfg.replace("eval_heldout = true\n", "").replace("eval_steps = 2\n", ""))
+    opts = {s.name: s.options for s in build_stages(load_config(off))}
+    assert not {"eval_heldout", "eval_steps"} & set(opts["clo"])
+    assert {s.name: s.options for s in build_stages(load_config(p))}["clo"]["eval_steps"] == 2
 
 
 # ------------------------------------------------------------------------------ end to end
@@ -311,6 +331,7 @@ def test_quick_run_end_to_end(tmp_path):
             assert isinstance(m[key], (int, float)), (name, key)
     for name in ("clo", "sft", "clo-half"):
         assert clo["training"][name]["curve"], name
+        assert [h["step"] for h in clo["training"][name]["heldout_curve"]] == [0, 3], name  # eval_steps 0
     assert any(c.get("margin") is not None for c in clo["training"]["clo"]["curve"])
     assert {c["verdict"] for c in data["claims"]} <= {"reproduced", "not reproduced", "inconclusive"}
     assert len(data["claims"]) >= 8
