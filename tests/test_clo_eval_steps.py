@@ -111,6 +111,25 @@ def test_sft_eval_is_the_nll(tmp_path, tok):
         CLOTrainer(tiny_llama(tok), _args(tmp_path), _bins(tok, 6, seed=1), processing_class=tok, eval_bins=held)
 
 
+@pytest.mark.parametrize("method", ["clo", "sft"])
+def test_a_rank_without_held_out_bins_sends_the_keys_the_others_store(tmp_path, tok, monkeypatch, method):
+    """The reduction stacks the sums by key on every rank: a rank with no held-out bin (more ranks than bins)
+    zero-fills ``_metric_keys()``, which must be exactly the keys ``_store`` fills on the others."""
+    tr = CLOTrainer(tiny_llama(tok, seed=2), _args(tmp_path, method=method), _bins(tok, 4, seed=1, method=method),
+                    processing_class=tok, eval_bins=_bins(tok, 2, seed=9, method=method))  # fmt: skip
+    seen = []
+    reduce = tr._reduce_metrics
+    monkeypatch.setattr(tr, "_reduce_metrics", lambda sums: seen.append(sorted(sums)) or reduce(sums))
+    full = tr.evaluate()
+    n = len(tr.eval_bins)  # the last of n + 1 ranks gets no bin
+    monkeypatch.setattr(type(tr.accelerator), "process_index", property(lambda self: n))
+    monkeypatch.setattr(type(tr.accelerator), "num_processes", property(lambda self: n + 1))
+    monkeypatch.setattr(tr.accelerator, "reduce", lambda vec, reduction: vec)  # this rank's share alone
+    none = tr.evaluate()
+    assert seen[0] == seen[1] == sorted(tr._metric_keys())
+    assert none["eval_nll"] == 0.0 and full["eval_nll"] > 0
+
+
 def test_train_clo_scores_held_out_data_every_eval_steps_and_at_the_end(tmp_path, tok):
     rep = train_clo(tiny_llama(tok), tiny_records(8, seed=1), tmp_path / "out", tokenizer=tok, max_steps=3,
                     batch_size=2, max_length=48, lr=3e-3, train_mode="full", eval_data=tiny_records(4, seed=9),

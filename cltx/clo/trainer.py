@@ -702,6 +702,11 @@ class CLOTrainer(Trainer):
             self.tokens_trained += int(inputs["attention_mask"].sum())
         return (loss, metrics) if return_outputs else loss
 
+    def _metric_keys(self) -> tuple[str, ...]:
+        """The keys :meth:`_store` fills (a rank with nothing to store sends zeros under them)."""
+        per_pair = ("cl", "rewards/accuracies", *_PAIR_METRICS) if self.args.method == "clo" else ("logps/chosen",)
+        return ("pairs", "nll_tokens", "nll", *per_pair)
+
     def _store(self, m: dict, P: int, n_nll: int, sums: dict | None = None) -> None:
         s = self._metric_sums if sums is None else sums
         s["pairs"] += P
@@ -770,12 +775,7 @@ class CLOTrainer(Trainer):
         if fsdp:
             _reshard(model)
         if not sums:  # a rank with no held-out bin still takes part in the reduction
-            for key in (
-                "pairs",
-                "nll_tokens",
-                "nll",
-                *(("cl", "rewards/accuracies", *_PAIR_METRICS) if self.args.method == "clo" else ("logps/chosen",)),
-            ):
+            for key in self._metric_keys():
                 sums[key] = torch.zeros((), dtype=torch.float64)
         means = self._reduce_metrics(sums)
         loss = (
