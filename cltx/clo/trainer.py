@@ -630,27 +630,39 @@ class CLOTrainer(Trainer):
         (FSDP: every rank must take part in every forward's all-gathers)."""
         global REF_FORWARD_CALLS
         wrapper = model if model is not None else self.accelerator.unwrap_model(self.model)
-        was_training = wrapper.training
-        wrapper.train()  # dropout is off; the same mode as the policy's forward
         out: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        device = self.args.device
         total = max(len(indices), forwards or 0)
         self.progress.start("reference", total=total, description="reference log-probs")
-        with torch.enable_grad(), self.accelerator.autocast():
-            for n in range(total):
-                i = indices[n] if n < len(indices) else (indices or self._ref_missing)[-1]
-                b = {k: v.to(device) for k, v in self._bin(i).items() if k not in _NOT_INPUTS}
-                _, m = wrapper(**b)
-                if n < len(indices):
-                    out[i] = (m["chosen_logps"].detach().float().cpu(), m["rejected_logps"].detach().float().cpu())
-                    REF_FORWARD_CALLS += 1
-                del m
-                self.progress.advance("reference", 1)
+        pad = (indices or self._ref_missing)[-1] if total else 0
+        for i, _, m in self._forwards(wrapper, indices, total, pad, self._bin, _NOT_INPUTS, progress="reference"):
+            out[i] = (m["chosen_logps"].detach().float().cpu(), m["rejected_logps"].detach().float().cpu())
+            REF_FORWARD_CALLS += 1
         self.progress.finish("reference")
-        wrapper.train(was_training)
         if model is not None:
             _reshard(model)
         return out
+
+    def _forwards(self, wrapper, indices: list[int], total: int, pad: int, get_bin, exclude, *, progress=None):
+        """Forwards of ``wrapper`` on bins ``indices`` in the mode of a training step (train mode, whose
+        dropout is off; grad mode and autocast as in training), so the log-probs are bit-identical to the
+        step's; yields ``(index, inputs, metrics)`` for each. ``total`` > ``len(indices)``: extra forwards
+        on bin ``pad``, results dropped — under FSDP every rank takes part in every forward's all-gathers.
+        ``exclude``: bin keys that are not model inputs; ``progress``: a progress task to advance."""
+        was_training = wrapper.training
+        wrapper.train()
+        try:
+            with torch.enable_grad(), self.accelerator.autocast():
+                for n in range(total):
+                    i = indices[n] if n < len(indices) else pad
+                    b = {k: v.to(self.args.device) for k, v in get_bin(i).items() if k not in exclude}
+                    _, m = wrapper(**b)
+                    if n < len(indices):
+                        yield i, b, m
+                    del m
+                    if progress:
+                        self.progress.advance(progress, 1)
+        finally:
+            wrapper.train(was_training)
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """``transformers.Trainer.train``; ``resume_from_checkpoint`` defaults to
@@ -761,17 +773,9 @@ class CLOTrainer(Trainer):
         mine = list(range(rank, n, world))
         forwards = -(-n // world) if fsdp else len(mine)
         sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64))
-        was_training = model.training
-        model.train()  # dropout is off: the mode of the training forward
-        with torch.enable_grad(), self.accelerator.autocast():
-            for k in range(forwards):
-                i = mine[k] if k < len(mine) else (mine or [n - 1])[-1]
-                b = {key: v.to(self.args.device) for key, v in self.eval_bins[i].items() if key != "record_index"}
-                _, m = model(**b)
-                if k < len(mine):
-                    self._store({key: v.detach() for key, v in m.items()}, _pairs(b), _nll_tokens(b), sums)
-                del m
-        model.train(was_training)
+        pad = (mine or [n - 1])[-1]  # the bin of a rank's extra (FSDP) forwards, results dropped
+        for _, b, m in self._forwards(model, mine, forwards, pad, self.eval_bins.__getitem__, ("record_index",)):
+            self._store({key: v.detach() for key, v in m.items()}, _pairs(b), _nll_tokens(b), sums)
         if fsdp:
             _reshard(model)
         if not sums:  # a rank with no held-out bin still takes part in the reduction
