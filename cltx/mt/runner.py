@@ -91,7 +91,10 @@ def _read_done(path: Path, key) -> set[int]:
         if end < len(data):
             logger.warning("%s: dropping a torn last line (%d bytes) before resuming", path, len(data) - end)
             fh.truncate(end)
-    for i, line in enumerate(data[:end].decode("utf-8").splitlines(), start=1):
+    # split on b"\n" only: str.splitlines() also cuts at U+2028/U+2029/U+0085, which
+    # json.dumps(ensure_ascii=False) leaves raw inside strings
+    for i, bline in enumerate(data[:end].split(b"\n")[:-1], start=1):
+        line = bline.decode("utf-8")
         if not line.strip():
             continue
         try:

@@ -1,0 +1,51 @@
+"""cltx mt on odd but realistic input: separators inside text, engines that misbehave."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from cltx.mt.pipeline import MTConfig
+from cltx.mt.runner import run_file
+
+
+class Upper:
+    name = "upper"
+
+    def translate(self, texts):
+        return [t.upper() for t in texts]
+
+
+class InterruptAt:
+    name = "upper"
+
+    def __init__(self, k):
+        self.k, self.seen = k, 0
+
+    def translate(self, texts):
+        self.seen += len(texts)
+        if self.seen >= self.k:
+            raise KeyboardInterrupt
+        return [t.upper() for t in texts]
+
+
+def test_resume_over_unicode_line_separators_in_text(tmp_path):
+    # json.dumps(ensure_ascii=False) writes U+2028/U+2029/U+0085 raw; str.splitlines() cuts there,
+    # so --resume used to read a written record as two torn lines and refuse the file.
+    recs = [{"question": f"Q{i} one\u2028two\u2029three\x85four.", "answer": f"a{i}"} for i in range(6)]
+    lines = [json.dumps(r, ensure_ascii=False) for r in recs]
+    lines.insert(2, '{"question": "broken\u2028json"')  # a reject whose raw text has one too
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = MTConfig(fields=["question", "answer"], batch_records=1)
+    ref = tmp_path / "ref.jsonl"
+    run_file(inp, ref, Upper(), cfg, skip_invalid=True)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_file(inp, out, InterruptAt(4), cfg, skip_invalid=True)
+    assert 0 < len(out.read_bytes().split(b"\n")) - 1 < 6
+    run_file(inp, out, Upper(), cfg, skip_invalid=True, resume=True)
+    assert out.read_bytes() == ref.read_bytes()
+    assert (tmp_path / "out.rejects.jsonl").read_bytes() == (tmp_path / "ref.rejects.jsonl").read_bytes()
+
