@@ -49,3 +49,24 @@ def test_resume_over_unicode_line_separators_in_text(tmp_path):
     assert out.read_bytes() == ref.read_bytes()
     assert (tmp_path / "out.rejects.jsonl").read_bytes() == (tmp_path / "ref.rejects.jsonl").read_bytes()
 
+
+@pytest.mark.parametrize("text", ["???", "…", " - ", " "])
+def test_unmask_keeps_a_text_without_spans_or_words(text):
+    from cltx.mt.protect import mask, unmask
+
+    m = mask(text)
+    assert unmask(m.text, m) == text
+
+
+def test_punctuation_only_field_beside_a_protected_span_is_kept():
+    # The URL makes the record masked; "???" (no words, no spans) skipped the engine and came back empty.
+    from cltx.mt.pipeline import translate_records
+
+    recs = [
+        {"question": "See https://x.com/a now please.", "answer": "???"},
+        {"question": "Open https://x.com/b", "answer": "  …  "},
+    ]
+    out = translate_records(recs, Upper(), MTConfig(fields=["question", "answer"]))
+    assert [r["answer"] for r in out] == ["???", "  …  "]
+    assert out[0]["question"] == "SEE https://x.com/a NOW PLEASE."
+

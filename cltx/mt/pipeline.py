@@ -312,7 +312,7 @@ class Pipeline:
     # ---------------------------------------------------------------- protected spans
     def _mask(self, w: _Work) -> None:
         """Mask the record's protected spans; fields that are only spans skip the engine."""
-        from cltx.mt.protect import mask_record
+        from cltx.mt.protect import mask_record, unmask
 
         if self._patterns is None or not w.nonempty:
             return
@@ -324,7 +324,7 @@ class Pipeline:
         w.meta["protected"] = sum(len(m.spans) + bool(m.suffix) for m in masks)
         w.send = [f for f in w.nonempty if w.masks[f].needs_engine]
         w.texts = {f: w.masks[f].text.strip() for f in w.send}
-        w.direct = {f: w.masks[f].suffix for f in w.nonempty if not w.masks[f].needs_engine}
+        w.direct = {f: unmask("", w.masks[f]) for f in w.nonempty if not w.masks[f].needs_engine}
 
     def _restore(self, w: _Work, field_name: str, out: str) -> str:
         """The translation of one field with its protected spans back (raises MarkerError)."""

@@ -366,7 +366,9 @@ def unmask(translated: str, masked: Masked) -> str:
         MarkerError: a marker is missing, occurs twice, or a marker number not in ``masked`` appears.
     """
     if not masked.spans:
-        return (translated if masked.needs_engine else "") + masked.suffix
+        # nothing for the engine: ``text`` is then empty (all held back in ``suffix``) or a
+        # span-less text without words ("???"), which is kept as it is
+        return (translated if masked.needs_engine else masked.text) + masked.suffix
     err = check_markers(translated, masked)
     if err is not None:
         raise err
