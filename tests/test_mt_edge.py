@@ -70,3 +70,33 @@ def test_punctuation_only_field_beside_a_protected_span_is_kept():
     assert [r["answer"] for r in out] == ["???", "  …  "]
     assert out[0]["question"] == "SEE https://x.com/a NOW PLEASE."
 
+
+class DropsMarkersRaisesAround:
+    """Loses every protected-span marker; raises on a text about 'boom' sent without one (the
+    field-by-field path's translation around the spans)."""
+
+    name = "drops-markers"
+
+    def translate(self, texts):
+        import re
+
+        rx = re.compile(r"(?i)XPH ?\d+ ?X")
+        if any("boom" in t and not rx.search(t) for t in texts):
+            raise RuntimeError("kaboom")
+        return [rx.sub("", t).upper() for t in texts]
+
+
+def test_engine_error_while_translating_around_spans_fails_only_its_record(tmp_path):
+    inp = tmp_path / "in.jsonl"
+    rows = [
+        {"question": "See https://example.com/a for boom details, then go on.", "answer": "fine"},
+        {"question": "See https://example.com/b for the details.", "answer": "ok"},
+    ]
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    report = run_file(inp, out, DropsMarkersRaisesAround(), MTConfig(fields=["question", "answer"]))
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["_mt"]["status"] for r in got] == ["failed", "fallback"]
+    assert got[0]["question"] == rows[0]["question"] and "kaboom" in got[0]["_mt"]["error"]
+    assert got[1]["question"] == "SEE https://example.com/b FOR THE DETAILS."
+    assert report["failures"] == 1

@@ -476,12 +476,17 @@ class Pipeline:
                 if splits:
                     w.meta.setdefault("split", {}).update(splits)
                 failed = {f: j.error for f, j in w.separate.items() if j.error is not None}
+                done = {}
+                for f, j in w.separate.items() if not failed else ():
+                    try:
+                        done[f] = self._restore_or_around(w, f, j.result())
+                    except Exception as e:  # noqa: BLE001 - the engine call around the spans fails its record only
+                        failed[f] = f"{type(e).__name__}: {e}"[:300]
                 if failed:
                     w.meta["status"] = "failed"
                     w.meta["error"] = "; ".join(f"{f}: {e}" for f, e in failed.items())[:500]
                     w.translated = {}
                 else:
-                    done = {f: self._restore_or_around(w, f, j.result()) for f, j in w.separate.items()}
                     w.translated = {**done, **w.direct}
             # put the outer whitespace back; empty segments stay as they were
             texts = {}
