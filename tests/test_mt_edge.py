@@ -100,3 +100,23 @@ def test_engine_error_while_translating_around_spans_fails_only_its_record(tmp_p
     assert got[0]["question"] == rows[0]["question"] and "kaboom" in got[0]["_mt"]["error"]
     assert got[1]["question"] == "SEE https://example.com/b FOR THE DETAILS."
     assert report["failures"] == 1
+
+
+class Limited(DropsMarkersRaisesAround):
+    """Loses protected-span markers and declares an input limit, which it enforces."""
+
+    max_input_len = 40
+
+    def translate(self, texts):
+        assert all(len(t) <= self.max_input_len for t in texts), texts
+        return super().translate(texts)
+
+
+def test_translating_around_spans_keeps_to_the_engine_input_limit():
+    from cltx.mt.pipeline import translate_records
+
+    q = "See https://example.com/a for the details of the long story that goes on and on. And some more words here."
+    out = translate_records([{"question": q, "answer": "ok"}], Limited(), MTConfig(fields=["question", "answer"]))
+    assert out[0]["_mt"]["status"] == "fallback", out[0]["_mt"]
+    assert out[0]["question"] == q.upper().replace("HTTPS://EXAMPLE.COM/A", "https://example.com/a")
+

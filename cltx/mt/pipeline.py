@@ -341,7 +341,16 @@ class Pipeline:
             return self._restore(w, field_name, out)
         except MarkerError as e:
             w.meta.setdefault("protect", {})[field_name] = {**e.as_dict(), "fallback": "translated around the spans"}
-            return translate_around(lambda texts: checked_translate(self.engine, texts), w.masks[field_name])
+            return translate_around(self._translate_now, w.masks[field_name])
+
+    def _translate_now(self, texts: list[str]) -> list[str]:
+        """One engine call outside the batched rounds, each text cut to the engine's input limit."""
+        jobs = [_Job(t, self.limit, self.length) for t in texts]
+        outs = checked_translate(self.engine, [c for j in jobs for c in j.texts])
+        k = 0
+        for j in jobs:
+            j.outs, k = outs[k : k + len(j.texts)], k + len(j.texts)
+        return [j.result() for j in jobs]
 
     # ---------------------------------------------------------------- engine calls
     def _run_jobs(self, jobs: list[_Job]) -> None:
