@@ -120,3 +120,20 @@ def test_translating_around_spans_keeps_to_the_engine_input_limit():
     assert out[0]["_mt"]["status"] == "fallback", out[0]["_mt"]
     assert out[0]["question"] == q.upper().replace("HTTPS://EXAMPLE.COM/A", "https://example.com/a")
 
+
+def test_a_record_holding_every_marker_form_is_translated_around_its_spans(tmp_path):
+    # XPH1X, 0x0001 and MKR1MKR in the text leave no free protected-span marker form: the run used to
+    # stop there with an error that named no line
+    rows = [
+        {"question": "Set XPH1X to 0x0001 (or MKR1MKR), see https://example.com/a for more.", "answer": "Fine."},
+        {"question": "Another record.", "answer": "Yes."},
+    ]
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "out.jsonl"
+    run_file(inp, out, Upper(), MTConfig(fields=["question", "answer"]))
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert got[0]["question"] == "SET XPH1X TO 0X0001 (OR MKR1MKR), SEE https://example.com/a FOR MORE."
+    assert got[0]["answer"] == "FINE."
+    assert got[0]["_mt"]["status"] == "fallback" and "marker form" in got[0]["_mt"]["reason"]
+    assert got[1]["_mt"]["status"] == "joint"

@@ -41,6 +41,7 @@ from cltx.mt.catalyst import catalyst_for, check_setting, load_catalyst_file
 from cltx.mt.chat import rebuild, segments
 from cltx.mt.engines import Engine, checked_translate, engine_name, input_limit
 from cltx.mt.protect import MarkerError as ProtectMarkerError
+from cltx.mt.protect import translate_around
 from cltx.mt.segment import cores, pack, strip_parts, translate_pieces
 
 logger = logging.getLogger(__name__)
@@ -251,6 +252,7 @@ class _Work:
         self.joint: _Job | None = None
         self.style: its.ITStyle | None = None
         self.separate: dict[str, _Job] = {}
+        self.around = False  # no free protected-span marker form: fields translated around their spans
 
 
 class Pipeline:
@@ -312,12 +314,20 @@ class Pipeline:
     # ---------------------------------------------------------------- protected spans
     def _mask(self, w: _Work) -> None:
         """Mask the record's protected spans; fields that are only spans skip the engine."""
-        from cltx.mt.protect import mask_record, unmask
+        from cltx.mt.protect import DEFAULT_FORMS, NoFreeFormError, mask_record, unmask
 
         if self._patterns is None or not w.nonempty:
             return
         cs = catalyst_for(self._cs_fields(w, w.nonempty), self.config.catalyst, self._cs_table)
-        masks = mask_record([w.parts[f][1] for f in w.nonempty], self._patterns, avoid=[cs or ""])
+        texts = [w.parts[f][1] for f in w.nonempty]
+        try:
+            masks = mask_record(texts, self._patterns, avoid=[cs or ""])
+        except NoFreeFormError:
+            # The record's own text holds every marker form, so no marker could be told apart from it:
+            # translate each field around its spans instead (no marker reaches the engine, any form will do).
+            masks = mask_record(texts, self._patterns, form=DEFAULT_FORMS[0])
+            w.around = True
+            w.meta["reason"] = "every protected-span marker form already occurs in the record"
         if not any(m.spans or m.suffix for m in masks):
             return
         w.masks = dict(zip(w.nonempty, masks, strict=True))
@@ -401,7 +411,7 @@ class Pipeline:
             elif not w.send:  # only protected spans: nothing for the engine
                 w.meta["status"] = "empty"
                 w.translated = dict(w.direct)
-            elif cfg.mode == "joint":
+            elif cfg.mode == "joint" and not w.around:
                 pending.append(w)
         # Joint rounds: the first style the record allows, then (style_retries) the next ones for
         # records whose markers did not come back intact. An engine error goes straight to fallback.
@@ -472,6 +482,8 @@ class Pipeline:
                 continue
             if len(tried.get(id(w), [])) > 1:
                 w.meta["it_styles_tried"] = tried[id(w)]
+            if w.around:
+                continue  # translated below, around its spans
             for f in w.send:
                 w.separate[f] = _Job(w.texts[f], self.limit, self.length)
                 sep_jobs.append(w.separate[f])
@@ -479,16 +491,19 @@ class Pipeline:
 
         results = []
         for w in works:
-            if w.separate:
+            if w.separate or w.around:
                 w.meta["status"] = "separate" if cfg.mode == "separate" else "fallback"
                 splits = {f: len(j.pieces) for f, j in w.separate.items() if len(j.pieces) > 1}
                 if splits:
                     w.meta.setdefault("split", {}).update(splits)
                 failed = {f: j.error for f, j in w.separate.items() if j.error is not None}
                 done = {}
-                for f, j in w.separate.items() if not failed else ():
+                for f in w.send if not failed else ():
                     try:
-                        done[f] = self._restore_or_around(w, f, j.result())
+                        if w.around:
+                            done[f] = translate_around(self._translate_now, w.masks[f])
+                        else:
+                            done[f] = self._restore_or_around(w, f, w.separate[f].result())
                     except Exception as e:  # noqa: BLE001 - the engine call around the spans fails its record only
                         failed[f] = f"{type(e).__name__}: {e}"[:300]
                 if failed:

@@ -34,6 +34,7 @@ __all__ = [
     "DEFAULT_PATTERNS",
     "MarkerError",
     "MarkerForm",
+    "NoFreeFormError",
     "Masked",
     "compile_patterns",
     "find_spans",
@@ -240,11 +241,15 @@ def find_spans(
     return merged
 
 
+class NoFreeFormError(CltxError):
+    """Every candidate marker form already occurs in the text: a marker could not be told apart."""
+
+
 def _choose_form(text: str, forms: Sequence[MarkerForm]) -> MarkerForm:
     for f in forms:
         if f.regex.search(text) is None:
             return f
-    raise CltxError(
+    raise NoFreeFormError(
         "every protected-span marker form already occurs in the text "
         f"({', '.join(f.name for f in forms)}); add another form or turn protection off (--no-protect)"
     )
@@ -455,16 +460,21 @@ def mask_record(
     *,
     forms: Sequence[MarkerForm] = DEFAULT_FORMS,
     avoid: Sequence[str] = (),
+    form: MarkerForm | None = None,
 ) -> list[Masked]:
     """Mask every field of one record with one marker form and running marker numbers.
 
     The form is the first one that occurs in none of the fields (nor in ``avoid``, e.g. the Catalyst
     Statement), and numbering runs on across fields, so a marker that wanders into another field in
-    a joint translation is caught as lost in one and unknown in the other.
+    a joint translation is caught as lost in one and unknown in the other. ``form`` imposes one
+    without that check (for texts whose markers never reach an engine: :func:`translate_around`).
+
+    Raises:
+        NoFreeFormError: every form of ``forms`` already occurs in the texts (and no ``form`` given).
     """
     if not any(find_spans(t, patterns) for t in texts):
         return [mask(t, patterns, form=forms[0]) for t in texts]
-    form = choose_form([*texts, *avoid], forms)
+    form = form or choose_form([*texts, *avoid], forms)
     out: list[Masked] = []
     start = 1
     for t in texts:
