@@ -137,3 +137,25 @@ def test_a_record_holding_every_marker_form_is_translated_around_its_spans(tmp_p
     assert got[0]["answer"] == "FINE."
     assert got[0]["_mt"]["status"] == "fallback" and "marker form" in got[0]["_mt"]["reason"]
     assert got[1]["_mt"]["status"] == "joint"
+
+
+class EmptiesAnswers:
+    """Translates to upper case, but gives nothing back for a text mentioning 'Ana'."""
+
+    name = "empties"
+
+    def translate(self, texts):
+        return ["" if "Ana" in t else t.upper() for t in texts]
+
+
+@pytest.mark.parametrize("mode", ["joint", "separate"])
+def test_an_empty_translation_of_a_field_fails_the_record_not_silently(mode):
+    # joint: the emptied field fails the split and falls back; the field-by-field translation was
+    # empty too and used to be written as "" with status fallback/separate and no flag or error
+    from cltx.mt.pipeline import translate_records
+
+    recs = [{"question": "Who built it?", "answer": "Ana"}, {"question": "Who?", "answer": "Bob"}]
+    out = translate_records(recs, EmptiesAnswers(), MTConfig(fields=["question", "answer"], mode=mode))
+    assert out[0]["_mt"]["status"] == "failed" and "answer: " in out[0]["_mt"]["error"]
+    assert out[0]["answer"] == "Ana" and out[0]["question"] == "Who built it?"
+    assert out[1]["answer"] == "BOB" and out[1]["_mt"]["status"] == ("joint" if mode == "joint" else "separate")

@@ -506,6 +506,9 @@ class Pipeline:
                             done[f] = self._restore_or_around(w, f, w.separate[f].result())
                     except Exception as e:  # noqa: BLE001 - the engine call around the spans fails its record only
                         failed[f] = f"{type(e).__name__}: {e}"[:300]
+                        continue
+                    if not done[f].strip():  # written as "", the field's text would be lost without a word
+                        failed[f] = "the engine returned an empty translation"
                 if failed:
                     w.meta["status"] = "failed"
                     w.meta["error"] = "; ".join(f"{f}: {e}" for f, e in failed.items())[:500]
