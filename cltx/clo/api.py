@@ -78,9 +78,12 @@ def load_policy(name: str, *, tokenizer=None):
 
 
 def _none_usable(report: DataReport, argument: str = "data") -> CltxError:
+    if set(report.skipped) == {"prompt_too_long"}:
+        fix = "raise --max-length (prompt + response tokens), or shorten the prompts"
+    else:
+        fix = "pass cltx mt output or a bilingual JSONL, and name the fields with --prompt-fields/--response-field"
     return CltxError(
-        f"{argument}: none of the {report.records} records is usable ({describe_skips(report)}); "
-        "fix: pass cltx mt output or a bilingual JSONL, and name the fields with --prompt-fields/--response-field"
+        f"{argument}: none of the {report.records} records is usable ({describe_skips(report)}); fix: {fix}"
     )
 
 
@@ -218,7 +221,11 @@ def train_clo(
         raise bad_arg("save_steps", save_steps, "must be ≥ 0 (0: no checkpoints)")
     if eval_steps < 0:
         raise bad_arg("eval_steps", eval_steps, "must be ≥ 0 (0: evaluate at the end only)")
-    if isinstance(eval_split, bool) or not isinstance(eval_split, (int, float)) or not 0 <= eval_split:
+    if (
+        isinstance(eval_split, bool)
+        or not isinstance(eval_split, (int, float))
+        or not 0 <= eval_split < float("inf")  # nan and inf too (int(inf) raised OverflowError below)
+    ):
         raise bad_arg("eval_split", eval_split, "give a fraction 0 < x < 1 or a number of records ≥ 1 (0: none)")
     if eval_split and eval_data is not None:
         raise bad_arg("eval_split", eval_split, "held-out records come from --eval-data or --eval-split, not both")

@@ -83,6 +83,8 @@ SKIP_REASONS = {
     "mt_failed": "cltx mt marked the translation failed",
     "not_text": "a prompt/response field is not a string",
     "no_layout": "no known prompt/response fields (pass --prompt-fields/--response-field)",
+    "missing_fields": "none of the --prompt-fields, or not the --response-field, in either language "
+    "(check the field names)",
     "no_exchange": "chat record without a user turn followed right away by an assistant turn",
     "chat_mismatch": "chat record whose target conversation does not have the English conversation's turns "
     "(roles in the same order)",
@@ -250,7 +252,9 @@ def read_records_with_lines(path: str | Path, *, argument: str = "data") -> tupl
         lines, what = list(range(1, len(rows) + 1)), "record"
     else:
         rows, lines, what = [], [], "line"
-        for n, line in enumerate(text.splitlines(), 1):
+        # JSONL lines end at "\n" only: str.splitlines also splits at U+2028/U+2029/U+0085 and form
+        # feeds, which JSON strings may hold raw (json.dumps(ensure_ascii=False) writes them so)
+        for n, line in enumerate(text.split("\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -382,6 +386,9 @@ def build_examples(
         if layout[1] == _CHAT:
             _chat_examples(i, en.get(layout[0][0]), tg.get(layout[0][0]), spec, report, out)
             continue
+        if spec.prompt_fields is not None and not (_has_fields(en, layout) or _has_fields(tg, layout)):
+            report.skip("missing_fields", i)  # a misspelt field name, not a missing language
+            continue
         pe = _prompt_response(en, layout, spec)
         pt = _prompt_response(tg, layout, spec)
         reason = _pair_problem(pe, pt)
@@ -393,6 +400,12 @@ def build_examples(
     report.used = len({e.index for e in out})
     report.examples = len(out)
     return out, report
+
+
+def _has_fields(view: dict, layout) -> bool:
+    """Whether ``view`` holds the layout's response field and at least one of its prompt fields."""
+    prompt_fields, response_field = layout
+    return response_field in view and any(f in view for f in prompt_fields)
 
 
 def _pair_problem(pe, pt) -> str | None:
@@ -478,6 +491,14 @@ class PromptFormatter:
             raise bad_arg("chat_template", True, "this tokenizer has no chat template; drop the option")
         self.chat = has_template if use_chat_template is None else use_chat_template
         self.system_prompt = system_prompt
+        if system_prompt and not self.chat:  # the plain prompt has no place for it: it would be dropped
+            why = "--no-chat-template was given" if has_template else "this tokenizer has no chat template"
+            raise bad_arg(
+                "system_prompt",
+                system_prompt,
+                f"a system message needs a chat template, and {why}; "
+                "fix: drop --system-prompt, or write the instruction into the prompts",
+            )
         if not self.chat and tokenizer.eos_token_id is None:
             raise bad_arg("model", getattr(tokenizer, "name_or_path", "?"), "its tokenizer has no EOS token")
         if self.chat:

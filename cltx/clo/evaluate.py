@@ -25,7 +25,6 @@ from cltx.clo.data import (
     _sequence,
     build_examples,
     describe_skips,
-    read_records_with_lines,
     target_language,
     tokenize_examples,
 )
@@ -204,7 +203,7 @@ def evaluate_models(
     """
     import torch
 
-    from cltx.clo.api import load_policy
+    from cltx.clo.api import _read_data, load_policy
 
     progress = ensure_progress(progress)
     if not models:
@@ -215,10 +214,9 @@ def evaluate_models(
         raise bad_arg("max_new_tokens", max_new_tokens, "must be ≥ 1")
     if batch_size < 1:
         raise bad_arg("batch_size", batch_size, "must be ≥ 1 (prompts per generation batch)")
-    if isinstance(data, (str, Path)):
-        records, lines = read_records_with_lines(data)
-    else:
-        records, lines = list(data), None
+    if out is not None and Path(out).is_dir():  # before the evaluation, not a traceback after it
+        raise bad_arg("out", str(out), "is a folder; fix: pass a file path for the JSON report, e.g. --json eval.json")
+    records, lines = _read_data(data, "data")
     tgt = tgt or target_language(records) or _report_language(data)
     if not tgt:
         raise bad_arg("tgt", tgt, "the records do not name their target language (_mt.tgt); pass --tgt, e.g. --tgt pt")
