@@ -159,3 +159,32 @@ def test_an_empty_translation_of_a_field_fails_the_record_not_silently(mode):
     assert out[0]["_mt"]["status"] == "failed" and "answer: " in out[0]["_mt"]["error"]
     assert out[0]["answer"] == "Ana" and out[0]["question"] == "Who built it?"
     assert out[1]["answer"] == "BOB" and out[1]["_mt"]["status"] == ("joint" if mode == "joint" else "separate")
+
+
+class Counting(Upper):
+    def __init__(self):
+        self.texts = 0
+
+    def translate(self, texts):
+        self.texts += len(texts)
+        return super().translate(texts)
+
+
+@pytest.mark.parametrize(
+    ("refs", "message"),
+    [
+        ('{"question": "A"}\nnot json\n{"question": "C"}\n', "refs.jsonl:2: malformed JSON"),
+        ('[1, 2]\n{"question": "B"}\n{"question": "C"}\n', "refs.jsonl:1: expected a JSON object, got list"),
+        ('{"question": "A"}\n', "1 records for 3 outputs"),
+    ],
+)
+def test_bad_references_are_refused_before_any_translation(tmp_path, refs, message):
+    from cltx.errors import CltxError
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"question": q}) + "\n" for q in "abc"))
+    (tmp_path / "refs.jsonl").write_text(refs)
+    eng, out = Counting(), tmp_path / "out.jsonl"
+    with pytest.raises(CltxError, match=message):
+        run_file(inp, out, eng, MTConfig(fields=["question"]), references=tmp_path / "refs.jsonl")
+    assert eng.texts == 0 and not out.exists()

@@ -37,6 +37,48 @@ def _read_jsonl(path: Path) -> list[dict]:
     return list(_iter_jsonl(path))
 
 
+def read_references(path: str | Path) -> list[tuple[int, dict]]:
+    """``(line number, record)`` of every reference in ``path`` (JSONL of objects).
+
+    Raises:
+        CltxError: a line is not valid JSON or not an object, or the file is not UTF-8.
+    """
+    refs = []
+    try:
+        for i, r in _iter_jsonl_lines(Path(path)):
+            if not isinstance(r, dict):
+                raise CltxError(
+                    f"{path}:{i}: expected a JSON object, got {type(r).__name__}; fix: one reference record per line"
+                )
+            refs.append((i, r))
+    except UnicodeDecodeError as e:
+        raise CltxError(f"{path}: not UTF-8 text ({e.reason}); fix: re-encode the file as UTF-8") from e
+    return refs
+
+
+def _aligned_by_id(refs: list[tuple[int, dict]], n_outputs: int | None, references: str | Path) -> bool:
+    """Whether references align by ``id`` (all have one); else their count must be ``n_outputs``
+    (``None``: not known yet)."""
+    if refs and all("id" in r for _, r in refs):
+        return True
+    if n_outputs is not None and len(refs) != n_outputs:
+        raise CltxError(
+            f"--references={str(references)!r}: {len(refs)} records for {n_outputs} outputs and no 'id' "
+            f"field to align them; fix: give one reference per record in order, or an 'id' on both"
+        )
+    return False
+
+
+def check_references(references: str | Path, n_outputs: int | None) -> None:
+    """Check ``--references`` before any translation: what :func:`reference_scores` would refuse after it.
+
+    Args:
+        references: the reference JSONL file.
+        n_outputs: how many records the output will hold (``None``: unknown, count not checked).
+    """
+    _aligned_by_id(read_references(references), n_outputs, references)
+
+
 def _corpus_scores(hyp: list[str], ref: list[str]) -> dict:
     """``{"bleu", "chrf"}`` of the hypotheses ``hyp`` against one reference each (``ref``), corpus-level."""
     import sacrebleu
@@ -95,16 +137,11 @@ def reference_scores(outputs: list[dict], references: str | Path, fields: list[s
         skipped; ``n`` is the number of segments (records for a string field, turns for a chat
         field) scored. With ``n == 0`` (everything skipped) ``bleu`` and ``chrf`` are ``None``.
     """
-    refs = list(_iter_jsonl_lines(Path(references)))
-    if refs and all("id" in r for _, r in refs):
+    refs = read_references(references)
+    if _aligned_by_id(refs, len(outputs), references):
         by_id = {str(r["id"]): (i, r) for i, r in refs}
         pairs = [(o, *by_id.get(str(o.get("id")), (None, None))) for o in outputs]
     else:
-        if len(refs) != len(outputs):
-            raise CltxError(
-                f"--references={str(references)!r}: {len(refs)} records for {len(outputs)} outputs and no 'id' "
-                f"field to align them; fix: give one reference per record in order, or an 'id' on both"
-            )
         pairs = [(o, i, r) for o, (i, r) in zip(outputs, refs, strict=True)]
     scores = {}
     for f in fields:

@@ -279,6 +279,11 @@ def run_file(
     if n_invalid and not skip_invalid:
         more = f" [{n_invalid - 1} more invalid item(s) in the file]" if n_invalid > 1 else ""
         raise CltxError(f"{first_error}{more}; or pass --skip-invalid to write invalid items to a rejects file")
+    if references is not None:  # what the report would refuse after hours of translation, refused now
+        from cltx.mt.report import check_references
+
+        # --on-flag reject takes records out of the output: its count is known only at the end
+        check_references(references, n_valid if config.on_flag != "reject" else None)
 
     writer = _Writer(
         shard_out, shard_rej, resume=resume, overwrite=overwrite or world_size > 1 and resume is False,
