@@ -14,6 +14,7 @@ from cltx.clo._tiny import tiny_llama, tiny_records, tiny_tokenizer
 from cltx.clo.api import train_clo
 from cltx.clo.data import DataSpec, PromptFormatter, build_examples, describe_skips, read_records_with_lines
 from cltx.errors import CltxError
+from cltx.progress import NullProgress
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +104,39 @@ def test_eval_records_must_be_dicts_and_the_json_path_a_file(tmp_path, tok, monk
     with pytest.raises(CltxError, match=r"^out=.*folder"):
         ev.evaluate_models([("m", model, tok)], tiny_records(2), out=tmp_path)
     assert not called
+
+
+def test_answers_stop_at_the_model_context(monkeypatch):
+    """A prompt that fits the context but leaves fewer than max_new_tokens after it: generate ran past
+    the learned position embeddings (GPT-2: IndexError; on a GPU a device-side assert)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tok = tiny_tokenizer(chat_template=False)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=24, n_embd=16, n_layer=1, n_head=2, eos_token_id=-1)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(cfg)
+    model.generation_config.eos_token_id = None
+    monkeypatch.setattr(ev, "stop_token_ids", lambda model, tok: [tok.pad_token_id])  # never ends early
+    long = {"instruction": "o gato sentou em um tapete " * 3, "output": "o cao", "_mt": {"tgt": "pt"}}
+    long["_source"] = {"instruction": "the cat sat on a mat " * 3, "output": "the dog"}
+    short = {"instruction": "o sol", "output": "a lua", "_source": {"instruction": "the sun", "output": "the moon"}}
+    messages = []
+
+    class Messages(NullProgress):
+        def message(self, text: str) -> None:
+            messages.append(text)
+
+    calls, generate = [], model.generate
+
+    def recording_generate(input_ids, **kw):
+        out = generate(input_ids=input_ids, **kw)
+        calls.append((input_ids.shape[1], kw["max_new_tokens"], out.shape[1]))
+        return out
+
+    monkeypatch.setattr(model, "generate", recording_generate)
+    res = ev.evaluate_models([("g", model, tok)], [long, short], max_new_tokens=16, batch_size=1, progress=Messages())
+    assert len(res["models"][0]["samples"]) == 4 and len(calls) == 4
+    assert all(total <= 24 for _, _, total in calls)  # never past the position embeddings
+    (n_long, new_long, _), (n_short, new_short, _) = calls[:2]  # English: long, short
+    assert n_long + new_long == 24 and new_short == 16
+    assert any("context" in m and "24" in m for m in messages)

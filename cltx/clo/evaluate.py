@@ -64,8 +64,13 @@ def stop_token_ids(model, tok) -> list[int]:
 def _generate(model, tok, prompts: list[list[int]], max_new_tokens: int, batch_size: int, progress, task) -> list[str]:
     import torch
 
+    from cltx.clo.api import model_context
+
     device = next(model.parameters()).device
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    # a prompt that fits the context may leave less than max_new_tokens after it: generating past it
+    # indexes beyond learned position embeddings (GPT-2, OPT: IndexError; CUDA: a device-side assert)
+    context, cut = model_context(model), 0
     # generate's eos_token_id replaces the generation config's: pass all of them, or an instruct
     # model's answer runs on past its end-of-turn token into text that counts towards its language
     eos = stop_token_ids(model, tok)
@@ -78,11 +83,18 @@ def _generate(model, tok, prompts: list[list[int]], max_new_tokens: int, batch_s
         for r, p in enumerate(chunk):  # left padding: every prompt ends where generation starts
             ids[r, n - len(p) :] = torch.tensor(p)
             mask[r, n - len(p) :] = 1
+        new = max_new_tokens if context is None else min(max_new_tokens, context - n)
+        if new < 1:  # the prompt alone fills the context: no room for an answer
+            outs += [""] * len(chunk)
+            cut += len(chunk)
+            progress.advance(task, len(chunk))
+            continue
+        cut += len(chunk) if new < max_new_tokens else 0
         with torch.no_grad():
             gen = model.generate(
                 input_ids=ids.to(device),
                 attention_mask=mask.to(device),
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=new,
                 do_sample=False,
                 pad_token_id=pad,
                 eos_token_id=eos,
@@ -90,6 +102,11 @@ def _generate(model, tok, prompts: list[list[int]], max_new_tokens: int, batch_s
         for row in gen[:, n:]:
             outs.append(tok.decode(row, skip_special_tokens=True).strip())
         progress.advance(task, len(chunk))
+    if cut:
+        progress.message(
+            f"{cut} of {len(prompts)} answers stop early at the model's context ({context} tokens): their "
+            f"prompts (padded to their batch's longest) leave fewer than max_new_tokens={max_new_tokens}"
+        )
     return outs
 
 
