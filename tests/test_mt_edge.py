@@ -188,3 +188,16 @@ def test_bad_references_are_refused_before_any_translation(tmp_path, refs, messa
     with pytest.raises(CltxError, match=message):
         run_file(inp, out, eng, MTConfig(fields=["question"]), references=tmp_path / "refs.jsonl")
     assert eng.texts == 0 and not out.exists()
+
+
+def test_rejects_may_not_name_the_report_file(tmp_path):
+    # the report is written last, over the rejects: the rejected lines were lost
+    from cltx.errors import CltxError
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"question": "a"}\n{broken\n')
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(CltxError, match="--rejects.*report"):
+        run_file(inp, out, Upper(), MTConfig(fields=["question"]), skip_invalid=True,
+                 rejects_path=tmp_path / "out.report.json")  # fmt: skip
+    assert not out.exists()

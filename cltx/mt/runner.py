@@ -242,8 +242,8 @@ def run_file(
         raise bad_arg("OUTPUT", str(out), f"its report {report_path(out)} would replace the input; rename OUTPUT")
     if final_rejects.is_dir():
         raise bad_arg("--rejects", str(final_rejects), "is a folder; give a file path, e.g. rejects.jsonl")
-    for name, other in (("INPUT", inp), ("OUTPUT", out)):
-        if final_rejects.resolve() == other.resolve():  # a new run would delete it first
+    for name, other in (("INPUT", inp), ("OUTPUT", out), ("report", report_path(out))):
+        if final_rejects.resolve() == other.resolve():  # a new run would delete it first / the report replace it
             raise bad_arg("--rejects", str(final_rejects), f"is the {name} file; name another file")
     if references is not None and not Path(references).is_file():
         raise bad_arg("--references", str(references), "is not a file; give the reference JSONL file")
