@@ -862,6 +862,8 @@ def _cased_vocab_txt(folder: Path, tok) -> float | None:
 
     if not (folder.is_dir() and (folder / "vocab.txt").is_file()) or (folder / "tokenizer.json").exists():
         return None
+    if not getattr(tok, "is_fast", False) or getattr(tok, "backend_tokenizer", None) is None:
+        return None  # a slow-only tokenizer (PhoBERT's vocab.txt too) is refused by the caller with its reason
     conf = folder / "tokenizer_config.json"
     if conf.is_file():
         try:
