@@ -41,3 +41,15 @@ def _isolated_cache(tmp_path_factory):
     if "CLTX_CACHE" not in os.environ:
         os.environ["CLTX_CACHE"] = str(tmp_path_factory.mktemp("cltx-cache"))
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matmuls on a shared 2-core machine: one torch thread for the test, restored after it
+    (test files opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

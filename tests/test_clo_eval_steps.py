@@ -25,12 +25,8 @@ def tok():
 
 
 @pytest.fixture(autouse=True)
-def _one_thread(tmp_path, monkeypatch):
+def _own_cache(tmp_path, monkeypatch, one_thread):
     monkeypatch.setenv("CLTX_CACHE", str(tmp_path / "cache"))
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _bins(tok, n, seed, method="clo", batch=2):

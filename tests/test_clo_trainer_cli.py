@@ -6,7 +6,6 @@ import json
 import shutil
 
 import pytest
-import torch
 from transformers import LlamaModel
 from typer.testing import CliRunner
 
@@ -15,13 +14,7 @@ import cltx.clo.trainer as clo_trainer
 from cltx.cli.main import app
 from cltx.clo._tiny import tiny_chat_records, tiny_llama, tiny_records, tiny_tokenizer
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

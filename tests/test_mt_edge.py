@@ -8,26 +8,7 @@ import pytest
 
 from cltx.mt.pipeline import MTConfig
 from cltx.mt.runner import run_file
-
-
-class Upper:
-    name = "upper"
-
-    def translate(self, texts):
-        return [t.upper() for t in texts]
-
-
-class InterruptAt:
-    name = "upper"
-
-    def __init__(self, k):
-        self.k, self.seen = k, 0
-
-    def translate(self, texts):
-        self.seen += len(texts)
-        if self.seen >= self.k:
-            raise KeyboardInterrupt
-        return [t.upper() for t in texts]
+from tests.test_mt_run import InterruptAt, Upper
 
 
 def test_resume_over_unicode_line_separators_in_text(tmp_path):
