@@ -19,6 +19,9 @@ the default, or only the ``first`` or ``last``). System turns are ignored and co
 sets one for every example); consecutive turns of one role are joined (blank line) so roles alternate,
 as chat templates require; assistant turns before the first user turn are dropped from the history; the
 conversation is read up to its first turn of another role (tool, function) or with a non-string text.
+A turn's text may be a list of parts (the OpenAI / HF multimodal format, ``[{"type": "text", "text":
+...}, ...]``): text parts are joined in order, as chat templates render them; a part of another type
+(image, audio ...) skips the record (``non_text_content``), since its prompt would be incomplete.
 A chat record without an exchange, or whose two languages differ in their turns' roles, is skipped
 with its reason; an exchange that is unusable (empty or identical responses, a prompt that does not
 fit) drops only itself (``exchanges_skipped``), and the record only when it was its last.
@@ -82,6 +85,7 @@ SKIP_REASONS = {
     "missing_target": "no target-language text for the prompt/response fields",
     "mt_failed": "cltx mt marked the translation failed",
     "not_text": "a prompt/response field is not a string",
+    "non_text_content": "chat turn with a non-text content part (image, audio ...): only text parts can be used",
     "no_layout": "no known prompt/response fields (pass --prompt-fields/--response-field)",
     "missing_fields": "none of the --prompt-fields, or not the --response-field, in either language "
     "(check the field names)",
@@ -296,12 +300,31 @@ class _Chat:
     system_turns: int
 
 
+_NON_TEXT = object()  # a turn's content holds a part that is not text (an image, audio ...)
+
+
+def _turn_text(turn: dict) -> str | object | None:
+    """A turn's text: its string, or the text parts of a content list joined in order (how HF chat
+    templates render ``[{"type": "text", "text": ...}]``); ``_NON_TEXT`` when a part has another type;
+    None when there is no usable text (a tool call's ``null``, a malformed part)."""
+    text = turn.get(text_key(turn))
+    if isinstance(text, str) or not isinstance(text, list):
+        return text if isinstance(text, str) else None
+    if any(isinstance(p, dict) and p.get("type", "text") != "text" for p in text):
+        return _NON_TEXT
+    if not all(isinstance(p, dict) and isinstance(p.get("text"), str) for p in text):
+        return None
+    return "".join(p["text"] for p in text)
+
+
 def _chat(turns: object, joiner: str) -> _Chat | str:
     """The exchanges of a conversation (see the module docstring), or a skip reason.
 
-    Turns are ``{"role", "content"}`` or ShareGPT ``{"from", "value"}`` objects. Reading stops at the
-    first turn of a role other than user/assistant/system or whose text is not a string (a tool call's
-    ``null``); a conversation that stops that way before its first exchange is ``not_text``.
+    Turns are ``{"role", "content"}`` or ShareGPT ``{"from", "value"}`` objects; a text is a string or
+    a list of text parts (:func:`_turn_text`). Reading stops at the first turn of a role other than
+    user/assistant/system or whose text is not a string (a tool call's ``null``); a conversation that
+    stops that way before its first exchange is ``not_text``. A read turn with a non-text part (an
+    image) makes the conversation ``non_text_content``.
     """
     if turns is None:
         return "missing"
@@ -315,7 +338,9 @@ def _chat(turns: object, joiner: str) -> _Chat | str:
             system += 1
             continue
         kind = "user" if role in USER_ROLES else "assistant" if role in ASSISTANT_ROLES else None
-        text = turn.get(text_key(turn))
+        text = _turn_text(turn) if kind is not None else None
+        if text is _NON_TEXT:
+            return "non_text_content"
         if kind is None or not isinstance(text, str):
             stopped = kind is not None
             break
@@ -435,6 +460,9 @@ def _chat_examples(i: int, en_turns, tg_turns, spec: DataSpec, report: DataRepor
     differ = isinstance(ct, _Chat) and (ct.roles, len(ct.exchanges)) != (ce.roles, len(ce.exchanges))
     if isinstance(ce, _Chat) and (ct == "no_exchange" or differ):
         report.skip("chat_mismatch", i)
+        return
+    if "non_text_content" in (ce, ct):
+        report.skip("non_text_content", i)
         return
     if not isinstance(ce, _Chat) or not isinstance(ct, _Chat):
         report.skip(_pair_problem(ce, ct) or "not_text", i)
