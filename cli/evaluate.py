@@ -33,7 +33,12 @@ def register(app: typer.Typer) -> None:
         tgt: Annotated[
             Optional[str], typer.Option("--tgt", help="Target-language code (default: the records' _mt.tgt).")
         ] = None,
-        limit: Annotated[int, typer.Option("--limit", help="Use the first N usable records (0: all).")] = 0,
+        limit: Annotated[
+            int,
+            typer.Option(
+                "--limit", help="Evaluate the first N usable examples (a chat record gives one per exchange; 0: all)."
+            ),
+        ] = 0,
         max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="Greedy answer length bound.")] = 64,
         max_length: Annotated[int, typer.Option("--max-length", help="Prompt + reference response tokens.")] = 1024,
         batch_size: Annotated[int, typer.Option("--batch-size", help="Prompts per generation batch.")] = 8,
@@ -113,5 +118,16 @@ def register(app: typer.Typer) -> None:
                 for reason, n in sorted(skipped.items(), key=lambda kv: -kv[1])
             ]
             out.print(f"skipped {sum(skipped.values())} of {res['records']} records: " + ", ".join(parts))
+        exchanges = res.get("exchanges_skipped") or {}
+        if exchanges:  # records that give examples from their other exchanges: not skipped records
+            n = sum(exchanges.values())
+            reasons = ", ".join(f"{k} {r}" for r, k in sorted(exchanges.items(), key=lambda kv: -kv[1]))
+            out.print(f"skipped {n} chat exchange{'s' * (n != 1)} of records that still give examples: {reasons}")
+        if res.get("examples_beyond_limit"):
+            total = res["usable"] + res["examples_beyond_limit"]
+            out.print(
+                f"--limit {limit}: evaluated {res['usable']} of {total} usable examples "
+                f"(from {res['records_evaluated']} records)"
+            )
         if json_out:
             out.print(f"report: {json_out}")

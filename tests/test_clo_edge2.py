@@ -3,9 +3,14 @@ counts for chat records, --max-length checks in eval, and JSONL files that start
 
 from __future__ import annotations
 
-import pytest
+import json
 
-from cltx.clo._tiny import tiny_tokenizer
+import pytest
+from typer.testing import CliRunner
+
+import cltx.clo.evaluate as ev
+from cltx.cli.main import app
+from cltx.clo._tiny import tiny_chat_records, tiny_llama, tiny_tokenizer
 from cltx.clo.data import (
     SKIP_REASONS,
     PromptFormatter,
@@ -79,3 +84,63 @@ def test_chat_content_with_a_non_text_part_skips_the_record_with_its_reason():
     # a null text (a tool call) still only ends the conversation, as before
     ex, rep = build_examples([_rec(ok_en + [("assistant", None)], ok_pt + [("assistant", None)])])
     assert len(ex) == 1 and not rep.skipped
+
+
+# 2. cltx eval: records, evaluated examples and skipped exchanges counted apart
+
+
+def _chat_with_a_long_second_prompt() -> list[dict]:
+    recs = tiny_chat_records(3, seed=5)
+    for view, words in ((recs[1]["_source"], "the cat "), (recs[1], "o gato ")):
+        view["messages"][2]["content"] = words * 30  # exchange 2's own prompt cannot fit 32 tokens
+    return recs
+
+
+def test_eval_counts_skipped_exchanges_apart_from_records(tok, monkeypatch):
+    monkeypatch.setattr(ev, "_generate", lambda model, tok_, prompts, *a: ["o gato"] * len(prompts))
+    recs = _chat_with_a_long_second_prompt()
+    res = ev.evaluate_models([("m", tiny_llama(tok), tok)], recs, max_length=32)
+    # every record is evaluated (record 2 with its first exchange): none is a skipped record
+    assert res["records"] == 3 and res["records_evaluated"] == 3 and res["usable"] == 5
+    assert res["skipped"] == {} and res["skipped_first_lines"] == {}
+    assert res["exchanges_skipped"] == {"prompt_too_long": 1}
+    # an exchange unusable in the data (identical responses) is counted the same way, not lost
+    same = tiny_chat_records(2, seed=6)
+    same[0]["messages"][1]["content"] = same[0]["_source"]["messages"][1]["content"]
+    res = ev.evaluate_models([("m", tiny_llama(tok), tok)], same)
+    assert (res["records_evaluated"], res["usable"], res["skipped"]) == (2, 3, {})
+    assert res["exchanges_skipped"] == {"same_response": 1}
+
+
+def test_a_record_skipped_for_length_takes_its_skipped_exchanges_with_it(tok):
+    """exchanges_skipped counts exchanges of used records: once the record's last exchange is too long for
+    max_length, the record is the skip and its identical-response exchange is no longer counted apart."""
+    en = [("user", "the cat"), ("assistant", "print"), ("user", "the cat " * 30), ("assistant", "a dog")]
+    pt = [("user", "o gato"), ("assistant", "print"), ("user", "o gato " * 30), ("assistant", "um cao")]
+    ex, rep = build_examples([_rec(en, pt)])
+    assert [e.turn for e in ex] == [3] and dict(rep.exchanges_skipped) == {"same_response": 1}
+    assert tokenize_examples(ex, PromptFormatter(tok), 32, rep) == []
+    assert dict(rep.skipped) == {"prompt_too_long": 1} and rep.as_dict()["exchanges_skipped"] == {}
+
+
+def test_eval_limit_counts_evaluated_examples(tok, monkeypatch):
+    monkeypatch.setattr(ev, "_generate", lambda model, tok_, prompts, *a: ["o gato"] * len(prompts))
+    res = ev.evaluate_models([("m", tiny_llama(tok), tok)], tiny_chat_records(3, seed=5), limit=3)
+    assert res["usable"] == 3 and res["models"][0]["en"]["prompts"] == 3
+    assert res["records_evaluated"] == 2 and res["examples_beyond_limit"] == 3
+    assert res["skipped"] == {} and res["exchanges_skipped"] == {}
+
+
+def test_cli_eval_reports_records_and_exchanges_honestly(tmp_path, tok):
+    tiny_llama(tok).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    data = tmp_path / "held.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in _chat_with_a_long_second_prompt()), encoding="utf-8")
+    args = ["eval", "--model", str(tmp_path / "m"), "--data", str(data), "--max-new-tokens", "1"]
+    res = CliRunner().invoke(app, [*args, "--max-length", "32", "--limit", "4"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "4 held-out examples (chat exchanges)" in text
+    assert "skipped 1 of 3 records" not in text  # the exchange was counted as a record
+    assert "skipped 1 chat exchange" in text and "prompt_too_long" in text
+    assert "--limit 4: evaluated 4 of 5 usable examples" in text

@@ -200,6 +200,9 @@ class DataReport:
     exchanges_skipped: Counter = dataclasses.field(default_factory=Counter)  # chat: per reason, in used records
     histories_trimmed: int = 0  # chat examples whose oldest turns were left out to fit max_length
     lines: list[int] | None = None  # file line of each record; None: record numbers
+    # chat: record → reasons of its exchanges counted in exchanges_skipped (for when the record is
+    # skipped later, by max_length: then they are no longer exchanges of a used record)
+    exchange_problems: dict[int, list[str]] = dataclasses.field(default_factory=dict, repr=False)
 
     def line(self, index: int) -> int:
         return self.lines[index] if self.lines is not None else index + 1
@@ -481,6 +484,8 @@ def _chat_examples(i: int, en_turns, tg_turns, spec: DataSpec, report: DataRepor
         report.skip(problems[0], i)
         return
     report.exchanges_skipped.update(problems)
+    if problems:
+        report.exchange_problems[i] = problems
     report.system_turns_ignored += ce.system_turns
     out.extend(made)
 
@@ -674,8 +679,10 @@ def tokenize_examples(
     for index, n in lost.items():
         if index in kept:  # the record still gives examples: count the exchanges
             report.exchanges_skipped["prompt_too_long"] += n
-        else:
+        else:  # the whole record is skipped: its other unusable exchanges are no longer counted apart
             report.skip("prompt_too_long", index)
+            report.exchanges_skipped.subtract(report.exchange_problems.pop(index, []))
+    report.exchanges_skipped = +report.exchanges_skipped  # drop the reasons that fell to zero
     report.used = len(kept)
     report.examples = len(out)
     return out

@@ -212,11 +212,16 @@ def evaluate_models(
         data: held-out records (``cltx mt`` output or bilingual JSONL), path or list.
         tgt: the target-language code (default: the records' ``_mt.tgt``, else the ``tgt`` of the
             ``NAME.report.json`` that ``cltx mt`` writes beside its output).
-        limit: use the first ``limit`` usable examples (0: all; a chat record gives one per exchange).
+        limit: evaluate the first ``limit`` usable examples (0: all; a chat record gives one per exchange).
         out: write the JSON report here (a ``.json`` file).
 
     Returns:
-        ``{"tgt", "records", "skipped", "models": [per-model results]}``.
+        ``{"tgt", "records", "usable", "records_evaluated", "examples_beyond_limit", "skipped",
+        "skipped_first_lines", "exchanges_skipped", "max_new_tokens", "models": [per-model results]}``.
+        Records and examples are counted apart: ``usable`` is the number of examples evaluated (after
+        ``limit``), ``records_evaluated`` the records they come from, ``examples_beyond_limit`` the usable
+        examples ``limit`` left out; ``skipped`` counts records of which no example is usable (per reason),
+        ``exchanges_skipped`` the unusable chat exchanges of records that still give examples.
     """
     import torch
 
@@ -261,15 +266,11 @@ def evaluate_models(
             "data: no held-out record fits every model's --max-length/context; fix: raise --max-length or "
             "evaluate the models separately"
         )
-    dropped = len(examples) - len(order)
+    skipped, first_lines, exchanges = _skip_counts(report, examples, common)
+    beyond = max(0, len(order) - limit) if limit else 0
     if limit:
         order = order[:limit]
     keep = set(order)
-    skipped = dict(report.skipped)
-    first_lines = report.as_dict()["skipped_first_lines"]
-    if dropped:
-        skipped["prompt_too_long"] = skipped.get("prompt_too_long", 0) + dropped
-        first_lines["prompt_too_long"] = [report.line(e.index) for e in examples if e.key not in common][:5]
     results = []
     for entry, name, tokenized, rep, view_tok in views:
         if isinstance(entry, tuple):
@@ -301,8 +302,11 @@ def evaluate_models(
         "tgt": tgt,
         "records": report.records,
         "usable": len(order),
+        "records_evaluated": len({index for index, _ in order}),
+        "examples_beyond_limit": beyond,
         "skipped": skipped,
         "skipped_first_lines": first_lines,
+        "exchanges_skipped": exchanges,
         "max_new_tokens": max_new_tokens,
         "models": results,
     }
@@ -311,6 +315,28 @@ def evaluate_models(
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(full, indent=2, ensure_ascii=False), encoding="utf-8")
     return full
+
+
+def _skip_counts(report, examples, common: set) -> tuple[dict[str, int], dict[str, list[int]], dict[str, int]]:
+    """``(skipped records per reason, their first lines, skipped chat exchanges per reason)`` once the
+    examples that do not fit every model (not in ``common``) are left out: a record that loses all
+    its examples is a skipped record (``prompt_too_long``), one that keeps some loses exchanges only,
+    and so do the exchanges that were unusable in the data (``report.exchange_problems``)."""
+    skipped = Counter(report.skipped)
+    first = report.as_dict()["skipped_first_lines"]
+    used = {e.index for e in examples if e.key in common}
+    exchanges: Counter = Counter()
+    for index, reasons in report.exchange_problems.items():
+        if index in used:
+            exchanges.update(reasons)
+    lost = Counter(e.index for e in examples if e.key not in common)
+    whole = [index for index in lost if index not in used]  # in file order: examples are
+    exchanges["prompt_too_long"] += sum(n for index, n in lost.items() if index in used)
+    if whole:
+        skipped["prompt_too_long"] += len(whole)
+        lines = first.get("prompt_too_long", []) + [report.line(i) for i in whole]
+        first["prompt_too_long"] = sorted(lines)[:5]
+    return dict(skipped), first, dict(+exchanges)
 
 
 def _tokenizer_view(entry) -> tuple[str, Any, int | None]:
