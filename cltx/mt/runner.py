@@ -5,8 +5,10 @@ its input position in ``_mt.line``, and every reject its ``line``. ``--resume`` 
 (dropping a torn last line), skips the positions already there and appends the rest. Because
 records are written in input order and rejects are written before the batch they belong to, the
 finished file is byte-for-byte the file an uninterrupted run writes. A small sidecar
-(``OUTPUT.run.json``) holds the settings so a resume with different settings is refused; it is
-removed when the run completes.
+(``OUTPUT.run.json``) holds the settings so a resume with different settings (or an edited input:
+its size and content hash are among them) is refused; it is removed when the run completes. The
+report keeps them (``resume_settings``), so ``--resume`` of a completed run is checked the same way,
+and when nothing is left to translate it is a no-op that says so and rewrites nothing.
 
 Sharding (several GPUs or processes). With ``WORLD_SIZE`` > 1 (set by ``torchrun`` and
 ``accelerate launch``, or by hand with ``RANK``), rank r translates the records at positions
@@ -107,10 +109,45 @@ def _read_done(path: Path, key) -> set[int]:
     return done
 
 
+#: The report key that keeps a completed run's settings (the sidecar's content), for a later ``--resume``.
+SETTINGS_KEY = "resume_settings"
+
+
+def refuse_other_settings(saved: dict, now: dict, out: Path, inp: Path, *, completed: bool) -> None:
+    """Raise if a ``--resume`` of ``out`` comes with other settings than the run it continues.
+
+    Args:
+        saved: the settings the earlier run saved (the sidecar, or a completed run's report).
+        now: this run's settings (:func:`run_file`'s fingerprint).
+        completed: the earlier run finished (its settings come from the report); the process count
+            is not compared then: a finished output is the same bytes for any ``WORLD_SIZE``.
+    """
+    now = json.loads(json.dumps(now))  # tuples → lists, as saved
+    diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+    if completed:
+        diff.pop("world_size", None)
+    if not diff:
+        return
+    how = "completed" if completed else "started"
+    again = "pass --overwrite instead of --resume to translate it again"
+    if "input_size_sha256" in diff:  # the input's size:sha256 (see _input_identity)
+        raise CltxError(
+            f"--resume: INPUT={str(inp)!r} changed since OUTPUT {str(out)!r} was {how} from it: other settings "
+            f"{diff} (saved, now); output lines are input positions, so resuming would mix two files; "
+            f"fix: restore the input, or {again}"
+        )
+    raise CltxError(
+        f"--resume: {out} was {how} with other settings {diff} (saved, now); "
+        f"fix: rerun with the same settings, or {again}"
+    )
+
+
 class _Writer:
     """Appends output records and rejects; knows what is already done (for ``--resume``)."""
 
-    def __init__(self, out: Path, rejects: Path, *, resume: bool, overwrite: bool, fingerprint: dict) -> None:
+    def __init__(
+        self, out: Path, rejects: Path, *, resume: bool, overwrite: bool, fingerprint: dict, inp: Path
+    ) -> None:
         self.out, self.rejects = out, rejects
         self.state = out.with_name(out.name + ".run.json")
         exists = out.exists() and out.stat().st_size > 0
@@ -122,13 +159,7 @@ class _Writer:
                 "or name another file with --rejects",
             )  # fmt: skip
         if resume and self.state.exists():
-            saved = json.loads(self.state.read_text())
-            if saved != fingerprint:
-                diff = {k: (saved.get(k), v) for k, v in fingerprint.items() if saved.get(k) != v}
-                raise CltxError(
-                    f"--resume: {out} was started with other settings {diff} (saved, now); "
-                    f"fix: rerun with the same settings or without --resume"
-                )
+            refuse_other_settings(json.loads(self.state.read_text()), fingerprint, out, inp, completed=False)
         if not resume:
             for p in (out, rejects):
                 if p.exists():
@@ -191,6 +222,38 @@ def _merge(parts: list[Path], dest: Path, key) -> None:
         tmp.replace(dest)
     else:
         tmp.unlink()
+
+
+def _completed_report(inp: Path, out: Path, rejects: Path, fingerprint: dict, positions: list[int]) -> dict | None:
+    """For ``--resume`` without a sidecar: the report of the completed run into ``out``, or ``None``.
+
+    A completed run removed its sidecar, but its report keeps the settings: a resume with other
+    settings or an edited input is refused as it is during a run. When every input position is in the
+    output or the rejects file there is nothing to do: the files are left as they are and the saved
+    report comes back (``already_complete``, nothing translated this session). ``None``: no such
+    report (none yet, or one written before the settings were kept), or positions are missing (the
+    resume goes on and translates them).
+    """
+    rp = report_path(out)
+    try:
+        saved = json.loads(rp.read_text(encoding="utf-8")) if rp.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError):
+        saved = None
+    if not isinstance(saved, dict) or not isinstance(saved.get(SETTINGS_KEY), dict):
+        return None
+    refuse_other_settings(saved[SETTINGS_KEY], fingerprint, out, inp, completed=True)
+    done = _read_done(out, lambda r: r["_mt"]["line"]) | _read_done(rejects, lambda r: r["line"])
+    if not done.issuperset(positions):
+        return None
+    logger.warning(
+        "%s is already complete (all %d input records are in it or its rejects file): nothing to translate, "
+        "nothing rewritten; pass --overwrite instead of --resume to translate it again", out, len(positions),
+    )  # fmt: skip
+    saved["already_complete"] = True
+    saved["session"] = {
+        **saved.get("session", {}), "records": 0, "seconds": 0.0, "records_per_s": None, "source_chars_per_s": None,
+    }  # fmt: skip
+    return saved
 
 
 def run_file(
@@ -263,7 +326,9 @@ def run_file(
     # Pass 1: parse and check everything before any engine time is spent.
     n_valid = n_invalid = 0
     first_error = None
+    positions: list[int] = []  # every item's position (--resume of a completed run checks them)
     for item in read_items(inp, config.fields, require_all=config.require_all):
+        positions.append(item.line)
         if item.error is None:
             n_valid += 1
         else:
@@ -285,12 +350,17 @@ def run_file(
         # --on-flag reject takes records out of the output: its count is known only at the end
         check_references(references, n_valid if config.on_flag != "reject" else None)
 
+    fingerprint = {
+        **config.fingerprint(), "world_size": world_size, "engine": engine_name(engine),
+        **dict(settings or {}), "input_size_sha256": _input_identity(inp),
+    }  # fmt: skip
+    if resume and not shard_out.with_name(shard_out.name + ".run.json").exists():
+        finished = _completed_report(inp, out, final_rejects, fingerprint, positions)
+        if finished is not None:
+            return finished if rank == 0 else None
     writer = _Writer(
         shard_out, shard_rej, resume=resume, overwrite=overwrite or world_size > 1 and resume is False,
-        fingerprint={
-            **config.fingerprint(), "world_size": world_size, "engine": engine_name(engine),
-            **dict(settings or {}), "input_size_sha256": _input_identity(inp),
-        },
+        fingerprint=fingerprint, inp=inp,
     )  # fmt: skip
     pipe = Pipeline(engine, config, hooks)
     mine = sum(1 for k in range(n_valid) if k % world_size == rank)
@@ -385,7 +455,7 @@ def run_file(
 
     from cltx.mt.tcache import CachedEngine
 
-    extra = {}
+    extra: dict[str, Any] = {SETTINGS_KEY: fingerprint}
     if isinstance(engine, CachedEngine):
         extra["cache"] = {"path": str(engine.cache.path), **engine.stats.as_dict()}
         if world_size > 1:

@@ -1,0 +1,125 @@
+"""cltx mt edge cases: --resume of a completed run, a JSONL file that opens with an array line,
+position-aligned --references beside --on-flag reject."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from cltx.errors import CltxError
+from cltx.mt.pipeline import MTConfig
+from cltx.mt.runner import run_file
+
+FIELDS = ["question", "answer"]
+
+
+class Counting:
+    """Upper-cases and counts the texts it was sent."""
+
+    name = "upper"
+
+    def __init__(self) -> None:
+        self.texts = 0
+
+    def translate(self, texts):
+        self.texts += len(texts)
+        return [t.upper() for t in texts]
+
+
+def _write(path, recs):
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    return path
+
+
+RECS = [{"question": f"Who wrote book {i}?", "answer": f"Ana {i}."} for i in range(5)]
+
+
+# ------------------------------------------------------------------------------ --resume of a completed run
+@pytest.fixture
+def completed(tmp_path):
+    inp = _write(tmp_path / "in.jsonl", RECS)
+    out = tmp_path / "out.jsonl"
+    run_file(inp, out, Counting(), MTConfig(fields=FIELDS, batch_records=2))
+    assert not (tmp_path / "out.jsonl.run.json").exists()  # a completed run leaves no sidecar
+    return inp, out
+
+
+@pytest.mark.parametrize("edit", ["changed", "appended", "removed"])
+def test_resume_of_a_completed_run_refuses_an_edited_input(completed, edit):
+    inp, out = completed
+    recs = [dict(r) for r in RECS]
+    if edit == "changed":  # same number of lines: only the content hash tells
+        recs[2]["question"] = "Who painted the wall?"
+    elif edit == "appended":
+        recs.append({"question": "A new one?", "answer": "Yes."})
+    else:
+        recs.pop()
+    _write(inp, recs)
+    before = out.read_bytes(), out.with_name("out.report.json").read_bytes()
+    eng = Counting()
+    with pytest.raises(CltxError) as e:
+        run_file(inp, out, eng, MTConfig(fields=FIELDS, batch_records=2), resume=True)
+    msg = str(e.value)
+    assert "--resume" in msg and "INPUT" in msg and str(inp) in msg and "--overwrite" in msg, msg
+    assert eng.texts == 0
+    assert (out.read_bytes(), out.with_name("out.report.json").read_bytes()) == before
+    # --overwrite is the way out, as the message says
+    rep = run_file(inp, out, Counting(), MTConfig(fields=FIELDS), overwrite=True)
+    assert rep["records"] == len(recs)
+
+
+def test_resume_of_a_completed_run_refuses_other_settings(completed):
+    inp, out = completed
+    with pytest.raises(CltxError, match="other settings.*--overwrite"):
+        run_file(inp, out, Counting(), MTConfig(fields=FIELDS, mode="separate"), resume=True)
+
+
+def test_resume_of_an_unchanged_completed_run_is_a_no_op(completed, caplog):
+    inp, out = completed
+    report_file = out.with_name("out.report.json")
+    before = out.read_bytes(), report_file.read_bytes()
+    eng = Counting()
+    with caplog.at_level(logging.WARNING, logger="cltx.mt.runner"):
+        rep = run_file(inp, out, eng, MTConfig(fields=FIELDS, batch_records=2), resume=True)
+    assert eng.texts == 0
+    assert (out.read_bytes(), report_file.read_bytes()) == before  # nothing rewritten, the report included
+    assert not out.with_name("out.jsonl.run.json").exists()
+    assert any("already complete" in r.getMessage() for r in caplog.records), caplog.text
+    assert rep["already_complete"] is True and rep["records"] == 5 and rep["session"]["records"] == 0
+
+
+def test_resume_of_an_interrupted_run_names_the_edited_input(tmp_path):
+    from tests.test_mt_run import InterruptAt
+
+    inp = _write(tmp_path / "in.jsonl", RECS)
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        run_file(inp, out, InterruptAt(5), MTConfig(fields=FIELDS, batch_records=1))
+    _write(inp, RECS[::-1])  # same size, other order
+    msg = r"--resume: INPUT=.*changed since OUTPUT .* was started.*'input_size_sha256'.*--overwrite"
+    with pytest.raises(CltxError, match=msg):
+        run_file(inp, out, Counting(), MTConfig(fields=FIELDS), resume=True)
+
+
+def test_cli_resume_of_a_completed_run(tmp_path):
+    from typer.testing import CliRunner
+
+    from cltx.cli.main import app
+
+    eng = tmp_path / "eng.py"
+    eng.write_text("def translate(texts):\n    return [t.upper() for t in texts]\n")
+    inp = _write(tmp_path / "in.jsonl", RECS)
+    args = ["mt", str(inp), str(tmp_path / "o.jsonl"), "--fields", ",".join(FIELDS),
+            "--engine", f"python:{eng}:translate", "--no-cache"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, [*args, "--resume"])
+    assert r.exit_code == 0, r.output
+    assert "translated this session" in r.output and "already complete" in r.output
+    _write(inp, RECS[:3])
+    r = CliRunner().invoke(app, [*args, "--resume"])
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), r.output
+    assert "INPUT" in lines[0] and "--overwrite" in lines[0]
