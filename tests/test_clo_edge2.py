@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import cltx.clo.evaluate as ev
 from cltx.cli.main import app
-from cltx.clo._tiny import tiny_chat_records, tiny_llama, tiny_tokenizer
+from cltx.clo._tiny import tiny_chat_records, tiny_llama, tiny_records, tiny_tokenizer
 from cltx.clo.data import (
     SKIP_REASONS,
     PromptFormatter,
@@ -18,6 +18,7 @@ from cltx.clo.data import (
     describe_skips,
     tokenize_examples,
 )
+from cltx.errors import CltxError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -144,3 +145,22 @@ def test_cli_eval_reports_records_and_exchanges_honestly(tmp_path, tok):
     assert "skipped 1 of 3 records" not in text  # the exchange was counted as a record
     assert "skipped 1 chat exchange" in text and "prompt_too_long" in text
     assert "--limit 4: evaluated 4 of 5 usable examples" in text
+
+
+# 3. cltx eval --max-length is checked like cltx clo's
+
+
+@pytest.mark.parametrize("bad", [0, -5, 7, 1.5, True])
+def test_eval_max_length_is_checked(tok, bad, monkeypatch):
+    monkeypatch.setattr(ev, "_tokenizer_view", lambda entry: pytest.fail("checked before any model is read"))
+    with pytest.raises(CltxError, match=rf"^max_length={bad!r}: .*fix:"):
+        ev.evaluate_models([("m", tiny_llama(tok), tok)], tiny_records(2), max_length=bad)
+
+
+def test_cli_eval_max_length_is_one_red_line(tmp_path):
+    data = tmp_path / "held.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in tiny_records(2)), encoding="utf-8")
+    res = CliRunner().invoke(app, ["eval", "--model", str(tmp_path / "none"), "--data", str(data),
+                                   "--max-length", "0"])  # fmt: skip
+    assert res.exit_code == 1 and "max_length=0" in res.output and "--max-length" in res.output
+    assert "Traceback" not in res.output

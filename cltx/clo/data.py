@@ -50,6 +50,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import numbers
 import random
 from collections import Counter
 from pathlib import Path
@@ -79,6 +80,7 @@ ASSISTANT_ROLES = frozenset({"assistant", "gpt", "model", "bot", "chatgpt"})
 SYSTEM_ROLES = frozenset({"system"})
 _CHAT = "<chat>"  # the response "field" of a chat layout
 CHAT_TURNS = ("all", "first", "last")
+MIN_MAX_LENGTH = 8  # tokens: the bound CLOConfig.max_length holds `cltx clo` to
 
 SKIP_REASONS = {
     "missing_english": "no English text for the prompt/response fields",
@@ -686,6 +688,20 @@ def tokenize_examples(
     report.used = len(kept)
     report.examples = len(out)
     return out
+
+
+def check_max_length(value: object, *, argument: str = "max_length") -> None:
+    """Refuse a ``max_length`` (prompt + response tokens) that cannot hold an example: not a whole
+    number, or under :data:`MIN_MAX_LENGTH` (0 or a negative one left every record ``prompt_too_long``,
+    reported as unusable data rather than as the option's mistake). ``cltx clo`` holds
+    ``CLOConfig.max_length`` to the same bound."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < MIN_MAX_LENGTH:
+        raise bad_arg(
+            argument,
+            value,
+            f"must be a whole number of tokens ≥ {MIN_MAX_LENGTH} (prompt + response); "
+            "fix: pass e.g. --max-length 1024 (a value above the model's context is capped to it)",
+        )
 
 
 def _pad(rows: list[tuple[list[int], list[int]]], pad_id: int, multiple: int):

@@ -24,6 +24,7 @@ from cltx.clo.data import (
     PromptFormatter,
     _sequence,
     build_examples,
+    check_max_length,
     describe_skips,
     target_language,
     tokenize_examples,
@@ -234,6 +235,7 @@ def evaluate_models(
         raise bad_arg("limit", limit, "must be ≥ 0 (0: every example)")
     if max_new_tokens < 1:
         raise bad_arg("max_new_tokens", max_new_tokens, "must be ≥ 1")
+    check_max_length(max_length)  # as cltx clo: 0 or a negative one read as "no usable records"
     if batch_size < 1:
         raise bad_arg("batch_size", batch_size, "must be ≥ 1 (prompts per generation batch)")
     if out is not None and Path(out).is_dir():  # before the evaluation, not a traceback after it
