@@ -10,6 +10,7 @@ import pytest
 
 from cltx.errors import CltxError
 from cltx.mt.pipeline import MTConfig
+from cltx.mt.records import read_items
 from cltx.mt.runner import run_file
 
 FIELDS = ["question", "answer"]
@@ -123,3 +124,53 @@ def test_cli_resume_of_a_completed_run(tmp_path):
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
     assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: "), r.output
     assert "INPUT" in lines[0] and "--overwrite" in lines[0]
+
+
+# ------------------------------------------------------------------------------ JSONL that opens with an array
+def test_jsonl_whose_first_line_is_an_array_is_read_line_by_line(tmp_path):
+    p = tmp_path / "in.jsonl"
+    p.write_text('[1, 2]\n{"question": "q1"}\n\n{"question": "q2"}\n', encoding="utf-8")
+    items = list(read_items(p, FIELDS))
+    assert [i.line for i in items] == [1, 2, 4]
+    assert items[0].error == f"{p}:1: expected a JSON object, got list"
+    assert [i.error for i in items[1:]] == [None, None]
+    assert [i.record for i in items[1:]] == [{"question": "q1"}, {"question": "q2"}]
+
+
+def test_jsonl_opening_with_an_array_line_stops_or_goes_to_rejects(tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('[{"question": "q0"}]\n{"question": "q1"}\n{"question": "q2"}\n', encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    with pytest.raises(CltxError, match=r"in\.jsonl:1: expected a JSON object, got list.*--skip-invalid"):
+        run_file(inp, out, Counting(), MTConfig(fields=FIELDS))
+    rep = run_file(inp, out, Counting(), MTConfig(fields=FIELDS), skip_invalid=True)
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["_mt"]["line"] for r in rows] == [2, 3] and rows[0]["question"] == "Q1"
+    rej = [json.loads(x) for x in (tmp_path / "out.rejects.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in rej] == [1] and rej[0]["raw"] == '[{"question": "q0"}]'
+    assert rep["records"] == 2 and rep["rejected"] == 1
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[{"question": "q1"}, {"question": "q2"}]\n',  # one line
+        '\ufeff[{"question": "q1"},\n {"question": "q2"}]\n\n',  # pretty-printed, with a BOM
+        '\n  [\n  {"question": "q1"},\n  {"question": "q2"}\n]',  # leading blank line, no final newline
+    ],
+)
+def test_a_whole_file_json_array_is_still_an_array(tmp_path, text):
+    p = tmp_path / "in.json"
+    p.write_text(text, encoding="utf-8")
+    items = list(read_items(p, FIELDS))
+    assert [(i.line, i.record, i.error) for i in items] == [
+        (1, {"question": "q1"}, None),
+        (2, {"question": "q2"}, None),
+    ]
+
+
+def test_a_broken_multi_line_json_array_is_reported_as_one(tmp_path):
+    p = tmp_path / "in.json"
+    p.write_text('[\n  {"question": "q1"},\n  {"question": "q2"\n]\n', encoding="utf-8")
+    with pytest.raises(CltxError, match=r"in\.json:4: invalid JSON"):
+        list(read_items(p, FIELDS))

@@ -2,7 +2,8 @@
 
 Every input item has a position: its 1-based line number in a JSONL file, or its 1-based index in
 a JSON array. Errors name ``file:line`` (``file item N`` for arrays). Blank JSONL lines are not
-records and are skipped.
+records and are skipped. A file is a JSON array only when the whole file is one: a JSONL file whose
+first line is an array (``[1, 2]``) is JSONL, and that line is an item that is not an object.
 
 Which fields a record must have: a record is translated on the named fields it *has* (a string
 value; ``null`` counts as absent); a named field it lacks is simply not translated. It is an error
@@ -42,15 +43,30 @@ def _where(path: Path, line: int, array: bool) -> str:
 
 
 def _is_array(path: Path) -> bool:
+    """Whether ``path`` is one JSON array (else it is JSONL).
+
+    A file that opens with ``[`` is an array only if its first line does not already hold a whole
+    JSON value with more text after it: a JSONL file whose first record is an array line (``[1, 2]``,
+    then object lines) is JSONL, and that line is reported as not an object. A first line that is
+    not complete JSON (``[`` or ``[{...},`` of a pretty-printed array) starts an array, whose syntax
+    errors read_items reports as such.
+    """
     # Bytes, not text: a JSONL line that is not UTF-8 must reach read_items (which rejects that
-    # one line), not fail the decoding of the first buffer here.
+    # one line), not fail the decoding here.
     with open(path, "rb") as fh:
-        head = fh.read(4096)
-        while head:
-            body = head.removeprefix(b"\xef\xbb\xbf").lstrip()
-            if body:
-                return body[:1] == b"["
-            head = fh.read(4096)
+        first = b""
+        for i, bline in enumerate(fh):
+            first = (bline.removeprefix(b"\xef\xbb\xbf") if i == 0 else bline).strip()
+            if first:
+                break
+        if first[:1] != b"[":
+            return False
+        if all(not bline.strip() for bline in fh):  # nothing after it: the whole file is this line
+            return True
+    try:  # more lines follow: JSONL if the first one is already a whole value
+        json.loads(first)
+    except ValueError:  # JSONDecodeError, or UnicodeDecodeError
+        return True
     return False
 
 
