@@ -16,6 +16,8 @@ from cltx.clo.data import (
     PromptFormatter,
     build_examples,
     describe_skips,
+    read_records,
+    read_records_with_lines,
     tokenize_examples,
 )
 from cltx.errors import CltxError
@@ -164,3 +166,33 @@ def test_cli_eval_max_length_is_one_red_line(tmp_path):
                                    "--max-length", "0"])  # fmt: skip
     assert res.exit_code == 1 and "max_length=0" in res.output and "--max-length" in res.output
     assert "Traceback" not in res.output
+
+
+# 4. JSON array vs JSONL
+
+
+def test_jsonl_whose_first_line_is_an_array_is_jsonl(tmp_path):
+    recs = tiny_records(2)
+    p = tmp_path / "d.jsonl"
+    p.write_text("[1, 2]\n" + "\n".join(json.dumps(r) for r in recs) + "\n", encoding="utf-8")
+    with pytest.raises(CltxError, match=r"^data='.*d\.jsonl' line 1: expected a JSON object, got list; fix:"):
+        read_records(p)
+    # an array of objects on line 1 of a JSONL is no whole-file array either
+    p.write_text(json.dumps(recs[:1]) + "\n\n" + json.dumps(recs[1]) + "\n", encoding="utf-8")
+    with pytest.raises(CltxError, match=r"^eval_data=.* line 1: expected a JSON object, got list"):
+        read_records(p, argument="eval_data")
+
+
+def test_a_whole_file_json_array_is_still_read(tmp_path):
+    recs = tiny_records(3)
+    p = tmp_path / "d.json"
+    p.write_text(json.dumps(recs, indent=2), encoding="utf-8")
+    assert read_records_with_lines(p) == (recs, [1, 2, 3])
+    p.write_text(" " + json.dumps(recs) + "\n", encoding="utf-8")
+    assert read_records(p) == recs
+    p.write_text(json.dumps(recs, indent=2)[:-2], encoding="utf-8")  # a broken array: a JSON error, not a line
+    with pytest.raises(CltxError, match=r"^data='.*d\.json': not valid JSON .*fix: repair the file"):
+        read_records(p)
+    p.write_text(json.dumps([recs[0], 3]), encoding="utf-8")
+    with pytest.raises(CltxError, match=r"record 2: expected a JSON object, got int"):
+        read_records(p)

@@ -237,7 +237,12 @@ def read_records(path: str | Path, *, argument: str = "data") -> list[dict]:
 def read_records_with_lines(path: str | Path, *, argument: str = "data") -> tuple[list[dict], list[int]]:
     """Read a JSONL file (or a JSON array): the records and the file line of each (a JSON array:
     the record numbers). Blank lines are skipped; a UTF-8 byte-order mark is accepted; malformed
-    lines, non-UTF-8 bytes and a file without records are errors naming the file (and line)."""
+    lines, non-UTF-8 bytes and a file without records are errors naming the file (and line).
+
+    The file is a JSON array only when the whole of it parses as one; otherwise it is JSONL, so a
+    JSONL whose first line is an array (``[1, 2]``) is an error naming line 1, not a whole-file
+    "not valid JSON". A file that opens with ``[`` on a line that is no JSON by itself (a
+    pretty-printed array) and does not parse is reported as a broken JSON array."""
     p = Path(path)
     if p.is_dir():
         raise bad_arg(argument, str(path), "is a folder; pass the JSONL file written by `cltx mt` or a bilingual JSONL")
@@ -251,13 +256,8 @@ def read_records_with_lines(path: str | Path, *, argument: str = "data") -> tupl
         raise CltxError(
             f"{argument}={str(path)!r} line {line}: not UTF-8 text (byte {e.start}); fix: save the file as UTF-8 JSONL"
         ) from e
-    if text.lstrip().startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CltxError(f"{argument}={str(path)!r}: not valid JSON ({e}); fix: repair the file") from e
-        if not isinstance(rows, list):
-            raise CltxError(f"{argument}={str(path)!r}: expected a JSON array of objects; fix: write JSONL")
+    rows = _json_array(text, path, argument) if text.lstrip().startswith("[") else None
+    if rows is not None:
         lines, what = list(range(1, len(rows) + 1)), "record"
     else:
         rows, lines, what = [], [], "line"
@@ -282,6 +282,21 @@ def read_records_with_lines(path: str | Path, *, argument: str = "data") -> tupl
     if not rows:
         raise bad_arg(argument, str(path), "holds no records; pass the JSONL written by `cltx mt` or a bilingual JSONL")
     return rows, lines
+
+
+def _json_array(text: str, path, argument: str) -> list | None:
+    """The records of a file that opens with ``[``: the array when the whole text is one, None when it
+    is JSONL (its first line is JSON by itself), else the whole-file JSON error."""
+    try:
+        rows = json.loads(text)
+    except json.JSONDecodeError as e:
+        first = next(line for line in text.split("\n") if line.strip())
+        try:
+            json.loads(first)
+        except json.JSONDecodeError:
+            raise CltxError(f"{argument}={str(path)!r}: not valid JSON ({e}); fix: repair the file") from e
+        return None
+    return rows if isinstance(rows, list) else None
 
 
 def _layout(view: dict, spec: DataSpec) -> tuple[tuple[str, ...], str] | None:
