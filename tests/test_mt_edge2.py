@@ -174,3 +174,73 @@ def test_a_broken_multi_line_json_array_is_reported_as_one(tmp_path):
     p.write_text('[\n  {"question": "q1"},\n  {"question": "q2"\n]\n', encoding="utf-8")
     with pytest.raises(CltxError, match=r"in\.json:4: invalid JSON"):
         list(read_items(p, FIELDS))
+
+
+# ------------------------------------------------------------------------------ --references with --on-flag reject
+class LoopsOn:
+    """Upper-cases; a text holding ``word`` comes back with a word loop (the repetition flag)."""
+
+    name = "loops"
+
+    def __init__(self, word: str = "LOOP") -> None:
+        self.word, self.texts = word, 0
+
+    def translate(self, texts):
+        self.texts += len(texts)
+        out = []
+        for t in texts:
+            u = t.upper()
+            out.append(u.replace(".", " NA NA NA NA NA NA.") if self.word in u else u)
+        return out
+
+
+@pytest.fixture
+def repetition_only(monkeypatch):
+    import cltx.mt.quality as q
+
+    full = q.QualityConfig
+    monkeypatch.setattr(q, "QualityConfig", lambda **kw: full(**{**kw, "checks": frozenset({"repetition"})}))
+
+
+QA = [
+    {"question": "Loop here, where is the old mill by the river.", "answer": "Loop the mill."},
+    {"question": "Where is the red house near the bridge?", "answer": "Near the green river bank."},
+    "{broken",
+    {"question": "Who wrote the long book about the sea?", "answer": "Ana wrote the whole book."},
+    {"question": "Loop again, who built the tower in the town.", "answer": "Loop the builder."},
+    {"question": "When did the small boat reach the harbour?", "answer": "Late in the cold evening."},
+]
+
+
+def _qa_input(tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in QA), encoding="utf-8")
+    valid = [r for r in QA if isinstance(r, dict)]
+    return inp, valid
+
+
+def test_position_references_align_with_input_records_under_reject(tmp_path, repetition_only):
+    inp, valid = _qa_input(tmp_path)
+    # one reference per valid input record, in input order: the perfect translation of each (the
+    # rejected ones' references are deliberately wrong, so scoring them would lower the scores)
+    refs = tmp_path / "refs.jsonl"
+    _write(refs, [{f: "nothing alike at all" if "Loop" in r["question"] else r[f].upper() for f in FIELDS}
+                  for r in valid])  # fmt: skip
+    out = tmp_path / "out.jsonl"
+    cfg = MTConfig(fields=FIELDS, quality=True, on_flag="reject", batch_records=2)
+    rep = run_file(inp, out, LoopsOn(), cfg, skip_invalid=True, references=refs)
+    kept = [json.loads(x)["_mt"]["line"] for x in out.read_text().splitlines()]
+    assert kept == [2, 4, 6] and rep["quality"]["rejected"] == 2
+    for f in FIELDS:
+        assert rep["scores"][f]["n"] == 3
+        assert rep["scores"][f]["bleu"] == 100.0 and rep["scores"][f]["chrf"] == 100.0, rep["scores"]
+
+
+def test_position_references_count_is_checked_up_front_under_reject(tmp_path, repetition_only):
+    inp, valid = _qa_input(tmp_path)
+    refs = _write(tmp_path / "refs.jsonl", [{"question": "x", "answer": "y"}] * (len(valid) - 2))
+    eng = LoopsOn()
+    cfg = MTConfig(fields=FIELDS, quality=True, on_flag="reject")
+    with pytest.raises(CltxError, match=r"--references=.*3 records for 5 .*fix"):
+        run_file(inp, tmp_path / "out.jsonl", eng, cfg, skip_invalid=True, references=refs)
+    assert eng.texts == 0 and not (tmp_path / "out.jsonl").exists()

@@ -56,27 +56,31 @@ def read_references(path: str | Path) -> list[tuple[int, dict]]:
     return refs
 
 
-def _aligned_by_id(refs: list[tuple[int, dict]], n_outputs: int | None, references: str | Path) -> bool:
+def _aligned_by_id(
+    refs: list[tuple[int, dict]], n_outputs: int | None, references: str | Path, what: str = "outputs"
+) -> bool:
     """Whether references align by ``id`` (all have one); else their count must be ``n_outputs``
-    (``None``: not known yet)."""
+    (``None``: not known yet) — ``what`` names those records in the message."""
     if refs and all("id" in r for _, r in refs):
         return True
     if n_outputs is not None and len(refs) != n_outputs:
         raise CltxError(
-            f"--references={str(references)!r}: {len(refs)} records for {n_outputs} outputs and no 'id' "
+            f"--references={str(references)!r}: {len(refs)} records for {n_outputs} {what} and no 'id' "
             f"field to align them; fix: give one reference per record in order, or an 'id' on both"
         )
     return False
 
 
-def check_references(references: str | Path, n_outputs: int | None) -> None:
+def check_references(references: str | Path, n_outputs: int | None, what: str = "outputs") -> None:
     """Check ``--references`` before any translation: what :func:`reference_scores` would refuse after it.
 
     Args:
         references: the reference JSONL file.
-        n_outputs: how many records the output will hold (``None``: unknown, count not checked).
+        n_outputs: how many records references aligned by position must have (``None``: not checked):
+            the valid input records, which the output holds unless ``--on-flag reject`` takes some out.
+        what: what ``n_outputs`` counts, for the message.
     """
-    _aligned_by_id(read_references(references), n_outputs, references)
+    _aligned_by_id(read_references(references), n_outputs, references, what)
 
 
 def _corpus_scores(hyp: list[str], ref: list[str]) -> dict:
@@ -107,12 +111,17 @@ def _kind(v: str | list) -> str:
     return "chat list" if isinstance(v, list) else "string"
 
 
-def reference_scores(outputs: list[dict], references: str | Path, fields: list[str]) -> dict:
+def reference_scores(
+    outputs: list[dict], references: str | Path, fields: list[str], *, positions: list[int] | None = None
+) -> dict:
     """BLEU and chrF per field of ``outputs`` against ``references`` (JSONL).
 
     Alignment: by the ``id`` field when every reference has one (references may then cover a
-    subset), otherwise the n-th reference goes with the n-th output record. Failed records and
-    records without the field on either side (absent or ``null``) are left out.
+    subset), otherwise by position: with ``positions`` (the input positions of the valid input
+    records, in order) the n-th reference goes with the output whose ``_mt.line`` is
+    ``positions[n]``, so records that left the output (``--on-flag reject``) do not shift the pairs;
+    without it, with the n-th output record. Failed records and records without the field on
+    either side (absent or ``null``) are left out.
 
     A string field is one segment per record. A chat field (a list of ``{"role", "content"}`` or
     ShareGPT ``{"from", "value"}`` turns) is scored turn by turn: the output's turn ``i`` goes with
@@ -138,11 +147,15 @@ def reference_scores(outputs: list[dict], references: str | Path, fields: list[s
         field) scored. With ``n == 0`` (everything skipped) ``bleu`` and ``chrf`` are ``None``.
     """
     refs = read_references(references)
-    if _aligned_by_id(refs, len(outputs), references):
+    n, what = (len(outputs), "outputs") if positions is None else (len(positions), "valid input records")
+    if _aligned_by_id(refs, n, references, what):
         by_id = {str(r["id"]): (i, r) for i, r in refs}
         pairs = [(o, *by_id.get(str(o.get("id")), (None, None))) for o in outputs]
-    else:
+    elif positions is None:
         pairs = [(o, i, r) for o, (i, r) in zip(outputs, refs, strict=True)]
+    else:
+        at = dict(zip(positions, refs, strict=True))
+        pairs = [(o, *at.get(o.get("_mt", {}).get("line"), (None, None))) for o in outputs]
     scores = {}
     for f in fields:
         hyp, ref = [], []
@@ -209,8 +222,13 @@ def build_report(
     references: str | Path | None = None,
     world_size: int = 1,
     extra: dict | None = None,
+    positions: list[int] | None = None,
 ) -> dict:
-    """The report dict (also written as JSON beside the output); ``extra`` is merged in (cache counters)."""
+    """The report dict (also written as JSON beside the output); ``extra`` is merged in (cache counters).
+
+    ``positions``: the input positions of the valid input records, in order; references without
+    ``id`` align with them (see :func:`reference_scores`).
+    """
     from cltx.mt.quality import FLAG_NAMES
 
     # one streaming pass: counts only (the records are kept only when references are to be scored)
@@ -295,7 +313,7 @@ def build_report(
     report.update(extra or {})
     if references is not None:
         report["references"] = str(references)
-        report["scores"] = reference_scores(kept, references, config.fields)
+        report["scores"] = reference_scores(kept, references, config.fields, positions=positions)
     return report
 
 

@@ -327,9 +327,11 @@ def run_file(
     n_valid = n_invalid = 0
     first_error = None
     positions: list[int] = []  # every item's position (--resume of a completed run checks them)
+    valid_positions: list[int] = []  # the valid ones': references without 'id' align with them
     for item in read_items(inp, config.fields, require_all=config.require_all):
         positions.append(item.line)
         if item.error is None:
+            valid_positions.append(item.line)
             n_valid += 1
         else:
             n_invalid += 1
@@ -347,8 +349,9 @@ def run_file(
     if references is not None:  # what the report would refuse after hours of translation, refused now
         from cltx.mt.report import check_references
 
-        # --on-flag reject takes records out of the output: its count is known only at the end
-        check_references(references, n_valid if config.on_flag != "reject" else None)
+        # one per valid input record, also when --on-flag reject takes some out of the output: the
+        # report pairs them by input position (each output's _mt.line)
+        check_references(references, n_valid, "outputs" if config.on_flag != "reject" else "valid input records")
 
     fingerprint = {
         **config.fingerprint(), "world_size": world_size, "engine": engine_name(engine),
@@ -462,7 +465,7 @@ def run_file(
             extra["cache"]["note"] = "rank 0 only"
     report = build_report(
         out, final_rejects, config=config, engine=engine_name(engine), session=stats, elapsed=elapsed,
-        references=references, world_size=world_size, extra=extra,
+        references=references, world_size=world_size, extra=extra, positions=valid_positions,
     )  # fmt: skip
     write_report(report, report_path(out))
     return report
