@@ -196,3 +196,12 @@ def test_a_whole_file_json_array_is_still_read(tmp_path):
     p.write_text(json.dumps([recs[0], 3]), encoding="utf-8")
     with pytest.raises(CltxError, match=r"record 2: expected a JSON object, got int"):
         read_records(p)
+
+
+@pytest.mark.parametrize("bad", [0, 7, -3])
+def test_clo_config_max_length_shares_the_eval_bound(bad):
+    """cltx clo and cltx eval refuse the same max_length values with the same message."""
+    from cltx.clo.trainer import CLOConfig
+
+    with pytest.raises(CltxError, match=rf"^max_length={bad}: must be a whole number of tokens ≥ 8 .*fix: pass"):
+        CLOConfig(max_length=bad)

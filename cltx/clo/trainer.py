@@ -44,7 +44,7 @@ from transformers.training_args import ParallelMode
 
 from cltx._validate import TRAINING_NUMBERS, check_fields, checked_init
 from cltx.checkpoints import strategy_name
-from cltx.clo.data import bins_hash
+from cltx.clo.data import bins_hash, check_max_length
 from cltx.clo.model import (
     METHODS,
     TRAIN_MODES,
@@ -200,8 +200,7 @@ class CLOConfig(TrainingArguments):
             raise bad_arg("lam", self.lam, "must be in [0, 1] (0.5 in the paper)")
         if not (self.beta > 0 and math.isfinite(self.beta)):
             raise bad_arg("beta", self.beta, "must be a finite number > 0 (default 0.1)")
-        if self.max_length < 8:
-            raise bad_arg("max_length", self.max_length, "must be ≥ 8 tokens")
+        check_max_length(self.max_length)
         if self.memory_budget_gib is not None and not self.memory_budget_gib > 0:
             raise bad_arg("memory_budget_gib", self.memory_budget_gib, "must be > 0 GiB (or unset)")
         if self.lora_r < 1:
