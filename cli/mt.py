@@ -252,4 +252,8 @@ def register(app: typer.Typer) -> None:
             )  # fmt: skip
         if report is not None and not quiet:
             render_report(report)
-            out.print(f"wrote {report['output']} and its report {output.with_name(output.stem + '.report.json')}")
+            rp = output.with_name(output.stem + ".report.json")
+            if report.get("already_complete"):
+                out.print(f"{report['output']} was already complete: nothing translated, nothing rewritten ({rp})")
+            else:
+                out.print(f"wrote {report['output']} and its report {rp}")

@@ -119,6 +119,8 @@ def test_cli_resume_of_a_completed_run(tmp_path):
     r = CliRunner().invoke(app, [*args, "--resume"])
     assert r.exit_code == 0, r.output
     assert "translated this session" in r.output and "already complete" in r.output
+    flat = " ".join(r.output.split())
+    assert "nothing translated, nothing rewritten" in flat and "wrote " not in flat, r.output
     _write(inp, RECS[:3])
     r = CliRunner().invoke(app, [*args, "--resume"])
     lines = [ln for ln in r.output.splitlines() if ln.strip()]
