@@ -49,6 +49,26 @@ not, lstrip, rstrip), so a rendered conversation never splits them; a marker who
 the LLM's end tokens (``<|eot_id|>`` in Llama-3's generation config) ends generation like the eos.
 Template variables (``{{ bos_token }}``, ``{{ eos_token }}``) need no change: they render the new
 tokenizer's role tokens, which have those rows.
+
+A multimodal LLM's config names its placeholder tokens by id (Gemma-3's ``image_token_index``,
+``boi_token_index``, ``eoi_token_index``; Llava's ``image_token_index``; Qwen2-VL's ``image_token_id``,
+``video_token_id``, ``vision_start_token_id`` …): every ``*_token_id(s)`` / ``*_token_index`` field of the
+top-level config and of its text config other than bos/eos/pad/unk (set by role), never those of the vision
+or audio encoders' configs (:func:`config_token_fields`). Each token such a field names keeps its LLM row like
+a chat marker (:attr:`Matching.config_tokens` says how), and the field is rewritten to the new id
+(:attr:`Matching.config_ids`):
+
+* carried: a PLM token has the row already (a role, a chat marker, or a surface match);
+* paired: the PLM has a token of exactly that string that keeps no LLM row yet; it gets the row;
+* added: a new token after the PLM's, an added bos and the added chat markers, with the row;
+* not kept: the field names an ordinary piece of the LLM's vocabulary (not one of its added tokens) that no
+  PLM token carries. Adding its string would change how the PLM's tokenizer splits text, so the field keeps
+  its value, with a warning and a note in the report (real placeholders are always added tokens).
+
+Paired and added ones become added tokens of the new tokenizer with the LLM's flags (``<image>`` stays one
+token, the id the config names). A field naming an id the LLM's tokenizer does not have, or a string whose PLM
+token keeps another LLM row, is refused (:class:`cltx.errors.CltxError`): the model would be written with a
+placeholder id that no longer means the token it meant.
 """
 
 from __future__ import annotations
@@ -264,6 +284,11 @@ class Matching:
         marker_tokens: ``{id: {"content", "special", "lstrip", "rstrip", "single_word"}}`` of the paired and
             added markers, which the new tokenizer makes added tokens with the LLM's flags.
         chat_template_note: why no template was carried over, or None.
+        config_tokens: per LLM token named by a config id field (:func:`config_token_fields`), ``{"llm_id",
+            "token", "fields", "handled", "id"}`` with ``handled`` one of ``carried``, ``paired``, ``added`` or
+            ``not kept`` (``id`` None, ``reason``).
+        config_ids: ``{field: new value}`` of every such field that names a kept token (``"image_token_index"``,
+            ``"text_config.image_token_id"``), the value an id or a list of ids as in the LLM's config.
     """
 
     llm_family: str
@@ -286,6 +311,8 @@ class Matching:
     chat_markers: list[dict] = field(default_factory=list)
     marker_tokens: dict[int, dict] = field(default_factory=dict)
     chat_template_note: str | None = None
+    config_tokens: list[dict] = field(default_factory=list)
+    config_ids: dict[str, int | list[int]] = field(default_factory=dict)
 
     @property
     def vocab_size(self) -> int:
@@ -320,14 +347,17 @@ class Matching:
             ],
             "prepends": dict(self.prepends) if self.prepends else None,
             "chat_template": self.chat_template_summary(),
+            "config_tokens": {"tokens": [dict(e) for e in self.config_tokens], "fields": dict(self.config_ids)},
             "notes": list(self.notes),
         }
 
     def _added_roles(self, token_id: int) -> list[tuple[str, int]]:
-        """``(role, llm_id)`` of an added token: its special roles, else ``chat_marker`` for a template marker."""
+        """``(role, llm_id)`` of an added token: its special roles, else ``chat_marker`` for a template marker or
+        ``config_token`` for a token named by a config field."""
         roles = [(r, q) for r, (p, q) in self.roles.items() if p == token_id]
         if not roles and token_id in self.pairs:
-            roles = [("chat_marker", self.pairs[token_id])]
+            marker = any(e.get("id") == token_id for e in self.chat_markers)
+            roles = [("chat_marker" if marker else "config_token", self.pairs[token_id])]
         return roles
 
     def chat_template_summary(self) -> dict:
@@ -557,12 +587,184 @@ def _carry_chat_template(
     return _ChatResult(carried, entries, tokens, None)
 
 
-def match_vocabularies(llm_tokenizer, plm_tokenizer) -> Matching:
+# ------------------------------------------------------------------------------ config token ids
+
+CONFIG_TOKEN_FIELD = re.compile(r"\w+_token_(?:id|ids|index)")
+# Set by role (transfer._resize writes the new tokenizer's bos/eos/pad/unk).
+ROLE_FIELDS = frozenset(f"{r}_token_id" for r in ROLES)
+
+
+def config_token_fields(config) -> dict[str, int | list[int]]:
+    """The token-id fields of an LLM's config whose tokens must keep their rows (module docstring).
+
+    Every ``*_token_id``, ``*_token_ids`` or ``*_token_index`` field holding an id ≥ 0 or a list of them, of the
+    top-level config and of its text config (``get_text_config(decoder=True)``; its field prefixed with the
+    sub-config's name), except bos/eos/pad/unk. The vision or audio encoders' configs are not read: their ids
+    are not the text vocabulary's.
+
+    Returns:
+        ``{field: value}``, e.g. ``{"image_token_index": 663, "text_config.boi_token_id": 661}``.
+    """
+    if config is None:
+        return {}
+    scopes = [("", config)]
+    text = config.get_text_config(decoder=True) if hasattr(config, "get_text_config") else config
+    if text is not config:
+        key = next((k for k, v in vars(config).items() if v is text), None)
+        if key is not None:
+            scopes.append((f"{key}.", text))
+    fields: dict[str, int | list[int]] = {}
+    for prefix, conf in scopes:
+        for name, value in sorted(vars(conf).items()):
+            if name in ROLE_FIELDS or not CONFIG_TOKEN_FIELD.fullmatch(name):
+                continue
+            ids = list(value) if isinstance(value, (list, tuple)) else [value]
+            if ids and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ids):
+                fields[prefix + name] = ids if isinstance(value, (list, tuple)) else value
+    return fields
+
+
+def _keep_config_tokens(
+    llm_tokenizer,
+    plm_tokenizer,
+    fields: dict[str, int | list[int]],
+    *,
+    llm_name: str,
+    plm_name: str,
+    pairs: dict[int, int],
+    kinds: dict[int, str],
+    roles: dict[str, tuple[int, int]],
+    added: dict[int, str],
+    llm_tokens: dict[int, str],
+    marker_tokens: dict[int, dict],
+    new: list[int],
+    unmapped: list[int],
+    notes: list[str],
+) -> tuple[list[dict], dict[str, int | list[int]]]:
+    """Keep the rows of the tokens that config fields name (module docstring); updates pairs, kinds, added,
+    llm_tokens, marker_tokens, new, unmapped, notes. Returns the report entries and ``{field: new value}``."""
+    named: dict[int, list[str]] = {}
+    for name, value in fields.items():
+        for lid in value if isinstance(value, list) else [value]:
+            named.setdefault(lid, [])
+            if name not in named[lid]:
+                named[lid].append(name)
+    if not named:
+        return [], {}
+    n_llm = len(llm_tokenizer)
+    decoder = getattr(llm_tokenizer, "added_tokens_decoder", None) or {}
+    strings = {**plm_tokenizer.get_vocab(), **{t: i for i, t in added.items()}}
+    role_of = {p: r for r in reversed(ROLES) if r in roles for p in [roles[r][0]]}
+    entries: list[dict] = []
+    to_add: list[tuple[int, dict, dict]] = []
+    for lid in sorted(named):
+        names = named[lid]
+        if lid >= n_llm:
+            raise CltxError(
+                f"llm={llm_name!r}: its config's {names[0]}={lid} names a token its tokenizer does not have (it has "
+                f"{n_llm} tokens), so cltx salt cannot tell which token of the new vocabulary must take that row and "
+                "the salted model would point the field at an unrelated token; fix: add that token to the LLM's "
+                f"tokenizer (tokenizer.add_special_tokens) and save it, or remove {names[0]} from the config if the "
+                "model does not use it"
+            )
+        text = decoder[lid].content if lid in decoder else llm_tokenizer.convert_ids_to_tokens(lid)
+        entry: dict = {"llm_id": lid, "token": text, "fields": list(names)}
+        carriers = sorted(p for p, q in pairs.items() if q == lid)
+        if carriers:
+            # The token of the same string first (an added marker), then a role's by priority, then the lowest id.
+            def rank(p: int, text: str = text) -> tuple:
+                same = (added[p] if p in added else plm_tokenizer.convert_ids_to_tokens(p)) == text
+                return (not same, ROLES.index(role_of[p]) if p in role_of else len(ROLES), p)
+
+            entries.append({**entry, "handled": "carried", "id": min(carriers, key=rank)})
+            continue
+        if lid not in decoder:
+            # An ordinary piece of the LLM's vocabulary, no placeholder its tokenizer keeps whole: made an added
+            # token, its string would change how the PLM's tokenizer splits every text that spells it.
+            why = (
+                f"the LLM's {text!r} ({lid}) is an ordinary vocabulary token, not an added one, and no PLM token has "
+                "its row; it is not added (that would change how the PLM's tokenizer splits text)"
+            )
+            entries.append({**entry, "handled": "not kept", "id": None, "reason": why})
+            notes.append(f"config: {', '.join(names)} left as {lid}: {why}")
+            logger.warning(
+                "config: %s still names id %d, which is not the LLM's %r in the new vocabulary (%s); fix: make the "
+                "token an added token of the LLM's tokenizer, or set the field yourself",
+                ", ".join(names),
+                lid,
+                text,
+                why,
+            )
+            continue
+        spec = _token_spec(decoder[lid])
+        pid = strings.get(text)
+        if pid is None:
+            entry["handled"] = "added"
+            entries.append(entry)
+            to_add.append((lid, spec, entry))
+            continue
+        if pid in pairs:
+            raise CltxError(
+                f"plm={plm_name!r}: its token {text!r} ({pid}) keeps the LLM's row {pairs[pid]}, but the LLM's config "
+                f"names the LLM's {text!r} ({lid}) in {', '.join(names)}, which must keep its own row under that "
+                "string; fix: pass a PLM whose tokenizer does not have that string as an ordinary token, or rename "
+                "the token in the LLM's tokenizer and config"
+            )
+        pairs[pid] = lid
+        kinds[pid] = KIND_SPECIAL
+        for ids in (new, unmapped):
+            if pid in ids:
+                ids.remove(pid)
+        marker_tokens[pid] = spec
+        entries.append({**entry, "handled": "paired", "id": pid})
+        notes.append(f"config: the PLM's token {text!r} ({pid}) gets the row of the LLM's {', '.join(names)}")
+    if to_add:
+        # After the PLM's tokens, an added bos and the added chat markers, in LLM id order, as causal_tokenizer
+        # adds them.
+        before = [marker_tokens.get(i) or {"content": added[i], "special": True} for i in sorted(added)]
+        ids = added_token_ids(plm_tokenizer, before + [spec for _, spec, _ in to_add])[len(before) :]
+        taken = set(strings.values())
+        for (lid, spec, entry), pid in zip(to_add, ids, strict=True):
+            if pid is None or pid in taken:
+                raise RuntimeError(f"the token {spec['content']!r} got the taken id {pid} (a bug: please report it)")
+            pairs[pid] = lid
+            kinds[pid] = KIND_SPECIAL
+            added[pid] = spec["content"]
+            llm_tokens[lid] = spec["content"]
+            marker_tokens[pid] = spec
+            entry["id"] = pid
+            taken.add(pid)
+        listed = ", ".join(f"{spec['content']!r} ({entry['id']})" for _, spec, entry in to_add)
+        notes.append(f"config: added {listed} to the vocabulary with the rows of the LLM's tokens its config names")
+    # A field whose tokens were all not kept keeps its value and is not rewritten.
+    new_id = {e["llm_id"]: e["id"] for e in entries}
+    remapped = {
+        name: [v if new_id[v] is None else new_id[v] for v in value] if isinstance(value, list) else new_id[value]
+        for name, value in fields.items()
+        if any(new_id[v] is not None for v in (value if isinstance(value, list) else [value]))
+    }
+    for name, value in fields.items():
+        if name in remapped and remapped[name] != value:
+            logger.info("config: %s %s → %s", name, value, remapped[name])
+    return entries, remapped
+
+
+def match_vocabularies(
+    llm_tokenizer,
+    plm_tokenizer,
+    *,
+    config_tokens: dict[str, int | list[int]] | None = None,
+    llm_name: str | None = None,
+    plm_name: str | None = None,
+) -> Matching:
     """Match the PLM's tokens to the LLM's (see the module docstring for the rules).
 
     Args:
         llm_tokenizer: the LLM's fast tokenizer.
         plm_tokenizer: the PLM's fast tokenizer (its vocabulary becomes the new model's).
+        config_tokens: ``{field: LLM id or ids}`` of the LLM config's token fields (:func:`config_token_fields`),
+            whose tokens keep their rows and whose values :attr:`Matching.config_ids` gives anew.
+        llm_name / plm_name: how errors name the models (``--llm`` / ``--plm``); default the tokenizers' paths.
 
     Returns:
         A :class:`Matching`.
@@ -710,6 +912,24 @@ def match_vocabularies(llm_tokenizer, plm_tokenizer) -> Matching:
         notes=notes,
     )
 
+    # 4. The tokens the LLM's config names by id (a multimodal model's image placeholders): kept like markers.
+    config_entries, config_ids = _keep_config_tokens(
+        llm_tokenizer,
+        plm_tokenizer,
+        dict(config_tokens or {}),
+        llm_name=llm_name if llm_name is not None else getattr(llm_tokenizer, "name_or_path", "?"),
+        plm_name=plm_name if plm_name is not None else getattr(plm_tokenizer, "name_or_path", "?"),
+        pairs=pairs,
+        kinds=kinds,
+        roles=roles,
+        added=added,
+        llm_tokens=llm_tokens,
+        marker_tokens=chat.tokens,
+        new=new,
+        unmapped=unmapped,
+        notes=notes,
+    )
+
     plm_size = max(len(plm_tokenizer), max(forms) + 1 if forms else 0)
     m = Matching(
         llm_family=llm_family,
@@ -732,6 +952,8 @@ def match_vocabularies(llm_tokenizer, plm_tokenizer) -> Matching:
         chat_markers=chat.markers,
         marker_tokens=chat.tokens,
         chat_template_note=chat.note,
+        config_tokens=config_entries,
+        config_ids=config_ids,
     )
     logger.info(
         "matched %d of %d PLM tokens to the LLM (%s → %s): %s",

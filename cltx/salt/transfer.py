@@ -18,7 +18,8 @@ Pipeline (DESIGN.md §2), cheap checks first so bad input fails before any heavy
    and generation config (no pad id in the config of a model that builds other modules from it, as
    XGLM builds its positions), the LLM's chat template carried over with its markers rewritten, paired
    or added (:mod:`cltx.salt.matching`; an added marker that is one of the LLM's end tokens ends
-   generation), safetensors + ``salt_report.json``.
+   generation), the token-id fields of a multimodal LLM's config (``image_token_index`` …) rewritten to
+   the new ids of their tokens, which keep their LLM rows, safetensors + ``salt_report.json``.
 6. ``evaluate``: bits per byte of a held-out text (total NLL in bits / total UTF-8 bytes).
 """
 
@@ -36,7 +37,7 @@ from typing import Any
 from cltx._validate import check_fields, checked_init
 from cltx.errors import CltxError, bad_arg
 from cltx.progress import Progress, ensure_progress, quiet_hf_bars
-from cltx.salt.matching import Matching, match_vocabularies
+from cltx.salt.matching import Matching, config_token_fields, match_vocabularies
 from cltx.salt.methods import METHODS
 from cltx.salt.tokenizer import SHIM_MODULE, save_tokenizer
 
@@ -303,12 +304,19 @@ class VocabularyTransfer:
                     "model's embeddings to the tokenizer and save it)"
                 )
             setattr(self, f"{arg}_config", conf)
+        _check_causal_multimodal(self.llm_config, cfg.llm)
         self.llm_tokenizer, self.plm_tokenizer = tokenizers["llm"], tokenizers["plm"]
         if self.llm_tokenizer.pad_token is None and self.llm_tokenizer.eos_token is not None:
             self.llm_tokenizer.pad_token = self.llm_tokenizer.eos_token
 
         self.progress.message(f"matching {len(self.plm_tokenizer)} PLM tokens against {len(self.llm_tokenizer)}")
-        m = match_vocabularies(self.llm_tokenizer, self.plm_tokenizer)
+        m = match_vocabularies(
+            self.llm_tokenizer,
+            self.plm_tokenizer,
+            config_tokens=config_token_fields(self.llm_config),
+            llm_name=cfg.llm,
+            plm_name=cfg.plm,
+        )
         m.notes[:0] = self._load_notes
         if not m.basis:
             raise CltxError(
@@ -711,6 +719,12 @@ class VocabularyTransfer:
                 setattr(conf, k, v)
             if hasattr(conf, "unk_token_id"):
                 conf.unk_token_id = self.tokenizer.unk_token_id
+        # A multimodal config's placeholder ids (image_token_index …) name the tokens that kept their rows.
+        kept = [e["id"] for e in m.config_tokens if e["id"] is not None]
+        if any(i >= m.vocab_size for i in kept):
+            raise RuntimeError(f"config token ids {kept} lie past the {m.vocab_size} rows (a bug: please report it)")
+        for path, value in m.config_ids.items():
+            _set_config_field(model.config, path, value)
         gen = model.generation_config
         if gen is not None:
             for k, v in ids.items():
@@ -911,6 +925,36 @@ def _built_on_pad(model, pad) -> tuple[str, int] | None:
         if leaf and id(module) not in skip and getattr(module, "padding_idx", None) == pad:
             return name, pad
     return None
+
+
+def _check_causal_multimodal(config, name: str) -> None:
+    """Refuse, before any loading, a multimodal LLM whose config AutoModelForCausalLM does not load (Llava,
+    Qwen2-VL): its vocabulary could not be swapped, and the load step would only say it is no causal LM."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    model_type = getattr(config, "model_type", None)
+    encoders = [k for k in ("vision_config", "audio_config", "speech_config") if getattr(config, k, None) is not None]
+    if not encoders or model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or getattr(config, "auto_map", None):
+        return
+    raise CltxError(
+        f"llm={name!r}: a multimodal model (model_type {model_type!r}, with a {encoders[0]}) that "
+        "AutoModelForCausalLM does not load, so cltx salt cannot swap its vocabulary; fix: pass its language model "
+        "saved on its own as a causal LM (AutoModelForCausalLM.from_config(config.text_config) given the language "
+        "model's weights, and the tokenizer), or a multimodal model that AutoModelForCausalLM loads (Gemma-3)"
+    )
+
+
+def _set_config_field(config, path: str, value) -> None:
+    """Set ``path`` (``"image_token_index"``, ``"text_config.image_token_id"``) of the model's config to ``value``
+    (ids of the new vocabulary); a sub-config the loaded model's config lacks is skipped (a text-only model)."""
+    *parents, name = path.split(".")
+    conf = config
+    for parent in parents:
+        conf = getattr(conf, parent, None)
+    if conf is None or not hasattr(conf, name):
+        logger.info("config: %s is not in the loaded model's config; nothing to rewrite", path)
+        return
+    setattr(conf, name, value)
 
 
 def _id_set(value) -> set[int]:
