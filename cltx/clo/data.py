@@ -53,6 +53,7 @@ import logging
 import numbers
 import random
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -658,6 +659,7 @@ class TokenizedExample:
     response_en: list[int]
     response_tg: list[int]
     turn: int | None = None
+    history_turns: int | None = None  # chat: the earlier turns kept in the prompt (after trimming); else None
 
     @property
     def key(self) -> tuple[int, int]:
@@ -666,16 +668,25 @@ class TokenizedExample:
 
 
 def tokenize_examples(
-    examples: list[Example], fmt: PromptFormatter, max_length: int, report: DataReport
+    examples: list[Example],
+    fmt: PromptFormatter,
+    max_length: int,
+    report: DataReport,
+    *,
+    drop: Mapping[tuple[int, int], int] | None = None,
 ) -> list[TokenizedExample]:
     """Token ids per example. A chat example whose conversation does not fit ``max_length`` loses its
     oldest exchanges first (counted: ``histories_trimmed``), in both languages alike, until prompt and
     response fit or no history is left; then an example whose prompt alone fills ``max_length`` is
-    skipped (counted) and responses longer than the room left are truncated (counted)."""
+    skipped (counted) and responses longer than the room left are truncated (counted).
+
+    ``drop``: per :attr:`Example.key`, the fewest oldest exchanges to leave out before fitting (``cltx
+    eval`` asks every model the history that fits all of them); the kept turns are ``history_turns``."""
     out = []
     lost: Counter = Counter()  # record → examples skipped here
     for ex in examples:
-        he, ht, trimmed = ex.history_en, ex.history_tg, False
+        first = 2 * (drop or {}).get(ex.key, 0)  # one user + assistant pair per exchange
+        he, ht, trimmed = ex.history_en[first:], ex.history_tg[first:], first > 0
         while True:
             pe, pt = fmt.prompt_ids(ex.prompt_en, he), fmt.prompt_ids(ex.prompt_tg, ht)
             re_ = fmt.response_ids(ex.prompt_en, ex.response_en, he)
@@ -691,7 +702,7 @@ def tokenize_examples(
         if len(re_) > room or len(rt) > room:
             report.truncated_responses += 1
             re_, rt = re_[:room], rt[:room]
-        out.append(TokenizedExample(ex.index, pe, pt, re_, rt, ex.turn))
+        out.append(TokenizedExample(ex.index, pe, pt, re_, rt, ex.turn, None if ex.turn is None else len(he)))
     kept = {t.index for t in out}
     for index, n in lost.items():
         if index in kept:  # the record still gives examples: count the exchanges

@@ -183,7 +183,7 @@ def evaluate_model(
             }
             if ex.turn is not None:  # chat records: which exchange (its response turn), after how many turns
                 sample["turn"] = ex.turn
-                sample["history_turns"] = len(ex.history_en)
+                sample["history_turns"] = len(ex.history_en) if t.history_turns is None else t.history_turns
             samples.append(sample)
     progress.finish(task)
     result["samples"] = samples
@@ -218,11 +218,16 @@ def evaluate_models(
 
     Returns:
         ``{"tgt", "records", "usable", "records_evaluated", "examples_beyond_limit", "skipped",
-        "skipped_first_lines", "exchanges_skipped", "max_new_tokens", "models": [per-model results]}``.
+        "skipped_first_lines", "exchanges_skipped", "histories_trimmed", "histories_trimmed_for_other_models",
+        "max_new_tokens", "models": [per-model results]}``.
         Records and examples are counted apart: ``usable`` is the number of examples evaluated (after
         ``limit``), ``records_evaluated`` the records they come from, ``examples_beyond_limit`` the usable
         examples ``limit`` left out; ``skipped`` counts records of which no example is usable (per reason),
         ``exchanges_skipped`` the unusable chat exchanges of records that still give examples.
+        Chat examples: every model is asked the same conversation, the history that fits every model
+        (each sample's ``history_turns``); ``histories_trimmed`` counts the evaluated examples asked with
+        fewer earlier turns than their record has, ``histories_trimmed_for_other_models`` those of them
+        that some model would have fitted with more (per model: ``histories_trimmed_for_others``).
     """
     import torch
 
@@ -248,8 +253,9 @@ def evaluate_models(
     examples, report = build_examples(records, spec, lines=lines)
 
     # Every model answers the same prompts: a record whose prompt does not fit one model's context
-    # (another tokenizer, a shorter context) is left out for all of them, and counted.
-    views = []
+    # (another tokenizer, a shorter context) is left out for all of them, and counted; and a chat
+    # example's history is the one that fits every model (see _same_histories).
+    views, own = [], []
     for entry in models:
         name, tok, context = _tokenizer_view(entry)
         fmt = PromptFormatter(tok, use_chat_template=use_chat_template, system_prompt=system_prompt)
@@ -260,8 +266,9 @@ def evaluate_models(
                 f"data: no usable held-out records for {name} ({describe_skips(rep)}); "
                 "fix: check the field options or --max-length"
             )
-        views.append((entry, name, tokenized, rep, tok))
-    common = set.intersection(*({t.key for t in tokenized} for _, _, tokenized, _, _ in views))
+        views.append([entry, name, tokenized, rep, tok, fmt, min(max_length, context or max_length)])
+        own.append(_dropped(examples, tokenized))  # the exchanges each model alone would leave out
+    common = _same_histories(views, examples, report)
     order = [e.key for e in examples if e.key in common]
     if not order:
         raise CltxError(
@@ -273,8 +280,19 @@ def evaluate_models(
     if limit:
         order = order[:limit]
     keep = set(order)
+    # evaluated chat examples asked with fewer earlier turns than their record has, and those of them
+    # that some model would have fitted with more: shortened for another model's sake
+    asked = _dropped(examples, [t for t in views[0][2] if t.key in keep])
+    for_others = [sum(1 for k, n in asked.items() if n > mine.get(k, 0)) for mine in own]
+    trimmed = sum(1 for n in asked.values() if n)
+    shortened = sum(1 for k, n in asked.items() if any(n > mine.get(k, 0) for mine in own))
+    if shortened:
+        progress.message(
+            f"{shortened} of {len(order)} chat examples were asked with fewer earlier turns than some model "
+            "could take: every model is asked the history that fits all of them (--max-length, context, tokenizer)"
+        )
     results = []
-    for entry, name, tokenized, rep, view_tok in views:
+    for (entry, name, tokenized, rep, view_tok, _, _), mine in zip(views, for_others, strict=True):
         if isinstance(entry, tuple):
             _, model, tok = entry
         else:
@@ -299,6 +317,7 @@ def evaluate_models(
             data_report=report,
         )
         res["skipped"] = dict(rep.skipped)
+        res["histories_trimmed_for_others"] = mine
         results.append(res)
     full = {
         "tgt": tgt,
@@ -309,6 +328,8 @@ def evaluate_models(
         "skipped": skipped,
         "skipped_first_lines": first_lines,
         "exchanges_skipped": exchanges,
+        "histories_trimmed": trimmed,
+        "histories_trimmed_for_other_models": shortened,
         "max_new_tokens": max_new_tokens,
         "models": results,
     }
@@ -317,6 +338,33 @@ def evaluate_models(
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(json.dumps(full, indent=2, ensure_ascii=False), encoding="utf-8")
     return full
+
+
+def _dropped(examples, tokenized) -> dict[tuple[int, int], int]:
+    """Chat examples' oldest exchanges left out of the prompt: example key → exchanges."""
+    full = {e.key: len(e.history_en) for e in examples}
+    return {t.key: (full[t.key] - t.history_turns) // 2 for t in tokenized if t.history_turns is not None}
+
+
+def _same_histories(views: list[list], examples, report) -> set[tuple[int, int]]:
+    """Make every model's prompts the same: the keys of the examples every model fits, each chat example
+    keeping the history that fits every model (the most exchanges any model leaves out, in both
+    languages alike). ``views``' tokenized examples and reports are replaced in place.
+
+    A model re-tokenized with a floor on the exchanges it leaves out leaves out at least that many; the
+    floors only rise, so this ends (almost always after one more pass)."""
+    drop: dict[tuple[int, int], int] = {}
+    while True:
+        common = set.intersection(*({t.key for t in view[2]} for view in views))
+        left_out = [_dropped(examples, view[2]) for view in views]
+        need = {k: max(d.get(k, 0) for d in left_out) for k in common if any(k in d for d in left_out)}
+        if all(d.get(k, 0) == n for d in left_out for k, n in need.items()):
+            return common
+        drop = {k: max(n, drop.get(k, 0)) for k, n in {**drop, **need}.items()}
+        for view, d in zip(views, left_out, strict=True):
+            if any(d.get(k, 0) != n for k, n in need.items()):
+                view[3] = dataclass_copy(report)
+                view[2] = tokenize_examples(examples, view[5], view[6], view[3], drop=drop)
 
 
 def _skip_counts(report, examples, common: set) -> tuple[dict[str, int], dict[str, list[int]], dict[str, int]]:
