@@ -22,6 +22,37 @@ def _unit(res: dict) -> str:
     return "examples (chat exchanges)" if chat else "records"
 
 
+def summary_lines(res: dict, limit) -> list[str]:
+    """The lines under the eval table: skipped records, skipped exchanges, what --limit left out, and chat
+    histories shortened so that every model answers the same conversation."""
+    lines: list[str] = []
+    skipped = res["skipped"]
+    if skipped:
+        first = res.get("skipped_first_lines", {})
+        parts = [
+            f"{n} {reason}" + (f" (first lines {first[reason]})" if first.get(reason) else "")
+            for reason, n in sorted(skipped.items(), key=lambda kv: -kv[1])
+        ]
+        lines.append(f"skipped {sum(skipped.values())} of {res['records']} records: " + ", ".join(parts))
+    exchanges = res.get("exchanges_skipped") or {}
+    if exchanges:  # records that give examples from their other exchanges: not skipped records
+        n = sum(exchanges.values())
+        reasons = ", ".join(f"{k} {r}" for r, k in sorted(exchanges.items(), key=lambda kv: -kv[1]))
+        lines.append(f"skipped {n} chat exchange{'s' * (n != 1)} of records that still give examples: {reasons}")
+    if res.get("examples_beyond_limit"):
+        total = res["usable"] + res["examples_beyond_limit"]
+        lines.append(
+            f"--limit {limit}: evaluated {res['usable']} of {total} usable examples "
+            f"(from {res['records_evaluated']} records)"
+        )
+    if n := res.get("histories_trimmed_for_other_models"):
+        lines.append(
+            f"{n} chat example{'s' * (n != 1)} asked with fewer earlier turns than some model could take, "
+            "so that every model answers the same conversation"
+        )
+    return lines
+
+
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     @user_errors
@@ -110,24 +141,7 @@ def register(app: typer.Typer) -> None:
                 f"{r['nll_tgt']:.4f}",
             )
         out.print(table)
-        skipped = res["skipped"]
-        if skipped:
-            first = res.get("skipped_first_lines", {})
-            parts = [
-                f"{n} {reason}" + (f" (first lines {first[reason]})" if first.get(reason) else "")
-                for reason, n in sorted(skipped.items(), key=lambda kv: -kv[1])
-            ]
-            out.print(f"skipped {sum(skipped.values())} of {res['records']} records: " + ", ".join(parts))
-        exchanges = res.get("exchanges_skipped") or {}
-        if exchanges:  # records that give examples from their other exchanges: not skipped records
-            n = sum(exchanges.values())
-            reasons = ", ".join(f"{k} {r}" for r, k in sorted(exchanges.items(), key=lambda kv: -kv[1]))
-            out.print(f"skipped {n} chat exchange{'s' * (n != 1)} of records that still give examples: {reasons}")
-        if res.get("examples_beyond_limit"):
-            total = res["usable"] + res["examples_beyond_limit"]
-            out.print(
-                f"--limit {limit}: evaluated {res['usable']} of {total} usable examples "
-                f"(from {res['records_evaluated']} records)"
-            )
+        for line in summary_lines(res, limit):
+            out.print(line)
         if json_out:
             out.print(f"report: {json_out}")

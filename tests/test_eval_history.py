@@ -75,6 +75,12 @@ def test_models_with_different_contexts_are_asked_the_same_conversation(monkeypa
     assert res["histories_trimmed"] == 2 and res["histories_trimmed_for_other_models"] == 2
     assert [m["histories_trimmed_for_others"] for m in res["models"]] == [2, 0]
     assert any(m.startswith("2 of 6 chat examples were asked with fewer earlier turns") for m in said), said
+    from cltx.cli.evaluate import summary_lines  # the CLI says it under the table too
+
+    assert summary_lines(res, None) == [
+        "2 chat examples asked with fewer earlier turns than some model could take, "
+        "so that every model answers the same conversation"
+    ]
     # the asked prompt is the conversation from the second exchange on, in each language
     ex, _ = build_examples(recs)
     fmt = PromptFormatter(tok)
