@@ -24,6 +24,11 @@ small detail dict, recorded in the record's ``_mt.flags`` and counted in the run
   styles of :mod:`cltx.mt.markers`) in the output than in the source.
 * ``leftover_catalyst`` — the Catalyst Statement (its English text, or its translation when the
   caller knows it) appears in the field.
+* ``dropped_symbols`` — content an engine cannot translate and must carry over is missing from the
+  output: symbols (emoji, ``©``, ``→`` … Unicode category So, counted per character) and words in a script
+  other than the source's and the target's (Greek ``λ``, Cyrillic ``Привет``, CJK ``東京``, counted per
+  run). The embedded bergamot engine drops them silently (``'The formula uses α and β.'`` →
+  ``'A fórmula utiliza o s.'``).
 
 The functions are pure; :class:`QualitySummary` counts flags over a run.
 """
@@ -64,6 +69,7 @@ FLAG_NAMES = (
     "length_ratio",
     "leftover_marker",
     "leftover_catalyst",
+    "dropped_symbols",
 )
 
 # Typical character-length ratio of a text in language X to the same text in English. Rough
@@ -405,12 +411,68 @@ def _contains_fuzzy(hay: list[str], needle: list[str], threshold: float = 0.8) -
     return False
 
 
+# The script of a letter is the first word of its Unicode name; these are the target scripts the check
+# leaves alone (a Russian target may change a Cyrillic word). A target not listed: only symbols are checked.
+_SCRIPT_OF_LANG: dict[str, str] = {
+    **dict.fromkeys(("ru", "uk", "bg", "sr", "mk", "be", "kk", "ky", "mn", "tg"), "CYRILLIC"),
+    "el": "GREEK", **dict.fromkeys(("ar", "fa", "ur", "ps"), "ARABIC"), "he": "HEBREW", "yi": "HEBREW",
+    **dict.fromkeys(("hi", "mr", "ne", "sa"), "DEVANAGARI"), "bn": "BENGALI", "ta": "TAMIL", "te": "TELUGU",
+    "kn": "KANNADA", "ml": "MALAYALAM", "gu": "GUJARATI", "pa": "GURMUKHI", "th": "THAI", "lo": "LAO",
+    "km": "KHMER", "my": "MYANMAR", "ka": "GEORGIAN", "hy": "ARMENIAN", "am": "ETHIOPIC", "si": "SINHALA",
+    "ko": "HANGUL", "zh": "CJK", "ja": "CJK",
+}  # fmt: skip
+# Letters of these scripts count (ª, º, µ are named after what they are, not a script: never counted).
+_NON_LATIN_SCRIPTS = set(_SCRIPT_OF_LANG.values()) | {"COPTIC", "SYRIAC", "THAANA", "TIBETAN", "MONGOLIAN"}
+
+
+@functools.lru_cache(maxsize=4096)
+def _script(ch: str) -> str:
+    name = unicodedata.name(ch, "")
+    if name.startswith(("HIRAGANA", "KATAKANA", "CJK")):
+        return "CJK"
+    return name.split(" ", 1)[0]
+
+
+def _carried(text: str, skip: frozenset[str]) -> Counter:
+    """What a translation must carry over unchanged: each symbol (category So) and each run of letters of
+    a non-Latin script (:data:`_NON_LATIN_SCRIPTS`) other than those in ``skip`` (the pair's own)."""
+    out: Counter = Counter()
+    run, run_script = [], ""
+    for ch in text + " ":
+        if ch.isalpha():
+            sc = _script(ch)
+            if sc in _NON_LATIN_SCRIPTS and sc not in skip:
+                if run and sc != run_script:
+                    out["".join(run)] += 1
+                    run = []
+                run.append(ch)
+                run_script = sc
+                continue
+        if run:
+            out["".join(run)] += 1
+            run = []
+        if unicodedata.category(ch) == "So":
+            out[ch] += 1
+    return out
+
+
+def _check_dropped(src_text: str, out: str, cfg: QualityConfig) -> dict | None:
+    skip = frozenset(s for s in (_SCRIPT_OF_LANG.get(cfg.src), _SCRIPT_OF_LANG.get(cfg.tgt)) if s)
+    if not any(not ch.isascii() for ch in src_text):  # the common case: nothing to carry
+        return None
+    missing = _carried(src_text, skip) - _carried(out, skip)
+    if not missing:
+        return None
+    return {"missing": sorted(missing.elements())[:8]}
+
+
 _CHECKS = {
     "wrong_language": _check_language,
     "untranslated": _check_untranslated,
     "repetition": _check_repetition,
     "length_ratio": _check_length,
     "leftover_marker": _check_markers,
+    "dropped_symbols": _check_dropped,
 }
 
 
