@@ -181,7 +181,11 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         no_protect: Annotated[
-            bool, typer.Option("--no-protect", help="Send code, URLs, placeholders and tags to the engine as they are.")
+            bool,
+            typer.Option(
+                "--no-protect",
+                help="Send code, URLs, placeholders, tags, symbols and foreign-script words to the engine as they are.",
+            ),
         ] = False,
         cache: Annotated[
             Path | None,
@@ -206,9 +210,10 @@ def register(app: typer.Typer) -> None:
         written to OUTPUT-stem.report.json. Under torchrun/accelerate (WORLD_SIZE > 1) each rank
         translates its share and rank 0 merges in order.
 
-        Guards, on by default: protected spans (code, URLs, e-mails, placeholders, tags) are never
-        sent to the engine; every field gets quality flags (_mt.flags: wrong language, untranslated,
-        repetition, length ratio, leftover markers or Catalyst Statement); translations are cached in
+        Guards, on by default: protected spans (code, URLs, e-mails, placeholders, tags, emoji and other
+        non-ASCII symbols, words in scripts foreign to the language pair) are never sent to the engine;
+        every field gets quality flags (_mt.flags: wrong language, untranslated, repetition, length ratio,
+        leftover markers or Catalyst Statement, dropped symbols); translations are cached in
         SQLite, so a re-run translates only what changed.
         """
         setup_logging(verbose)

@@ -42,6 +42,13 @@ def test_carried_content_and_latin_letters_are_not_flagged(src, out):
     assert "dropped_symbols" not in check_field(src, out, CFG)
 
 
+def test_math_and_currency_symbols_count_but_the_degree_sign_does_not():
+    # bergamot: "x≤y" -> "x'y", "£5" -> "5", "¥300" -> "300 euros"; ° it keeps (and may spell out)
+    f = check_field("Prove that x≤y when it costs £5 or ¥300.", "Prove que x'y quando custa 5 ou 300 euros.", CFG)
+    assert f["dropped_symbols"]["missing"] == ["£", "¥", "≤"]
+    assert "dropped_symbols" not in check_field("It is 20 °C today.", "Hoje estão 20 graus Celsius.", CFG)
+
+
 def test_counts_matter_and_runs_are_words():
     # one of two emoji kept: one missing; a Greek word half kept is the word missing (a run, not letters)
     f = check_field("Two cats 😀😀 and the word λόγος here.", "Dois gatos 😀 e a palavra λό aqui.", CFG)
