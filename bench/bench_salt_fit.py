@@ -90,7 +90,13 @@ def oracle_rows(xq, xb, yb, nb, rows, ridge=0.0):
     return torch.stack(out)
 
 
-VARIANT_PROVIDERS = {"cltx_v2": "v2", "cltx_3xtf32": "v2-3xtf32", "cltx_v3": "v3"}
+VARIANT_PROVIDERS = {
+    "cltx_v1": "v1",
+    "cltx_v2": "v2",
+    "cltx_3xtf32": "v2-3xtf32",
+    "cltx_v3": "v3",
+    "cltx_v3x": "v3-3xtf32",
+}
 
 
 def with_variant(fn, variant):

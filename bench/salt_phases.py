@@ -52,27 +52,30 @@ SMOKE = {"n": 5, "m": 40, "d_in": 24, "d_out": 20, "ks": [9, 17]}
 # bench/kernel_report.py on triton 3.9 (registers a thread, no spill; configs past 255 are left out).
 SWEEP = {
     16: [
-        ("v3", {"TOKENS": 1}),  # 118 registers, 1 token a warp
-        ("v3", {"TOKENS": 4}),  # 168
-        ("v3", {"PRECISION": "tf32x3", "TOKENS": 4, "num_warps": 4}),  # one token a warp, 125
-        ("v3", {"SPLIT": False, "BLOCK_N": 32}),  # fused αᵀY, narrower tiles (default fused N64)
-        ("v3", {"SPLIT": False, "BLOCK_N": 128}),  # 174
-        ("v1", {"num_warps": 2}),  # 80
-        ("v1", {"num_warps": 8}),  # 32
+        ("v3", {"num_warps": 2}),  # 4 tokens on 2 warps (default: 1 warp, 168 registers)
+        ("v3", {"TOKENS": 8, "num_warps": 2}),
+        ("v3", {"num_warps": 4}),  # one token a warp, ieee Gram
+        ("v3", {"TOKENS": 2}),  # the first run's 2 tokens a warp
+        ("v3-3xtf32", {"TOKENS": 8, "num_warps": 8}),
+        ("v3-3xtf32", {"num_warps": 2}),
+        ("v3", {"SPLIT": False, "BLOCK_N": 64, "TOKENS": 2}),  # fused αᵀY (the first run's v3 default)
     ],
     64: [
-        ("v3", {"PRECISION": "tf32x3"}),  # 205 registers; Gram 645 instructions a d tile vs 1207
-        ("v3", {"PRECISION": "tf32x3", "num_stages": 2}),  # 247
-        ("v3", {"PRECISION": "tf32x3", "num_warps": 4, "num_stages": 2}),  # 246
-        ("v3", {"num_warps": 4}),  # 242
-        ("v1", {"num_warps": 16}),  # 83
-        ("v2", {"num_warps": 16, "maxnreg": None}),  # 84
+        ("v3", {"PRECISION": "tf32x3", "num_stages": 2}),  # 247 registers
+        ("v3", {"num_stages": 2}),
+        ("v3", {"BLOCK_D": 32}),
     ],
 }
 # Apply-kernel configurations tried per K (on the default variant's weights).
 APPLY_SWEEP = {
-    16: [{"APPLY_BLOCK_N": 256, "APPLY_TOKENS": 2}, {"APPLY_BLOCK_N": 64, "APPLY_TOKENS": 8}],
-    64: [{"APPLY_BLOCK_N": 128, "APPLY_TOKENS": 2}, {"APPLY_BLOCK_N": 32, "APPLY_TOKENS": 8}],
+    16: [
+        {"APPLY_BLOCK_N": 256, "APPLY_TOKENS": 4},
+        {"APPLY_BLOCK_N": 512, "APPLY_TOKENS": 2},
+        {"APPLY_BLOCK_N": 256, "APPLY_TOKENS": 1},
+        {"APPLY_BLOCK_N": 128, "APPLY_TOKENS": 4},
+        {"APPLY_BLOCK_N": 256, "APPLY_TOKENS": 2, "apply_warps": 8},
+    ],
+    64: [{"APPLY_BLOCK_N": 128, "APPLY_TOKENS": 2}, {"APPLY_BLOCK_N": 128, "APPLY_TOKENS": 4}],
 }
 SMOKE_SWEEP = {16: [("v3", {"SPLIT": False, "BLOCK_N": 16})], 32: [("v2", {"BLOCK_D": 16})]}
 SMOKE_APPLY_SWEEP = {16: [{"APPLY_BLOCK_N": 16, "APPLY_TOKENS": 3}], 32: []}
@@ -266,7 +269,9 @@ class Problem:
             run.add(k=k, variant=variant, phase="solve", ms=None, error=f"{type(exc).__name__}: {exc}"[:240])
             return
         run.measure(k, variant, "solve", lc.solve, config=describe(lc.cfg), check=self.checker(lc))
-        run.measure(k, variant, "apply", lc.apply, config=describe(lc.apply_meta or {}, ("BLOCK_N", "TOKENS")))
+        run.measure(
+            k, variant, "apply", lc.apply, config=describe(lc.apply_meta or {}, ("BLOCK_N", "TOKENS", "num_warps"))
+        )
         if not self.config(variant)["SPLIT"]:
             try:
                 fused = self.launch(variant, split=False)
@@ -292,7 +297,7 @@ class Problem:
         except Exception as exc:
             self.run.add(k=self.k, variant=variant, phase="sweep_apl", ms=None, config=str(over), error=repr(exc)[:240])
             return
-        cfg = describe(lc.apply_meta or {}, ("BLOCK_N", "TOKENS"))
+        cfg = describe(lc.apply_meta or {}, ("BLOCK_N", "TOKENS", "num_warps"))
         self.run.measure(self.k, variant, "sweep_apl", lc.apply, config=cfg, check=self.checker(lc, False))
 
 

@@ -92,14 +92,14 @@ _logged_exceptions: set[tuple[str, int, int]] = set()
 # ---------------------------------------------------------------------------------------------
 # 2. Configuration: every block size is picked here, never at the launch site.
 # ---------------------------------------------------------------------------------------------
-VARIANTS = ("v1", "v2", "v2-3xtf32", "v3")
+VARIANTS = ("v1", "v2", "v2-3xtf32", "v3", "v3-3xtf32")
 
 
 def _variant() -> str:
-    """The kernel variant, from ``CLTX_SALT_VARIANT`` (default ``v1``, measured fastest); see :func:`_config`."""
+    """The kernel variant, from ``CLTX_SALT_VARIANT`` (default ``v3``, measured fastest); see :func:`_config`."""
     import os
 
-    v = os.environ.get("CLTX_SALT_VARIANT", "v1").strip() or "v1"  # v1 | v2 | v2-3xtf32 | v3
+    v = os.environ.get("CLTX_SALT_VARIANT", "v3").strip() or "v3"  # v1 | v2 | v2-3xtf32 | v3 | v3-3xtf32
     if v not in VARIANTS:
         raise bad_arg("CLTX_SALT_VARIANT", v, f"use one of {', '.join(VARIANTS)} (or leave it unset)")
     return v
@@ -125,8 +125,8 @@ def _config(k: int, d_in: int, d_out: int, *, interpret: bool, variant: str = "v
         :func:`_config_v3`).
     """
     K = max(16, triton.next_power_of_2(k))
-    if variant == "v3":
-        return _config_v3(K, d_in, d_out, interpret=interpret)
+    if variant in ("v3", "v3-3xtf32"):
+        return _config_v3(K, d_in, d_out, interpret=interpret, tf32x3=variant == "v3-3xtf32")
     v1 = variant == "v1"
     # SPLIT: v1 only at K ≥ 32, where the fused kernel needs ~180-240 registers a thread.
     split = K >= 32 or not v1
@@ -174,39 +174,39 @@ def _config(k: int, d_in: int, d_out: int, *, interpret: bool, variant: str = "v
     }
 
 
-def _config_v3(K: int, d_in: int, d_out: int, *, interpret: bool) -> dict:
-    """Variant v3 (``_salt_fit_batched_fwd_kernel``): TOKENS tokens a program on one or two warps.
+def _config_v3(K: int, d_in: int, d_out: int, *, interpret: bool, tf32x3: bool = False) -> dict:
+    """Variant v3 (``_salt_fit_batched_fwd_kernel``): TOKENS tokens a program on one or two warps,
+    then ``_salt_apply_kernel`` for αᵀY.
 
-    Picked from the static sm_90 report (bench/kernel_report.py, triton 3.9; no spills anywhere),
-    per Gauss–Jordan sweep (instructions / barriers / shuffles a warp) and registers a thread:
-      K = 16: 2 tokens on 1 warp, 114 / 0 / 14 for both tokens, 128 registers (v1: 4 warps,
-        ~96 barriers in all, unrolled; v2: 263 / 20 / 45 a sweep). αᵀY fused (64-column tiles,
-        no extra registers, no barriers; the apply kernel has 23 barriers).
-      K = 32: 1 token on 1 warp, 241 / 0 / 34, 128 registers.
-      K = 64: 1 token on 2 warps, 480 / 4 / 66, 226 registers (v2: 8 warps, 193 / 4 / 24 each,
-        i.e. ~1.6× the warp-instructions; one warp would need 255 and spill); then the apply kernel.
-    The Gram is full fp32 (``ieee``) like v1; ``PRECISION="tf32x3"`` (tensor cores, fp32-accurate)
-    halves its instructions at K = 64 (630 vs 1207 a d tile) and is in bench/salt_phases.py's sweep.
+    Picked from the static sm_90 report (bench/kernel_report.py; no spills anywhere) and the H200
+    phase sweep of bench/salt_phases.py (paper shape, n 30,000, d_in 768, d_out 4,096, fp32):
+      K = 16: 4 tokens on 1 warp (solve 1.72 ms; 2 tokens 2.26 ms; the αᵀY-fused form 3.72 ms, because
+        the split apply kernel keeps Y's column slice in L2), then the apply kernel on 256-column
+        tiles, 2 tokens a program (1.35 ms; 64-column tiles, 4 tokens: 3.21 ms).
+      K = 32: 1 token on 1 warp, 241 / 0 / 34 instructions / barriers / shuffles a sweep, 128 registers.
+      K = 64: 1 token on 2 warps, 480 / 4 / 66, 226 registers (solve 13.0 ms; v2 on 8 warps 38 ms).
+    The Gram is full fp32 (``ieee``) like v1. Variant v3-3xtf32 computes it on tensor cores as three
+    TF32 products (hi·hi + hi·lo + lo·hi: fp32-accurate, 7e-7 relative error at the paper shape vs
+    1e-6 for ieee), at K = 16 on 4 warps, one token each (solve 1.07 ms).
     """
-    fused = K <= 16
     cfg = {
         "K": K,
-        "TOKENS": 2 if K <= 16 else 1,
-        "PRECISION": "ieee",
+        "TOKENS": 4 if K <= 16 else 1,
+        "PRECISION": "tf32x3" if tf32x3 else "ieee",
         "BLOCK_D": min(16, max(16, triton.next_power_of_2(d_in))),
         "BLOCK_N": min(64, max(16, triton.next_power_of_2(d_out))),
-        "num_warps": 1 if K <= 32 else 2,
+        "num_warps": (4 if tf32x3 else 1) if K <= 16 else (1 if K <= 32 else 2),
         "num_stages": 1,
-        "SPLIT": not fused,
+        "SPLIT": True,
         "UNROLL": False,
-        "APPLY_BLOCK_N": min(64, max(16, triton.next_power_of_2(d_out))),
-        "APPLY_TOKENS": 4,
+        "APPLY_BLOCK_N": min(256 if K <= 16 else 64, max(16, triton.next_power_of_2(d_out))),
+        "APPLY_TOKENS": 2 if K <= 16 else 4,
         "apply_warps": 4,
         "maxnreg": None,
     }
     if interpret:
         # The interpreter has no autotuner or driver: small tiles; TOKENS = 2 still exercises the
-        # token axis and the masked tail program; fused / split as on the GPU.
+        # token axis and the masked tail program (the fused αᵀY form runs through cfg overrides).
         cfg.update({"BLOCK_D": 32, "BLOCK_N": 32, "APPLY_BLOCK_N": 64, "APPLY_TOKENS": 2, "TOKENS": 2})
     return cfg
 
@@ -581,7 +581,7 @@ def _launch_meta(
         **({"maxnreg": cfg["maxnreg"]} if cfg["maxnreg"] else {}),
     }
     kernel = _salt_fit_fwd_kernel
-    if variant == "v3":
+    if variant in ("v3", "v3-3xtf32"):
         kernel = _salt_fit_batched_fwd_kernel
         del fwd["UNROLL"]
         fwd["TOKENS"] = cfg["TOKENS"]

@@ -311,7 +311,7 @@ def test_interpreter_return_alpha_and_kernel_equals_reference(variant):
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("variant", ["v2", "v2-3xtf32", "v1", "v3"])
+@pytest.mark.parametrize("variant", ["v2", "v2-3xtf32", "v1", "v3", "v3-3xtf32"])
 def test_interpreter_every_variant_matches_oracle(variant, monkeypatch):
     """Every CLTX_SALT_VARIANT gives the oracle's answer (n = 7: not a multiple of the apply
     kernel's tokens per program; K = 16 takes the fused path in v1, the split one in v2)."""
@@ -370,10 +370,12 @@ def test_gpu_full_size_matches_oracle(k, dtype):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("variant, k", [("v2-3xtf32", 64), ("v3", 16), ("v3", 64)])
+@pytest.mark.parametrize(
+    "variant, k", [("v2-3xtf32", 64), ("v1", 16), ("v1", 64), ("v3-3xtf32", 16), ("v3-3xtf32", 64)]
+)
 def test_gpu_other_variants_match_oracle(variant, k, monkeypatch):
-    """The 3xTF32 Gram (v2-3xtf32) at full size, k = 64 (fp32), and v3 (αᵀY fused at k = 16, the
-    apply kernel at 64). (v1, the default, runs test_gpu_full_size_matches_oracle; the benchmark
+    """The 3xTF32 Gram (v2-3xtf32, v3-3xtf32) at full size (fp32), and v1 (αᵀY fused at k = 16, the
+    apply kernel at 64). (v3, the default, runs test_gpu_full_size_matches_oracle; the benchmark
     checks every variant's parity again.)"""
     monkeypatch.setenv("CLTX_SALT_VARIANT", variant)
     xq, xb, yb, nb = _gpu_problem(k, torch.float32)
@@ -450,6 +452,8 @@ def _aot_compile(fn, ptr_types, constexprs, floats, num_warps, num_stages, maxnr
         (16, "fp32", "fp32", "v3"),
         (32, "bf16", "bf16", "v3"),
         (64, "fp32", "fp32", "v3"),
+        (16, "fp32", "fp32", "v3-3xtf32"),
+        (64, "fp32", "fp32", "v3-3xtf32"),
     ],
 )
 def test_kernels_compile_for_sm90(k, xdt, ydt, variant):
@@ -493,8 +497,9 @@ def test_kernels_compile_for_sm90(k, xdt, ydt, variant):
 
 
 def test_each_variant_launches_its_kernel(monkeypatch):
-    """CLTX_SALT_VARIANT picks the kernel (v3: the batched one) and v3's launch plan: αᵀY fused at
-    K = 16, the apply kernel above (so the interpreter tier runs both of its paths)."""
+    """CLTX_SALT_VARIANT picks the kernel (v3, the default, and v3-3xtf32: the batched one) and v3's
+    launch plan: the apply kernel for αᵀY at every K (the fused form is measured slower on an H200;
+    test_interpreter_v3_fused_form_matches_oracle keeps it correct), several tokens a program."""
     pytest.importorskip("triton")
     from cltx.kernels.salt_fit import VARIANTS, _config, _salt_fit_batched_fwd_kernel, _salt_fit_fwd_kernel, _SaltLaunch
 
@@ -503,11 +508,30 @@ def test_each_variant_launches_its_kernel(monkeypatch):
         monkeypatch.setenv("CLTX_SALT_VARIANT", v)
         launch = _SaltLaunch(xq, xb, yb, nb, 0.0, False)
         assert launch.variant == v
-        assert launch.kernel is (_salt_fit_batched_fwd_kernel if v == "v3" else _salt_fit_fwd_kernel)
+        assert launch.kernel is (_salt_fit_batched_fwd_kernel if v.startswith("v3") else _salt_fit_fwd_kernel)
+    monkeypatch.delenv("CLTX_SALT_VARIANT")
+    assert _SaltLaunch(xq, xb, yb, nb, 0.0, False).variant == "v3"
     for interpret in (False, True):
-        assert not _config(16, 768, 4096, interpret=interpret, variant="v3")["SPLIT"]
-        assert _config(64, 768, 4096, interpret=interpret, variant="v3")["SPLIT"]
+        for k in (16, 64):
+            assert _config(k, 768, 4096, interpret=interpret, variant="v3")["SPLIT"]
     assert _config(16, 768, 4096, interpret=True, variant="v3")["TOKENS"] > 1
+    assert _config(16, 768, 4096, interpret=False, variant="v3")["PRECISION"] == "ieee"
+    assert _config(16, 768, 4096, interpret=False, variant="v3-3xtf32")["PRECISION"] == "tf32x3"
+
+
+@pytest.mark.interpreter
+@pytest.mark.parametrize("k", [5, 16])
+def test_interpreter_v3_fused_form_matches_oracle(k):
+    """v3's αᵀY-fused form (SPLIT False, selectable through the launch config) agrees with the oracle,
+    with a tail program (n = 7 on 2 tokens a program) and padded neighbour slots."""
+    from cltx.kernels.salt_fit import _config, _SaltLaunch
+
+    xq, xb, yb, nb = problem(7, 40, 24, 20, k, pad=0.3, seed=31)
+    cfg = {**_config(k, 24, 20, interpret=True, variant="v3"), "SPLIT": False}
+    lc = _SaltLaunch(xq, xb, yb, nb, 0.0, False, variant="v3", cfg=cfg)
+    lc.solve()
+    e, scale, _ = oracle(xq, xb, yb, nb)
+    assert rel_err(lc.out, e, scale) < TOL["fp32"]
 
 
 def test_embedding_parameters_that_require_grad_are_fine():
