@@ -132,6 +132,66 @@ FSDP = COMMON + textwrap.dedent(
 )
 
 
+BF16 = COMMON + textwrap.dedent(
+    """
+    import contextlib, types
+    from accelerate.utils import FullyShardedDataParallelPlugin, fsdp2_prepare_model
+    from torch.distributed.fsdp import MixedPrecisionPolicy
+
+    bf16 = torch.bfloat16
+    # what accelerate's plugin holds under --bf16 on a GPU: bf16 params, bf16 reduce, bf16 outputs, and
+    # (the default) every floating forward input cast to bf16
+    mp = MixedPrecisionPolicy(param_dtype=bf16, reduce_dtype=bf16, output_dtype=bf16)
+    plugin = FullyShardedDataParallelPlugin(**config("full", 1, fsdp=True).fsdp_plugin_args, mixed_precision_policy=mp)
+    tr = CLOTrainer(
+        tiny_llama(tok), config("full", 1, ref_cache=False, bf16=True), bins(), processing_class=tok,
+        eval_bins=bins(3, 11),
+    )
+    plain_autocast = type(tr._step_autocast(tr.model))
+    accel = types.SimpleNamespace(
+        state=types.SimpleNamespace(fsdp_plugin=plugin), mixed_precision="bf16", is_main_process=True,
+        device=torch.device("cpu"),
+    )
+    model = fsdp2_prepare_model(accel, tr.model)
+    tr._ref_missing = list(tr._ref_needed)  # train and held-out bins, as deferred under FSDP
+    tr.finish_reference(model)  # as at train start under FSDP: through the sharded model
+    refs = torch.cat([tr.train_bins[i]["ref_chosen_logps"] for i in tr.needed_bins()])
+    model.train()
+    b = tr.train_bins[tr.needed_bins()[0]]
+    tr.compute_loss(model, b, num_items_in_batch=tr._get_num_items_in_batch([b], torch.device("cpu")))
+    tr.state.global_step = 1
+    tr.log({"loss": 0.0})
+    tr.is_fsdp_enabled, tr.model_wrapped = True, model
+    held = tr.evaluate()
+    json.dump({
+        "step0": tr.state.log_history[0],
+        "held": held,
+        "refs_all_bf16": bool((refs.to(bf16).float() == refs).all()),
+        "refs_dtype": str(refs.dtype),
+        "sharded_autocast": type(tr._step_autocast(model)).__name__,
+        "plain_autocast": plain_autocast.__name__,
+    }, open(out + "/run.json", "w"))
+    """
+)
+
+
+def test_fsdp2_bf16_step_zero_rewards_are_exactly_zero(tmp_path):
+    """FSDP2 with accelerate's bf16 policy casts a sharded module's floating inputs and outputs to bf16:
+    the reference log-probs read from the outputs, and passed back in as inputs, were bf16-rounded
+    (-11.6045 became -11.625), so at step 0 every reward was ~1e-3 instead of 0 (seen on an H200, and
+    here on the CPU). They now travel as fp32 bits and come from the loss's own fp32 metrics; the
+    reference pass runs in the step's context (FSDP2: no autocast, the policy casts the parameters)."""
+    (tmp_path / "bf16.py").write_text(BF16, encoding="utf-8")
+    run_checked([*torchrun(1), str(tmp_path / "bf16.py"), str(tmp_path)], tmp_path / "cache")
+    r = json.loads((tmp_path / "run.json").read_text())
+    assert r["refs_dtype"] == "torch.float32" and not r["refs_all_bf16"], r  # fp32 values, not rounded ones
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert r["step0"][key] == 0.0, r["step0"]
+        assert r["held"][f"eval_{key}"] == 0.0, r["held"]
+    assert r["step0"]["nll"] > 0 and r["held"]["eval_nll"] > 0
+    assert r["sharded_autocast"] == "nullcontext" and r["plain_autocast"] != "nullcontext", r
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("clo-fsdp")

@@ -319,6 +319,18 @@ def merge_lora_state_dict(peft_model: nn.Module, state: dict[str, torch.Tensor])
     return merged
 
 
+def pack_reference(logps: torch.Tensor) -> torch.Tensor:
+    """fp32 reference log-probs as their int32 bit pattern (no copy). FSDP2's MixedPrecisionPolicy
+    casts every floating input of a sharded module to its param_dtype (bf16 under --bf16): -11.6045
+    went in as -11.625, and the step-0 rewards came out ~1e-3 instead of exactly 0. Integers pass."""
+    return logps.to(torch.float32).contiguous().view(torch.int32)
+
+
+def unpack_reference(ref: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`pack_reference`; floating tensors are returned as they are."""
+    return ref.view(torch.float32) if ref.dtype == torch.int32 else ref
+
+
 class CLOModel(nn.Module):
     """Policy + fused loss in one forward.
 
@@ -395,6 +407,8 @@ class CLOModel(nn.Module):
                 then rejected rows), P rows for ``sft``; labels aligned, -100 not scored.
             nll_mask: (P,) bool, which chosen rows count in the NLL term.
             ref_chosen_logps, ref_rejected_logps: (P,) float; zeros when absent (reference pass, SFT).
+                int32 is read as the bit pattern of fp32 values (:func:`pack_reference`): how the
+                trainer passes them, so FSDP2's input cast (bf16 under --bf16) cannot round them.
             nll_weight, cl_weight: multipliers of the NLL and CL terms (the trainer uses them to
                 normalise over the whole accumulated, all-rank batch).
 
@@ -413,8 +427,8 @@ class CLOModel(nn.Module):
             lam = self.lam
         P = hidden.shape[0] // 2
         zeros = hidden.new_zeros(P, dtype=torch.float32)
-        ref_c = zeros if ref_chosen_logps is None else ref_chosen_logps
-        ref_r = zeros if ref_rejected_logps is None else ref_rejected_logps
+        ref_c = zeros if ref_chosen_logps is None else unpack_reference(ref_chosen_logps)
+        ref_r = zeros if ref_rejected_logps is None else unpack_reference(ref_rejected_logps)
         # One kernel call for the weighted sum: lam'·NLL + (1 − lam')·CL, times c.
         a, b = lam * float(nll_weight), (1.0 - lam) * float(cl_weight)
         c = a + b
@@ -435,4 +449,8 @@ class CLOModel(nn.Module):
         )
         if c != 1.0:
             loss = loss * c
+        # The metrics as computed (fp32), kept beside the return value: FSDP2's MixedPrecisionPolicy
+        # casts a sharded module's outputs to its output_dtype (bf16 under --bf16), which rounded the
+        # reference log-probs (-11.6 to -11.625) and every logged reward (see CLOTrainer._metrics).
+        self.last_metrics = {k: v.detach() if torch.is_tensor(v) else v for k, v in metrics.items()}
         return loss, metrics

@@ -55,6 +55,7 @@ from cltx.clo.model import (
     merge_lora_state_dict,
     model_files_fingerprint,
     model_fingerprint,
+    pack_reference,
     set_trainable,
 )
 from cltx.errors import CltxError, bad_arg
@@ -295,6 +296,13 @@ class EpochShuffleSampler(Sampler):
 
 
 _NOT_INPUTS = ("record_index", "ref_chosen_logps", "ref_rejected_logps")
+
+
+def _packed(inputs: dict) -> dict:
+    """Model inputs with the reference log-probs as int32 bit patterns (:func:`pack_reference`), so a
+    sharded model's input cast (FSDP2 under bf16) leaves them exact."""
+    refs = ("ref_chosen_logps", "ref_rejected_logps")
+    return {k: pack_reference(v) if k in refs and torch.is_tensor(v) else v for k, v in inputs.items()}
 
 
 def _first(items: list[dict]) -> dict:
@@ -650,11 +658,12 @@ class CLOTrainer(Trainer):
         was_training = wrapper.training
         wrapper.train()
         try:
-            with torch.enable_grad(), self.accelerator.autocast():
+            with torch.enable_grad(), self._step_autocast(wrapper):
                 for n in range(total):
                     i = indices[n] if n < len(indices) else pad
                     b = {k: v.to(self.args.device) for k, v in get_bin(i).items() if k not in exclude}
-                    _, m = wrapper(**b)
+                    _, m = wrapper(**_packed(b))
+                    m = self._metrics(wrapper, m)
                     if n < len(indices):
                         yield i, b, m
                     del m
@@ -662,6 +671,29 @@ class CLOTrainer(Trainer):
                         self.progress.advance(progress, 1)
         finally:
             wrapper.train(was_training)
+
+    def _metrics(self, wrapper, returned: dict) -> dict:
+        """The metrics of ``wrapper``'s last forward as the loss computed them (fp32), not as returned:
+        under FSDP2 with bf16 the returned ones were cast to bf16, so reference log-probs read from them
+        differed from the step's own (step-0 rewards ~1e-3 instead of 0) and logged metrics were rounded."""
+        kept = getattr(self.accelerator.unwrap_model(wrapper), "last_metrics", None)
+        return kept if kept is not None else returned
+
+    def _step_autocast(self, wrapper):
+        """The autocast a training step's forward of ``wrapper`` runs under. accelerate wraps a prepared
+        model's forward in autocast (native AMP; before preparation the step's autocast is added here);
+        under FSDP2 it does not: the MixedPrecisionPolicy casts the parameters and the step runs with no
+        autocast, so a sharded model whose forward accelerate has not wrapped gets none here either (an
+        extra bf16 autocast runs norms and softmax in fp32: the step-0 rewards came out ~1e-3 off zero)."""
+        import contextlib
+
+        try:
+            from torch.distributed.fsdp import FSDPModule
+        except ImportError:  # pragma: no cover - torch without FSDP2
+            FSDPModule = ()  # noqa: N806
+        if isinstance(wrapper, FSDPModule) and not hasattr(wrapper, "_original_forward"):
+            return contextlib.nullcontext()
+        return self.accelerator.autocast()
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         """``transformers.Trainer.train``; ``resume_from_checkpoint`` defaults to
@@ -707,7 +739,8 @@ class CLOTrainer(Trainer):
             cl_w = world * P / tot_pairs
         else:
             nll_w = cl_w = 1.0
-        loss, metrics = model(**inputs, nll_weight=nll_w, cl_weight=cl_w)
+        loss, metrics = model(**_packed(inputs), nll_weight=nll_w, cl_weight=cl_w)
+        metrics = self._metrics(model, metrics)
         if self.model.training:
             self._store(metrics, P, n_nll)
             self.tokens_trained += int(inputs["attention_mask"].sum())
@@ -930,8 +963,9 @@ def step_zero_metrics(trainer: CLOTrainer) -> dict[str, float]:
     wrapper = trainer.accelerator.unwrap_model(trainer.model)
     i = trainer.needed_bins()[0]
     b = {k: v.to(trainer.args.device) for k, v in trainer.train_bins[i].items() if k != "record_index"}
-    with torch.enable_grad(), trainer.accelerator.autocast():
-        _, m = wrapper(**b)
+    with torch.enable_grad(), trainer._step_autocast(wrapper):
+        _, m = wrapper(**_packed(b))
+    m = trainer._metrics(wrapper, m)
     return {k: v.detach().cpu() for k, v in m.items()}
 
 
