@@ -95,6 +95,7 @@ VARIANT_PROVIDERS = {
     "cltx_v2": "v2",
     "cltx_3xtf32": "v2-3xtf32",
     "cltx_v3": "v3",
+    "cltx_v3ieee": "v3-ieee",
     "cltx_v3x": "v3-3xtf32",
 }
 

@@ -52,30 +52,25 @@ SMOKE = {"n": 5, "m": 40, "d_in": 24, "d_out": 20, "ks": [9, 17]}
 # bench/kernel_report.py on triton 3.9 (registers a thread, no spill; configs past 255 are left out).
 SWEEP = {
     16: [
-        ("v3", {"num_warps": 2}),  # 4 tokens on 2 warps (default: 1 warp, 168 registers)
-        ("v3", {"TOKENS": 8, "num_warps": 2}),
-        ("v3", {"num_warps": 4}),  # one token a warp, ieee Gram
-        ("v3", {"TOKENS": 2}),  # the first run's 2 tokens a warp
-        ("v3-3xtf32", {"TOKENS": 8, "num_warps": 8}),
-        ("v3-3xtf32", {"num_warps": 2}),
-        ("v3", {"SPLIT": False, "BLOCK_N": 64, "TOKENS": 2}),  # fused αᵀY (the first run's v3 default)
+        ("v3", {"num_warps": 2}),  # tf32x3 Gram, 2 tokens a warp (2026-11-27 sweep: 0.94 ms vs 1.03 on 4 warps)
+        ("v3", {"TOKENS": 8, "num_warps": 4}),
+        ("v3-ieee", {"num_warps": 2}),  # full-fp32 Gram (1.83 ms on 2 warps, 1.70 on 1 in that sweep)
+        ("v3-ieee", {"TOKENS": 8, "num_warps": 2}),
+        ("v3", {"SPLIT": False, "BLOCK_N": 64}),  # αᵀY fused into the solve
     ],
     64: [
-        ("v3", {"PRECISION": "tf32x3", "num_stages": 2}),  # 247 registers
         ("v3", {"num_stages": 2}),
-        ("v3", {"BLOCK_D": 32}),
+        ("v3", {"BLOCK_D": 32}),  # 16.4 ms vs 13.0 in that sweep
     ],
 }
 # Apply-kernel configurations tried per K (on the default variant's weights).
 APPLY_SWEEP = {
     16: [
-        {"APPLY_BLOCK_N": 256, "APPLY_TOKENS": 4},
-        {"APPLY_BLOCK_N": 512, "APPLY_TOKENS": 2},
-        {"APPLY_BLOCK_N": 256, "APPLY_TOKENS": 1},
-        {"APPLY_BLOCK_N": 128, "APPLY_TOKENS": 4},
-        {"APPLY_BLOCK_N": 256, "APPLY_TOKENS": 2, "apply_warps": 8},
+        {"APPLY_BLOCK_N": 512, "APPLY_TOKENS": 2},  # 0.95 ms vs 1.25 (default 256 / 2) in that sweep
+        {"APPLY_BLOCK_N": 512, "APPLY_TOKENS": 4},
+        {"APPLY_BLOCK_N": 1024, "APPLY_TOKENS": 1, "apply_warps": 8},
     ],
-    64: [{"APPLY_BLOCK_N": 128, "APPLY_TOKENS": 2}, {"APPLY_BLOCK_N": 128, "APPLY_TOKENS": 4}],
+    64: [{"APPLY_BLOCK_N": 128, "APPLY_TOKENS": 2}, {"APPLY_BLOCK_N": 256, "APPLY_TOKENS": 1}],
 }
 SMOKE_SWEEP = {16: [("v3", {"SPLIT": False, "BLOCK_N": 16})], 32: [("v2", {"BLOCK_D": 16})]}
 SMOKE_APPLY_SWEEP = {16: [{"APPLY_BLOCK_N": 16, "APPLY_TOKENS": 3}], 32: []}

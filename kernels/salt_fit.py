@@ -23,9 +23,10 @@ sweeps, symmetric, pivot row picked out with a masked sum), and streams
 d_out tiles of the neighbours' Y rows to write αᵀY. No (n × k × d) tensor exists; peak memory is the
 inputs plus the output plus the (n, K) weights (7.7 MB at the paper shape at k = 64).
 
-Variants (``CLTX_SALT_VARIANT``, see :func:`_config`). Default v1: measured fastest on an H200
-(2026-11-26, paper shape, fp32: v1 5.84 / 41.1 ms at k = 16 / 64, v2 7.16 / 43.1, v2-3xtf32 8.21 /
-41.9; plain PyTorch 13.1 / 80.9). In v2, two kernels: the solve kernel
+Variants (``CLTX_SALT_VARIANT``, see :func:`_config`). Default v3 (below): measured fastest on an
+H200 (2026-11-27, paper shape, fp32: 3.40 / 18.8 ms at k = 16 / 64 = 0.225× / 0.219× plain PyTorch
+in the same run; v1 6.65 / 41.7). Earlier (2026-11-26): v1 5.84 / 41.1 ms, v2 7.16 / 43.1, v2-3xtf32
+8.21 / 41.9; plain PyTorch 13.1 / 80.9. In v2, two kernels: the solve kernel
 writes each token's weights, and ``_salt_apply_kernel`` forms αᵀY with a grid whose token axis runs
 fastest, so all programs in flight share one d_out tile: that column slice of Y stays in L2 and the
 per-neighbour gathers (7.9 GB at k = 16, 31 GB at k = 64) hit L2 while Y crosses HBM about once
@@ -36,16 +37,17 @@ together; duplicated indices are read once. Variant v1 (the first H200 run's ker
 into the solve kernel at K = 16, unrolled sweeps) and v2-3xtf32 (the fp32 Gram on tensor cores as
 three TF32 products, fp32-accurate) stay selectable for comparison.
 
-Variant v3 (``_salt_fit_batched_fwd_kernel``, candidate, not yet timed on a GPU): the same math on
-TOKENS tokens a program (the leading axis of every tensor) and one warp (two at K = 64), so each
+Variant v3 (``_salt_fit_batched_fwd_kernel``, the default; configurations in :func:`_config_v3`): the
+same math on TOKENS tokens a program (the leading axis of every tensor) and few warps, so each
 sweep's reductions are warp shuffles without barriers, and each sweep is one rank-1 update instead
 of a rank-1 update plus three masked rewrites: with the matrix scaled by a power of two τ (pivots
 < 2, exact), pivot j maps A to A − u uᵀ with u = column j / √p except u_j = (p − 1)/√p; that yields
 the swept rows/columns c/p at once, and the pivot entry's constant offset (2 + piv − p, never read
 by a later sweep) is taken off after the last sweep. Per sweep (sm_90, triton 3.9) that is 114
 instructions a warp for two tokens, no barrier, at K = 16 (v2: 263 and 20 barriers on 4 warps) and
-480 on each of 2 warps at K = 64 (v2: 193 on each of 8). αᵀY is fused at K = 16 (64-column tiles),
-the apply kernel above. Static numbers: ``python bench/kernel_report.py``; phase times on a GPU:
+480 on each of 2 warps at K = 64 (v2: 193 on each of 8). αᵀY is the apply kernel above at every K
+(fused into the solve at K = 16 it measured 3.78 ms against 1.70 + 1.25 split). Static numbers:
+``python bench/kernel_report.py``; phase times on a GPU:
 ``python bench/salt_phases.py``.
 
 Paths (``cltx.kernels._dispatch.choose``): CUDA → this kernel; CPU with ``TRITON_INTERPRET=1`` →
@@ -92,14 +94,15 @@ _logged_exceptions: set[tuple[str, int, int]] = set()
 # ---------------------------------------------------------------------------------------------
 # 2. Configuration: every block size is picked here, never at the launch site.
 # ---------------------------------------------------------------------------------------------
-VARIANTS = ("v1", "v2", "v2-3xtf32", "v3", "v3-3xtf32")
+VARIANTS = ("v1", "v2", "v2-3xtf32", "v3", "v3-ieee", "v3-3xtf32")
+V3 = ("v3", "v3-ieee", "v3-3xtf32")  # the batched kernel's variants
 
 
 def _variant() -> str:
     """The kernel variant, from ``CLTX_SALT_VARIANT`` (default ``v3``, measured fastest); see :func:`_config`."""
     import os
 
-    v = os.environ.get("CLTX_SALT_VARIANT", "v3").strip() or "v3"  # v1 | v2 | v2-3xtf32 | v3 | v3-3xtf32
+    v = os.environ.get("CLTX_SALT_VARIANT", "v3").strip() or "v3"  # one of VARIANTS
     if v not in VARIANTS:
         raise bad_arg("CLTX_SALT_VARIANT", v, f"use one of {', '.join(VARIANTS)} (or leave it unset)")
     return v
@@ -112,7 +115,7 @@ def _config(k: int, d_in: int, d_out: int, *, interpret: bool, variant: str = "v
     BLOCK_D: d_in tile of the Gram phase; BLOCK_N: d_out tile of the fused αᵀY phase (v1, K = 16).
 
     Variants (``CLTX_SALT_VARIANT``):
-      v1 (the default, measured fastest on an H200): the kernel of the first H200 run — αᵀY fused at
+      v1: the kernel of the first H200 run — αᵀY fused at
         K = 16, unrolled sweeps, one token a program in the apply kernel at K ≥ 32.
       v2: the solve always hands its (n, K) weights to ``_salt_apply_kernel`` (SPLIT),
         whose d_out-tile-major grid keeps the Y column slice it works on in L2 (Y then comes from
@@ -121,12 +124,12 @@ def _config(k: int, d_in: int, d_out: int, *, interpret: bool, variant: str = "v
         straight-line ones, which overflowed the instruction cache on every program).
       v2-3xtf32: v2 with the fp32 Gram on tensor cores split in three TF32 products (hi·hi + hi·lo +
         lo·hi: fp32-accurate); bf16 inputs are unaffected.
-      v3: ``_salt_fit_batched_fwd_kernel``, TOKENS tokens a program on 1-2 warps (see
-        :func:`_config_v3`).
+      v3 (the default, measured fastest on an H200), v3-ieee, v3-3xtf32: ``_salt_fit_batched_fwd_kernel``,
+        TOKENS tokens a program on 1-4 warps (see :func:`_config_v3`).
     """
     K = max(16, triton.next_power_of_2(k))
-    if variant in ("v3", "v3-3xtf32"):
-        return _config_v3(K, d_in, d_out, interpret=interpret, tf32x3=variant == "v3-3xtf32")
+    if variant in V3:
+        return _config_v3(K, d_in, d_out, interpret=interpret, variant=variant)
     v1 = variant == "v1"
     # SPLIT: v1 only at K ≥ 32, where the fused kernel needs ~180-240 registers a thread.
     split = K >= 32 or not v1
@@ -174,33 +177,40 @@ def _config(k: int, d_in: int, d_out: int, *, interpret: bool, variant: str = "v
     }
 
 
-def _config_v3(K: int, d_in: int, d_out: int, *, interpret: bool, tf32x3: bool = False) -> dict:
-    """Variant v3 (``_salt_fit_batched_fwd_kernel``): TOKENS tokens a program on one or two warps,
-    then ``_salt_apply_kernel`` for αᵀY.
+def _config_v3(K: int, d_in: int, d_out: int, *, interpret: bool, variant: str = "v3") -> dict:
+    """The batched kernel (``_salt_fit_batched_fwd_kernel``): TOKENS tokens a program on one to four
+    warps, then ``_salt_apply_kernel`` for αᵀY (its d_out-tile-major grid keeps Y's column slice in L2).
 
-    Picked from the static sm_90 report (bench/kernel_report.py; no spills anywhere) and the H200
-    phase sweep of bench/salt_phases.py (paper shape, n 30,000, d_in 768, d_out 4,096, fp32):
-      K = 16: 4 tokens on 1 warp (solve 1.72 ms; 2 tokens 2.26 ms; the αᵀY-fused form 3.72 ms, because
-        the split apply kernel keeps Y's column slice in L2), then the apply kernel on 256-column
-        tiles, 2 tokens a program (1.35 ms; 64-column tiles, 4 tokens: 3.21 ms).
-      K = 32: 1 token on 1 warp, 241 / 0 / 34 instructions / barriers / shuffles a sweep, 128 registers.
-      K = 64: 1 token on 2 warps, 480 / 4 / 66, 226 registers (solve 13.0 ms; v2 on 8 warps 38 ms).
-    The Gram is full fp32 (``ieee``) like v1. Variant v3-3xtf32 computes it on tensor cores as three
-    TF32 products (hi·hi + hi·lo + lo·hi: fp32-accurate, 7e-7 relative error at the paper shape vs
-    1e-6 for ieee), at K = 16 on 4 warps, one token each (solve 1.07 ms).
+    Measured on an H200 (2026-11-27, paper shape n 30,000, m 20,000, d_in 768, d_out 4,096, fp32;
+    bench/salt_phases.py, whole calls from bench/bench_salt_fit.py; plain PyTorch 15.1 / 85.8 ms):
+      K = 16: 4 tokens a program. Full-fp32 (``ieee``) Gram on 1 warp: solve 1.70 ms (2 tokens 2.25,
+        αᵀY fused into the solve 3.78), whole call 4.13 ms = 0.273× plain. The Gram as three TF32
+        tensor-core products (``tf32x3``: hi·hi + hi·lo + lo·hi, fp32-accurate: 5.3e-7 relative error
+        against float64 vs 7.7e-7 for ``ieee``) on 4 warps, one token each: solve 1.03 ms, whole call
+        3.40 ms = 0.225×. Apply: 256-column tiles, 2 tokens a program, 1.25 ms.
+      K = 32: 1 token on 1 warp (static report only: 241 instructions a sweep, no barrier, 128 registers).
+      K = 64: 1 token on 2 warps, ``ieee``: solve 13.0 ms, whole call 18.8 ms = 0.219× (``tf32x3``
+        19.9 ms: no faster there); apply 64-column tiles, 4 tokens.
+    Variants: ``v3`` (default) takes the faster Gram at each K — ``tf32x3`` at K ≤ 16 for fp32 inputs,
+    ``ieee`` above and for bf16 inputs (on 1 warp at K = 16: ``ieee_warps``); ``v3-ieee`` full fp32
+    products everywhere; ``v3-3xtf32`` the TF32 split everywhere.
     """
+    small = K <= 16
+    precision = {"v3-ieee": "ieee", "v3-3xtf32": "tf32x3"}.get(variant, "tf32x3" if small else "ieee")
     cfg = {
         "K": K,
-        "TOKENS": 4 if K <= 16 else 1,
-        "PRECISION": "tf32x3" if tf32x3 else "ieee",
+        "TOKENS": 4 if small else 1,
+        "PRECISION": precision,
         "BLOCK_D": min(16, max(16, triton.next_power_of_2(d_in))),
         "BLOCK_N": min(64, max(16, triton.next_power_of_2(d_out))),
-        "num_warps": (4 if tf32x3 else 1) if K <= 16 else (1 if K <= 32 else 2),
+        "num_warps": (4 if precision == "tf32x3" else 1) if small else (1 if K <= 32 else 2),
+        # the warps when the Gram falls back to ieee (bf16 inputs): the measured ieee config
+        "ieee_warps": 1 if small else None,
         "num_stages": 1,
         "SPLIT": True,
         "UNROLL": False,
-        "APPLY_BLOCK_N": min(256 if K <= 16 else 64, max(16, triton.next_power_of_2(d_out))),
-        "APPLY_TOKENS": 2 if K <= 16 else 4,
+        "APPLY_BLOCK_N": min(256 if small else 64, max(16, triton.next_power_of_2(d_out))),
+        "APPLY_TOKENS": 2 if small else 4,
         "apply_warps": 4,
         "maxnreg": None,
     }
@@ -581,11 +591,13 @@ def _launch_meta(
         **({"maxnreg": cfg["maxnreg"]} if cfg["maxnreg"] else {}),
     }
     kernel = _salt_fit_fwd_kernel
-    if variant in ("v3", "v3-3xtf32"):
+    if variant in V3:
         kernel = _salt_fit_batched_fwd_kernel
         del fwd["UNROLL"]
         fwd["TOKENS"] = cfg["TOKENS"]
         fwd["PRECISION"] = cfg["PRECISION"] if (fp32_inputs and not interpret) else "ieee"
+        if fwd["PRECISION"] == "ieee" and cfg["PRECISION"] != "ieee" and cfg.get("ieee_warps"):
+            fwd["num_warps"] = cfg["ieee_warps"]
     apply = None
     if cfg["SPLIT"]:
         apply = {

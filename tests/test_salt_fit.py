@@ -311,7 +311,7 @@ def test_interpreter_return_alpha_and_kernel_equals_reference(variant):
 
 
 @pytest.mark.interpreter
-@pytest.mark.parametrize("variant", ["v2", "v2-3xtf32", "v1", "v3", "v3-3xtf32"])
+@pytest.mark.parametrize("variant", ["v2", "v2-3xtf32", "v1", "v3", "v3-ieee", "v3-3xtf32"])
 def test_interpreter_every_variant_matches_oracle(variant, monkeypatch):
     """Every CLTX_SALT_VARIANT gives the oracle's answer (n = 7: not a multiple of the apply
     kernel's tokens per program; K = 16 takes the fused path in v1, the split one in v2)."""
@@ -371,12 +371,12 @@ def test_gpu_full_size_matches_oracle(k, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize(
-    "variant, k", [("v2-3xtf32", 64), ("v1", 16), ("v1", 64), ("v3-3xtf32", 16), ("v3-3xtf32", 64)]
+    "variant, k", [("v2-3xtf32", 64), ("v1", 16), ("v1", 64), ("v3-ieee", 16), ("v3-3xtf32", 16), ("v3-3xtf32", 64)]
 )
 def test_gpu_other_variants_match_oracle(variant, k, monkeypatch):
-    """The 3xTF32 Gram (v2-3xtf32, v3-3xtf32) at full size (fp32), and v1 (αᵀY fused at k = 16, the
-    apply kernel at 64). (v3, the default, runs test_gpu_full_size_matches_oracle; the benchmark
-    checks every variant's parity again.)"""
+    """The 3xTF32 Gram (v2-3xtf32, v3-3xtf32) and v3's full-fp32 Gram (v3-ieee) at full size (fp32), and
+    v1 (αᵀY fused at k = 16, the apply kernel at 64). (v3, the default, runs
+    test_gpu_full_size_matches_oracle; the benchmark checks every variant's parity again.)"""
     monkeypatch.setenv("CLTX_SALT_VARIANT", variant)
     xq, xb, yb, nb = _gpu_problem(k, torch.float32)
     out = salt_fit(xq, xb, yb, nb)
@@ -452,6 +452,8 @@ def _aot_compile(fn, ptr_types, constexprs, floats, num_warps, num_stages, maxnr
         (16, "fp32", "fp32", "v3"),
         (32, "bf16", "bf16", "v3"),
         (64, "fp32", "fp32", "v3"),
+        (16, "bf16", "bf16", "v3"),
+        (16, "fp32", "fp32", "v3-ieee"),
         (16, "fp32", "fp32", "v3-3xtf32"),
         (64, "fp32", "fp32", "v3-3xtf32"),
     ],
@@ -515,8 +517,21 @@ def test_each_variant_launches_its_kernel(monkeypatch):
         for k in (16, 64):
             assert _config(k, 768, 4096, interpret=interpret, variant="v3")["SPLIT"]
     assert _config(16, 768, 4096, interpret=True, variant="v3")["TOKENS"] > 1
-    assert _config(16, 768, 4096, interpret=False, variant="v3")["PRECISION"] == "ieee"
-    assert _config(16, 768, 4096, interpret=False, variant="v3-3xtf32")["PRECISION"] == "tf32x3"
+    # v3 takes the measured-faster Gram at each K: the TF32 split at K = 16 (fp32 inputs), full fp32 above
+    from cltx.kernels.salt_fit import _launch_meta
+
+    def meta(k, variant, fp32):
+        cfg = _config(k, 768, 4096, interpret=False, variant=variant)
+        _, fwd, _ = _launch_meta(
+            cfg, variant, refine=3, upcast=False, write_alpha=False, fp32_inputs=fp32, interpret=False
+        )
+        return fwd["PRECISION"], fwd["num_warps"]
+
+    assert meta(16, "v3", True) == ("tf32x3", 4)
+    assert meta(16, "v3", False) == ("ieee", 1)  # bf16 inputs: the measured full-precision config
+    assert meta(64, "v3", True) == ("ieee", 2)
+    assert meta(16, "v3-ieee", True) == ("ieee", 1) and meta(64, "v3-ieee", True) == ("ieee", 2)
+    assert meta(16, "v3-3xtf32", True)[0] == meta(64, "v3-3xtf32", True)[0] == "tf32x3"
 
 
 @pytest.mark.interpreter
