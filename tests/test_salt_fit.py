@@ -387,7 +387,11 @@ def test_gpu_other_variants_match_oracle(variant, k, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_gpu_kernel_agrees_with_reference_on_edge_cases(variant):
+@pytest.mark.parametrize("variant", ["v1", "v3", "v3-ieee"])
+def test_gpu_kernel_agrees_with_reference_on_edge_cases(variant, monkeypatch):
+    """Every edge case on the GPU: v3 (the default: the TF32-split Gram at k <= 16 for fp32 inputs,
+    which the interpreter cannot run), its full-fp32 form and v1."""
+    monkeypatch.setenv("CLTX_SALT_VARIANT", variant)
     for case in CASES:
         name, n, m, d_in, d_out, k, pad, tol = case
         xq, xb, yb, nb = problem(n, m, d_in, d_out, k, pad=pad, seed=zlib.crc32(name.encode()) % 1000, device="cuda")
