@@ -684,7 +684,8 @@ class CLOTrainer(Trainer):
         model's forward in autocast (native AMP; before preparation the step's autocast is added here);
         under FSDP2 it does not: the MixedPrecisionPolicy casts the parameters and the step runs with no
         autocast, so a sharded model whose forward accelerate has not wrapped gets none here either (an
-        extra bf16 autocast runs norms and softmax in fp32: the step-0 rewards came out ~1e-3 off zero)."""
+        extra autocast runs some ops, e.g. CUDA softmax, in fp32 where the step runs them in bf16: the
+        reference would no longer be the step's own forward, bit for bit)."""
         import contextlib
 
         try:
