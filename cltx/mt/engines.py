@@ -216,12 +216,20 @@ class BergamotEngine:
     number) are kept as they are. ``sentences=False`` sends whole texts
     (the old behaviour; for measuring). :attr:`VERSION` is part of the translation-cache key, so
     cached whole-text translations are not reused.
+
+    **ASCII quotes.** The models know only ASCII quotes: typographic ones garbled the sentence
+    (``He said “hello” to me.`` → ``Ele disse: Ohello. para mim.``; ``It’s John’s book.`` → ``O livro de
+    Isso's John.``; the same for « », ‘ ’, ‹ ›). Each text goes in with them as ``"`` and ``'``
+    (:data:`ASCII_QUOTES`): ``Ele disse "olá" para mim.``, ``É o livro de John.``; the translation keeps
+    the ASCII ones.
     """
 
     name = "bergamot"
     DIRECTIONS = ("en-pt", "pt-en")
     #: Bumped whenever the wrapper changes what a text translates to (cltx.mt.tcache.engine_identity).
-    VERSION = 2
+    VERSION = 3
+    #: Typographic quotes sent as ASCII (measured on the en→pt and pt→en models).
+    ASCII_QUOTES = str.maketrans({**dict.fromkeys("“”„‟«»〝〞＂", '"'), **dict.fromkeys("‘’‚‛‹›＇", "'")})
 
     def __init__(
         self,
@@ -254,7 +262,7 @@ class BergamotEngine:
     def _one(self, text: str) -> str:
         if not text.strip():
             return text
-        return self._translator.translate(text, direction=self.direction)
+        return self._translator.translate(text.translate(self.ASCII_QUOTES), direction=self.direction)
 
     def _many(self, texts: list[str]) -> list[str]:
         if self.threads == 1 or len(texts) < 2:

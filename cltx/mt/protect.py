@@ -2,7 +2,8 @@
 
 Code blocks, inline code, URLs, e-mail addresses, placeholders (``{name}``, ``{{name}}``, ``%s``,
 ``%(x)s``, ``$VAR``, ``${VAR}``), markup tags, emoji and other non-ASCII symbols (``symbol``: ``©``,
-``→``, ``≤``, ``€`` …) and — when the pipeline knows the language pair — words in scripts that are
+``→``, ``≤``, ``€``, ``½``, ``²``, ``§``, ``‰`` …: :func:`is_carried_symbol`) and — when the pipeline
+knows the language pair — words in scripts that are
 neither the source's nor the target's (``script``: Greek, Cyrillic, CJK, Arabic … inside English
 text, see :func:`carry_patterns`) are replaced by opaque markers before translation and put back
 after, byte for byte. The last two exist because the embedded engine drops them silently: its
@@ -47,6 +48,7 @@ __all__ = [
     "carry_patterns",
     "compile_patterns",
     "find_spans",
+    "is_carried_symbol",
     "check_markers",
     "choose_form",
     "mask",
@@ -85,17 +87,33 @@ _PATTERN_SOURCES: tuple[tuple[str, str], ...] = (
 # symbols, each alone in an English sentence; "¥300" even came back as "300 euros"). ASCII symbols
 # (+ = < > $ ^ | ~) survive every engine and are left alone; punctuation (quotes, dashes, ellipsis)
 # is normalised to ASCII by the engine, which is not a loss.
+#
+# Also carried: non-ASCII "other numbers" (No: ½ ² ₂ ① …; the engine wrote "Add ½ cup" as "Adicione 1 a 2
+# xícara" and "10 m²" as "10 m2") and the reference marks among the punctuation (§ ¶ † ‡ • ‰ ′ ″ …: "See
+# § 5" came back as "Ver 5", "5‰" as "5"). Other punctuation is left to the engine (¿ ¡ · belong to
+# some target languages' own writing; quotes are the engine's business, see BergamotEngine).
 _SYMBOL_KEEP = "°"
+_CARRIED_PUNCT = "§¶†‡•‰‱′″‴※⁂⁑⁕"
+_CARRIED_CATEGORIES = ("So", "Sm", "Sc", "No")
 _EMOJI_BLOCKS = ((0x2600, 0x27BF), (0x1F000, 0x1FAFF))
 # Inside an emoji sequence: zero-width joiner, variation selectors, combining keycap, tag characters.
 _EMOJI_GLUE = "\u200d\ufe0e\ufe0f\u20e3\U000e0020-\U000e007f"
 
 
-def _symbol_class() -> str:
+def is_carried_symbol(ch: str) -> bool:
+    """Whether one character is a ``symbol`` a translation must carry over unchanged: non-ASCII and of
+    category So/Sm/Sc/No (but ``°``), or one of the reference marks ``§ ¶ † ‡ • ‰ ′ ″ …``. Emoji newer than
+    this Python's Unicode tables are covered by the span pattern's emoji blocks, not here."""
     import unicodedata
 
+    if ch.isascii() or ch in _SYMBOL_KEEP:
+        return False
+    return ch in _CARRIED_PUNCT or unicodedata.category(ch) in _CARRIED_CATEGORIES
+
+
+def _symbol_class() -> str:
     cps = {c for lo, hi in _EMOJI_BLOCKS for c in range(lo, hi + 1)}
-    cps.update(c for c in range(0x80, 0x1FC00) if unicodedata.category(chr(c)) in ("So", "Sm", "Sc"))
+    cps.update(c for c in range(0x80, 0x1FC00) if is_carried_symbol(chr(c)))
     cps.difference_update(ord(ch) for ch in _SYMBOL_KEEP)
     return _ranges(sorted(cps))
 

@@ -25,8 +25,8 @@ small detail dict, recorded in the record's ``_mt.flags`` and counted in the run
 * ``leftover_catalyst`` — the Catalyst Statement (its English text, or its translation when the
   caller knows it) appears in the field.
 * ``dropped_symbols`` — content an engine cannot translate and must carry over is missing from the
-  output: non-ASCII symbols (emoji, ``©``, ``→``, ``≤``, ``€`` … Unicode categories So/Sm/Sc but ``°``, counted
-  per character) and words in a script
+  output: non-ASCII symbols (emoji, ``©``, ``→``, ``≤``, ``€``, ``½``, ``²``, ``§``, ``‰`` … what
+  :func:`cltx.mt.protect.is_carried_symbol` names, not ``°``; counted per character) and words in a script
   other than the source's and the target's (Greek ``λ``, Cyrillic ``Привет``, CJK ``東京``, counted per
   run). The embedded bergamot engine drops them silently (``'The formula uses α and β.'`` →
   ``'A fórmula utiliza o s.'``).
@@ -46,6 +46,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cltx.errors import bad_arg
+from cltx.mt.protect import is_carried_symbol
 
 __all__ = [
     "FLAG_NAMES",
@@ -435,8 +436,9 @@ def _script(ch: str) -> str:
 
 
 def _carried(text: str, skip: frozenset[str]) -> Counter:
-    """What a translation must carry over unchanged: each non-ASCII symbol (So, Sm, Sc; not ``°``, which
-    engines keep) and each run of letters of a non-Latin script (:data:`_NON_LATIN_SCRIPTS`) other than
+    """What a translation must carry over unchanged: each non-ASCII symbol (So, Sm, Sc, No and the reference
+    marks § ¶ † ‡ • ‰ …: :func:`cltx.mt.protect.is_carried_symbol`; not ``°``, which engines keep) and
+    each run of letters of a non-Latin script (:data:`_NON_LATIN_SCRIPTS`) other than
     those in ``skip`` (the pair's own)."""
     out: Counter = Counter()
     run, run_script = [], ""
@@ -453,7 +455,7 @@ def _carried(text: str, skip: frozenset[str]) -> Counter:
         if run:
             out["".join(run)] += 1
             run = []
-        if not ch.isascii() and unicodedata.category(ch) in ("So", "Sm", "Sc") and ch != "°":
+        if is_carried_symbol(ch):
             out[ch] += 1
     return out
 
