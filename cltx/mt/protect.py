@@ -85,8 +85,8 @@ _PATTERN_SOURCES: tuple[tuple[str, str], ...] = (
 # (≤, ±, ∞ …) or Sc (€, £, ¥ …), plus the emoji blocks whole (emoji newer than this Python's Unicode
 # tables). The embedded engine keeps none of them but the degree sign (measured on 475 such
 # symbols, each alone in an English sentence; "¥300" even came back as "300 euros"). ASCII symbols
-# (+ = < > $ ^ | ~) survive every engine and are left alone; punctuation (quotes, dashes, ellipsis)
-# is normalised to ASCII by the engine, which is not a loss.
+# (+ = < > $ ^ | ~) survive every engine and are left alone; dashes and the ellipsis are normalised
+# to ASCII by the engine, which is not a loss (quotes: see below).
 #
 # Also carried: non-ASCII "other numbers" (No: ½ ² ₂ ① …; the engine wrote "Add ½ cup" as "Adicione 1 a 2
 # xícara" and "10 m²" as "10 m2") and the reference marks among the punctuation (§ ¶ † ‡ • ‰ ′ ″ …: "See
@@ -114,7 +114,6 @@ def is_carried_symbol(ch: str) -> bool:
 def _symbol_class() -> str:
     cps = {c for lo, hi in _EMOJI_BLOCKS for c in range(lo, hi + 1)}
     cps.update(c for c in range(0x80, 0x1FC00) if is_carried_symbol(chr(c)))
-    cps.difference_update(ord(ch) for ch in _SYMBOL_KEEP)
     return _ranges(sorted(cps))
 
 
