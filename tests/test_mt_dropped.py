@@ -70,6 +70,24 @@ def test_the_pairs_own_scripts_are_left_to_the_engine():
     assert f["dropped_symbols"]["missing"] == ["東京"]
 
 
+def test_the_flag_counts_exactly_the_words_the_protection_carries():
+    # one notion of a foreign-script word: Korean is written with Han too (protection leaves 東京 to the
+    # engine, which may write it in Hangul), and for an unknown language neither protects nor counts words
+    from cltx.mt.protect import compile_patterns, find_spans
+
+    assert "dropped_symbols" not in check_field(
+        "The word 東京 here.", "단어 도쿄 여기.", QualityConfig(src="en", tgt="ko")
+    )
+    assert check_field("Привет 東京 😀", "Olá", QualityConfig(src="en", tgt="xx")) == {
+        "dropped_symbols": {"missing": ["😀"]}
+    }
+    text = "Greek λόγος, д'Артаньян, 東京-都 and 서울."
+    for src, tgt in (("en", "pt"), ("en", "ru"), ("en", "ko"), ("en", "ja"), ("ru", "pt")):
+        spans = [text[b:e] for b, e, k in find_spans(text, compile_patterns(src=src, tgt=tgt)) if k == "script"]
+        missing = check_field(text, "x", QualityConfig(src=src, tgt=tgt))["dropped_symbols"]["missing"]
+        assert sorted(missing) == sorted(spans), (src, tgt)
+
+
 class Dropper:
     """Drops every non-ASCII character, as bergamot drops what it cannot translate."""
 

@@ -28,7 +28,8 @@ small detail dict, recorded in the record's ``_mt.flags`` and counted in the run
   output: non-ASCII symbols (emoji, ``©``, ``→``, ``≤``, ``€``, ``½``, ``²``, ``§``, ``‰`` … what
   :func:`cltx.mt.protect.is_carried_symbol` names, not ``°``; counted per character) and words in a script
   other than the source's and the target's (Greek ``λ``, Cyrillic ``Привет``, CJK ``東京``, counted per
-  run). The embedded bergamot engine drops them silently (``'The formula uses α and β.'`` →
+  word: the words the protection's ``script`` span kind covers, so none when a language is unknown).
+  The embedded bergamot engine drops them silently (``'The formula uses α and β.'`` →
   ``'A fórmula utiliza o s.'``).
 
 The functions are pure; :class:`QualitySummary` counts flags over a run.
@@ -46,7 +47,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cltx.errors import bad_arg
-from cltx.mt.protect import is_carried_symbol
+from cltx.mt.protect import carry_patterns, is_carried_symbol
 
 __all__ = [
     "FLAG_NAMES",
@@ -413,58 +414,28 @@ def _contains_fuzzy(hay: list[str], needle: list[str], threshold: float = 0.8) -
     return False
 
 
-# The script of a letter is the first word of its Unicode name; these are the target scripts the check
-# leaves alone (a Russian target may change a Cyrillic word). A target not listed: only symbols are checked.
-_SCRIPT_OF_LANG: dict[str, str] = {
-    **dict.fromkeys(("ru", "uk", "bg", "sr", "mk", "be", "kk", "ky", "mn", "tg"), "CYRILLIC"),
-    "el": "GREEK", **dict.fromkeys(("ar", "fa", "ur", "ps"), "ARABIC"), "he": "HEBREW", "yi": "HEBREW",
-    **dict.fromkeys(("hi", "mr", "ne", "sa"), "DEVANAGARI"), "bn": "BENGALI", "ta": "TAMIL", "te": "TELUGU",
-    "kn": "KANNADA", "ml": "MALAYALAM", "gu": "GUJARATI", "pa": "GURMUKHI", "th": "THAI", "lo": "LAO",
-    "km": "KHMER", "my": "MYANMAR", "ka": "GEORGIAN", "hy": "ARMENIAN", "am": "ETHIOPIC", "si": "SINHALA",
-    "ko": "HANGUL", "zh": "CJK", "ja": "CJK",
-}  # fmt: skip
-# Letters of these scripts count (ª, º, µ are named after what they are, not a script: never counted).
-_NON_LATIN_SCRIPTS = set(_SCRIPT_OF_LANG.values()) | {"COPTIC", "SYRIAC", "THAANA", "TIBETAN", "MONGOLIAN"}
-
-
-@functools.lru_cache(maxsize=4096)
-def _script(ch: str) -> str:
-    name = unicodedata.name(ch, "")
-    if name.startswith(("HIRAGANA", "KATAKANA", "CJK")):
-        return "CJK"
-    return name.split(" ", 1)[0]
-
-
-def _carried(text: str, skip: frozenset[str]) -> Counter:
+def _carried(text: str, script_words: re.Pattern[str] | None) -> Counter:
     """What a translation must carry over unchanged: each non-ASCII symbol (So, Sm, Sc, No and the reference
     marks § ¶ † ‡ • ‰ …: :func:`cltx.mt.protect.is_carried_symbol`; not ``°``, which engines keep) and
-    each run of letters of a non-Latin script (:data:`_NON_LATIN_SCRIPTS`) other than
-    those in ``skip`` (the pair's own)."""
-    out: Counter = Counter()
-    run, run_script = [], ""
-    for ch in text + " ":
-        if ch.isalpha():
-            sc = _script(ch)
-            if sc in _NON_LATIN_SCRIPTS and sc not in skip:
-                if run and sc != run_script:
-                    out["".join(run)] += 1
-                    run = []
-                run.append(ch)
-                run_script = sc
-                continue
-        if run:
-            out["".join(run)] += 1
-            run = []
-        if is_carried_symbol(ch):
-            out[ch] += 1
+    each word the ``script`` span kind protects (``script_words``: a script neither language of the pair
+    uses; ``None`` when either language is unknown, then only symbols count)."""
+    out = Counter(ch for ch in text if is_carried_symbol(ch))
+    if script_words is not None:
+        out.update(m.group() for m in script_words.finditer(text))
     return out
 
 
+@functools.lru_cache(maxsize=64)
+def _script_words(src: str, tgt: str) -> re.Pattern[str] | None:
+    """The ``script`` span kind of the pair, from the protection (one notion of a foreign-script word)."""
+    return dict(carry_patterns(src, tgt)).get("script")
+
+
 def _check_dropped(src_text: str, out: str, cfg: QualityConfig) -> dict | None:
-    skip = frozenset(s for s in (_SCRIPT_OF_LANG.get(cfg.src), _SCRIPT_OF_LANG.get(cfg.tgt)) if s)
     if not any(not ch.isascii() for ch in src_text):  # the common case: nothing to carry
         return None
-    missing = _carried(src_text, skip) - _carried(out, skip)
+    words = _script_words(cfg.src, cfg.tgt)
+    missing = _carried(src_text, words) - _carried(out, words)
     if not missing:
         return None
     return {"missing": sorted(missing.elements())[:8]}
