@@ -276,6 +276,9 @@ def test_fold_foreign_letters_spells_them_in_ascii_and_remembers_each_word():
     kept = fold_foreign_letters("AÇÃO em Düsseldorf", KEPT_LETTERS)
     assert kept == ("AÇÃO em Dusseldorf", {"Dusseldorf": "Düsseldorf"})
     assert fold_foreign_letters("plain text") == ("plain text", {})
+    # decomposed letters (e + U+0308) are composed first: the engine lost "Zoe\u0308" as "Zo"
+    composed = fold_foreign_letters("Zoe\u0308 in Mu\u0308nster")
+    assert composed == ("Zoe in Munster", {"Zoe": "Zoë", "Munster": "Münster"})
     # two words with one folded form: neither is guessed back
     assert fold_foreign_letters("Müller and Mûller") == ("Muller and Muller", {})
     # only whole words the translation carries through get their spelling back

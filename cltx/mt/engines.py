@@ -318,10 +318,15 @@ def fold_foreign_letters(text: str, keep: frozenset[str] = VOCAB_LETTERS) -> tup
     share is left out of the map, so neither is guessed).
 
     ``fold_foreign_letters("Müller met Zoë")`` → ``("Muller met Zoe", {"Muller": "Müller", "Zoe": "Zoë"})``.
-    Letters of other scripts, and letters with no ASCII spelling, are left as they are.
+    Letters of other scripts, and letters with no ASCII spelling, are left as they are. A text with
+    combining marks is composed first (NFC): ``Zoe`` + U+0308 is ``Zoë``, which folds as one letter.
     """
     if text.isascii():
         return text, {}
+    import unicodedata
+
+    if any(unicodedata.combining(c) for c in text):
+        text = unicodedata.normalize("NFC", text)
     spelled: dict[str, str] = {}
     clash: set[str] = set()
 
