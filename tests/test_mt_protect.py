@@ -37,6 +37,20 @@ CASES = [
     ("placeholder_dollar", "Files go to ${DATA_DIR} by default.", "${DATA_DIR}"),
     ("markup", 'Click <a href="/x" class="btn">here</a> now.', '<a href="/x" class="btn">'),
     ("markup", "One line<br/>two lines.", "<br/>"),
+    ("math", "Compute $x^2 + 1$ for x = 3.", "$x^2 + 1$"),
+    ("math", "Let $n$ be even.", "$n$"),
+    ("math", "The sum is $$\\sum_{i=1}^n i$$ in closed form.", "$$\\sum_{i=1}^n i$$"),
+    ("math", "Use \\(a^2 + b^2 = c^2\\) here.", "\\(a^2 + b^2 = c^2\\)"),
+    ("math", "So \\[e^{i\\pi} + 1 = 0\\] holds.", "\\[e^{i\\pi} + 1 = 0\\]"),
+    ("math", "See \\begin{align} x &= 1 \\end{align} now.", "\\begin{align} x &= 1 \\end{align}"),
+    ("ascii_symbol", "The formula is E = mc^2.", "mc^2"),
+    ("ascii_symbol", "Set a_{n+1} = 2a_n first.", "a_{n+1}"),
+    ("ascii_symbol", "C# and F# are languages.", "C#"),
+    ("ascii_symbol", "Issue #42 is fixed.", "#42"),
+    ("ascii_symbol", "It is ~5 km away.", "~5"),
+    ("ascii_symbol", "Edit ~/.bashrc now.", "~/.bashrc"),
+    ("ascii_symbol", "Is a < b true?", "<"),
+    ("ascii_symbol", "Keep the word { as it is.", "{"),  # the embedded engine drops a lone {
 ]
 
 
@@ -70,8 +84,9 @@ def test_each_kind_is_found_masked_and_restored(kind, text, span):
     "text",
     [
         "I am 50% sure it costs $5 and 100 % of it is done.",
-        "a < b and c > d in maths.",
-        "Keep the word { as it is.",
+        "a > b and c = d in maths, and x + y | z.",
+        "It costs between $5 and $10, or 5$ to 10$.",
+        "Tom & Jerry scored 5*3 = 15 (about 100%).",
         "Email me at home, not at work.",
         "The price is 5$ per item, or 10% less.",
         "Price: 5 % discount (see section 2).",
@@ -81,6 +96,12 @@ def test_ordinary_text_is_left_alone(text):
     assert find_spans(text) == []
     m = mask(text)
     assert m.text == text and m.spans == []
+
+
+def test_dollar_signs_that_are_not_math_stay_what_they_were():
+    # two placeholders, not one "$x and $" math span; currency is nothing
+    assert [k for *_, k in find_spans("Swap $x and $y, then pay $5.")] == ["placeholder_dollar"] * 2
+    assert [k for *_, k in find_spans("Between $5 and $10 and $a+b$.")] == ["math"]
 
 
 def test_adjacent_spans_share_one_marker_and_keep_their_spacing():

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from cltx.errors import CltxError, bad_arg
 
 __all__ = [
+    "ASCII_CARRIED",
     "DEFAULT_FORMS",
     "DEFAULT_PATTERNS",
     "MarkerError",
@@ -69,6 +70,13 @@ _PATTERN_SOURCES: tuple[tuple[str, str], ...] = (
     ("url", r"(?i)\b(?:(?:https?|ftp|file|s3|gs)://|www\.)[^\s<>\"'`]*[^\s<>\"'`.,;:!?)\]}]"),
     ("email", r"(?i)\b[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b"),
     ("markup", r"<!--.*?-->|</?[A-Za-z][\w:.-]*(?:\s+[\w:.-]+(?:\s*=\s*(?:\"[^\"]*\"|'[^']*'|[^\s\"'<>]+))?)*\s*/?>"),
+    # TeX math: $$…$$, \[…\], \(…\), \begin{env}…\end{env}, and $…$ around math (a single letter, or text
+    # with one of ^ _ \ { } = + - * / < > before the closing $; never currency: "$5 and $10", "$x and $y")
+    (
+        "math",
+        r"(?s)\$\$.+?\$\$|\\\[.+?\\\]|\\\(.+?\\\)|\\begin\{([A-Za-z]+\*?)\}.*?\\end\{\1\}"
+        r"|(?<![\w$\\])\$(?:[A-Za-z]|(?=[^\s$\d])(?=[^$\n]*?[\^_\\{}=+\-*/<>])[^$\n]{0,200}?[^\s$\\])\$(?![\w$])",
+    ),
     ("placeholder_double", r"\{\{[^{}\n]{1,80}\}\}|\{%[^{}\n]{1,80}%\}"),
     ("placeholder_dollar", r"\$\{[A-Za-z_][\w.:-]*\}|\$[A-Za-z_][A-Za-z0-9_]*"),
     ("placeholder_brace", r"\{[A-Za-z0-9_.\[\]]{0,40}(?:![rsa])?(?::[^{}\s]{0,20})?\}"),
@@ -76,7 +84,16 @@ _PATTERN_SOURCES: tuple[tuple[str, str], ...] = (
         "placeholder_percent",
         r"(?<![\w%])%(?:\([A-Za-z_][\w.]*\))?[-+#0]*(?:\d+|\*)?(?:\.(?:\d+|\*))?[sdifuxXoeEgGcr](?![A-Za-z])",
     ),
+    # A run without spaces holding an ASCII character MT vocabularies lack (:data:`ASCII_CARRIED`; the
+    # embedded models have none of them): x^2, a_{n+1}, C#, #42, ~5, ~/.bashrc, 3<5, a lone <. Final
+    # sentence punctuation stays outside.
+    ("ascii_symbol", r"\S*[\^\\{}~<#](?:\S*[^\s.,;:!?])?"),
 )
+
+#: ASCII characters the ``ascii_symbol`` kind carries and ``dropped_symbols`` counts: none is in the
+#: embedded bergamot models' vocabularies (``E = mc^2`` came back as ``E = mc. 2``, ``C# and F#`` as ``C e F``,
+#: ``~5 km`` as ``5 km``, ``a < b`` as ``um - b``, ``\(a^2\)`` as ``-(a-2)``).
+ASCII_CARRIED = "^\\{}~<#"
 
 # --------------------------------------------------------------------------------------------- carry-over text
 # Characters a translation must carry over unchanged: nothing in the target language replaces them.
@@ -84,9 +101,10 @@ _PATTERN_SOURCES: tuple[tuple[str, str], ...] = (
 # Symbols: every non-ASCII character of Unicode category So (emoji, ©, ™, arrows, box drawing), Sm
 # (≤, ±, ∞ …) or Sc (€, £, ¥ …), plus the emoji blocks whole (emoji newer than this Python's Unicode
 # tables). The embedded engine keeps none of them but the degree sign (measured on 475 such
-# symbols, each alone in an English sentence; "¥300" even came back as "300 euros"). ASCII symbols
-# (+ = < > $ ^ | ~) survive every engine and are left alone; dashes and the ellipsis are normalised
-# to ASCII by the engine, which is not a loss (quotes: see below).
+# symbols, each alone in an English sentence; "¥300" even came back as "300 euros"). Of the ASCII
+# symbols, + = > $ | % & * survive it and are left alone; ^ \ { } ~ < # are not in its vocabulary and are
+# carried by the ``ascii_symbol`` and ``math`` kinds above (:data:`ASCII_CARRIED`). Dashes and the
+# ellipsis are normalised to ASCII by the engine, which is not a loss (quotes: see below).
 #
 # Also carried: non-ASCII "other numbers" (No: ½ ² ₂ ① …; the engine wrote "Add ½ cup" as "Adicione 1 a 2
 # xícara" and "10 m²" as "10 m2") and the reference marks among the punctuation (§ ¶ † ‡ • ‰ ′ ″ …: "See

@@ -26,7 +26,8 @@ small detail dict, recorded in the record's ``_mt.flags`` and counted in the run
   caller knows it) appears in the field.
 * ``dropped_symbols`` — content an engine cannot translate and must carry over is missing from the
   output: non-ASCII symbols (emoji, ``©``, ``→``, ``≤``, ``€``, ``½``, ``²``, ``§``, ``‰`` … what
-  :func:`cltx.mt.protect.is_carried_symbol` names, not ``°``; counted per character) and words in a script
+  :func:`cltx.mt.protect.is_carried_symbol` names, not ``°``; counted per character), the ASCII characters
+  ``^ \\ { } ~ < #`` no embedded-model vocabulary has (``mc^2`` came back as ``mc. 2``), and words in a script
   other than the source's and the target's (Greek ``λ``, Cyrillic ``Привет``, CJK ``東京``, counted per
   word: the words the protection's ``script`` span kind covers, so none when a language is unknown).
   The embedded bergamot engine drops them silently (``'The formula uses α and β.'`` →
@@ -47,7 +48,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from cltx.errors import bad_arg
-from cltx.mt.protect import carry_patterns, is_carried_symbol
+from cltx.mt.protect import ASCII_CARRIED, carry_patterns, is_carried_symbol
 
 __all__ = [
     "FLAG_NAMES",
@@ -416,10 +417,11 @@ def _contains_fuzzy(hay: list[str], needle: list[str], threshold: float = 0.8) -
 
 def _carried(text: str, script_words: re.Pattern[str] | None) -> Counter:
     """What a translation must carry over unchanged: each non-ASCII symbol (So, Sm, Sc, No and the reference
-    marks § ¶ † ‡ • ‰ …: :func:`cltx.mt.protect.is_carried_symbol`; not ``°``, which engines keep) and
+    marks § ¶ † ‡ • ‰ …: :func:`cltx.mt.protect.is_carried_symbol`; not ``°``, which engines keep), each of
+    the ASCII characters ``^ \\ { } ~ < #`` (:data:`cltx.mt.protect.ASCII_CARRIED`), and
     each word the ``script`` span kind protects (``script_words``: a script neither language of the pair
     uses; ``None`` when either language is unknown, then only symbols count)."""
-    out = Counter(ch for ch in text if is_carried_symbol(ch))
+    out = Counter(ch for ch in text if ch in ASCII_CARRIED or is_carried_symbol(ch))
     if script_words is not None:
         out.update(m.group() for m in script_words.finditer(text))
     return out
@@ -432,7 +434,7 @@ def _script_words(src: str, tgt: str) -> re.Pattern[str] | None:
 
 
 def _check_dropped(src_text: str, out: str, cfg: QualityConfig) -> dict | None:
-    if not any(not ch.isascii() for ch in src_text):  # the common case: nothing to carry
+    if src_text.isascii() and not any(ch in ASCII_CARRIED for ch in src_text):  # the common case: nothing to carry
         return None
     words = _script_words(cfg.src, cfg.tgt)
     missing = _carried(src_text, words) - _carried(out, words)
