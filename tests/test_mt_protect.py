@@ -368,3 +368,31 @@ def test_embedded_engine_end_to_end_keeps_spans(tmp_path):
                 if span in v:
                     assert span in o[f], (f, o[f])
             assert o[f] != v
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.sampled_from(["{a}", "$x", "x^2", "C#", "`c`", "a@b.pt", "<b>", "$y+1$", "word", " ", "%s", "\\("]),
+        max_size=40,
+    )
+)
+def test_find_spans_keeps_the_earliest_kind_of_overlapping_matches(parts):
+    """The sorted-interval overlap test gives what checking every taken span gives."""
+    from cltx.mt.protect import DEFAULT_PATTERNS
+
+    text = "".join(parts)
+    taken: list[tuple[int, int, str]] = []
+    for kind, rx in DEFAULT_PATTERNS:
+        for m in rx.finditer(text):
+            b, e = m.span()
+            if e > b and not any(b < te and tb < e for tb, te, _ in taken):
+                taken.append((b, e, kind))
+    want = []
+    for b, e, kind in sorted(taken):
+        if want and text[want[-1][1] : b].strip() == "":
+            pb, _, pk = want[-1]
+            want[-1] = (pb, e, pk if pk == kind else "mixed")
+        else:
+            want.append((b, e, kind))
+    assert find_spans(text) == want
