@@ -205,15 +205,12 @@ def main() -> None:
         sample.write_text("\n".join(lines) + "\n")
     opts = {"threads": args.threads} if args.threads else {}
     base = make_engine("bergamot", "en", "pt", options=opts)
-    # engine key (variant-name suffix) -> engine; the key's settings go in each row
+    # engine key (variant-name suffix) -> engine; each row records the engine's own settings
     engines = {"": base}
-    settings = {"": {"sentences": True, "postedit": False}}
     if args.compare_whole:
         engines[" (whole texts)"] = make_engine("bergamot", "en", "pt", options={**opts, "sentences": False})
-        settings[" (whole texts)"] = {"sentences": False, "postedit": False}
     if args.compare_postedit:
         engines[" (package post-edit)"] = make_engine("bergamot", "en", "pt", options={**opts, "postedit": True})
-        settings[" (package post-edit)"] = {"sentences": True, "postedit": True}
     for e in engines.values():
         e.translate(["Warm-up sentence."])  # loads the model: not part of the timing
 
@@ -250,8 +247,8 @@ def main() -> None:
             "variant": name,
             "mode": mode,
             "style_retries": retries,
-            "sentences": settings[key]["sentences"],
-            "postedit": settings[key]["postedit"],
+            "sentences": engines[key].sentences,
+            "postedit": engines[key].postedit,
             "records": last["records"],
             "records_per_s": statistics.median(r["session"]["records_per_s"] for r in reps),
             "source_chars_per_s": statistics.median(r["session"]["source_chars_per_s"] for r in reps),

